@@ -1,0 +1,272 @@
+//! The episode detector: a pure state machine fed one sample at a time. It follows every
+//! event-loop thread, groups consecutive samples inside the same callback into a run, and turns a
+//! run that lasted at least the threshold into an [`Episode`]. Time comes only from the samples'
+//! timestamps, so the same recording always gives the same episodes.
+
+use std::collections::HashMap;
+
+use crate::analysis::classify::{kind_of_syscall, verdict};
+use crate::analysis::culprit::culprit;
+use crate::analysis::loop_state::{classify, Anchor, CallbackKey, LoopState};
+use crate::episode::{Episode, Location};
+use crate::sample::{Frame, ReadyQueue, Sample, ThreadSample};
+
+/// Settings of the detector.
+#[derive(Debug, Clone, Copy)]
+pub struct DetectorConfig {
+    /// A callback running at least this long (seconds) is a blocking episode.
+    pub threshold: f64,
+}
+
+/// What the detector tells its sinks.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A stack of ordinary work (or idleness), `count` samples of it.
+    Stack { pid: u32, thread: String, frames: Vec<Frame>, idle: bool, count: u32 },
+    /// A finished (or, at the end of a recording, unfinished) blocking episode with the stacks
+    /// seen during it and how many samples each.
+    Episode { episode: Episode, stacks: Vec<(Vec<Frame>, u32)> },
+}
+
+/// Consecutive samples of one loop thread inside one callback.
+#[derive(Debug)]
+struct Run {
+    key: CallbackKey,
+    /// Monotonic time of the sample before the first one that saw this run.
+    prev: Option<f64>,
+    first: f64,
+    /// Wall minus monotonic time at the first sample, to convert the start to wall-clock time.
+    wall_offset: f64,
+    last: f64,
+    samples: u32,
+    /// Distinct stacks: (count, depth of the callback's part of the stack).
+    stacks: HashMap<Vec<Frame>, (u32, usize)>,
+    kinds: HashMap<&'static str, u32>,
+    /// The ready queue at the last sample of the run.
+    ready: Option<ReadyQueue>,
+}
+
+#[derive(Debug, Default)]
+struct Track {
+    anchor: Anchor,
+    name: Option<String>,
+    last_seen: Option<f64>,
+    run: Option<Run>,
+}
+
+/// The detector. Feed it samples in time order, then call [`Detector::finish`].
+#[derive(Debug)]
+pub struct Detector {
+    config: DetectorConfig,
+    tracks: HashMap<(u32, u32), Track>,
+    /// Every event-loop thread seen, with its last known name.
+    seen: std::collections::BTreeMap<(u32, u32), Option<String>>,
+}
+
+impl Detector {
+    pub fn new(config: DetectorConfig) -> Detector {
+        Detector { config, tracks: HashMap::new(), seen: Default::default() }
+    }
+
+    /// Process one sample and return what it completed.
+    pub fn feed(&mut self, sample: &Sample) -> Vec<Event> {
+        let mut events = Vec::new();
+        for thread in &sample.threads {
+            self.feed_thread(sample, thread, &mut events);
+        }
+        // A loop thread that is gone ended whatever it was running when it was last seen.
+        let gone: Vec<(u32, u32)> = self
+            .tracks
+            .iter()
+            .filter(|((pid, tid), _)| {
+                *pid == sample.pid && !sample.threads.iter().any(|t| t.tid == *tid)
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for key in gone {
+            if let Some(mut track) = self.tracks.remove(&key) {
+                self.close(key, &mut track, Some(sample.mono), &mut events);
+            }
+        }
+        events
+    }
+
+    /// End of the recording: runs still going become episodes with `complete: false`.
+    pub fn finish(&mut self) -> Vec<Event> {
+        let mut events = Vec::new();
+        let mut keys: Vec<(u32, u32)> = self.tracks.keys().copied().collect();
+        keys.sort_unstable();
+        for key in keys {
+            if let Some(mut track) = self.tracks.remove(&key) {
+                self.close(key, &mut track, None, &mut events);
+            }
+        }
+        events
+    }
+
+    /// The event-loop threads seen so far, as `name (tid)` labels (with the pid when several).
+    pub fn loops_seen(&self) -> Vec<String> {
+        let pids: std::collections::BTreeSet<u32> = self.seen.keys().map(|k| k.0).collect();
+        self.seen
+            .iter()
+            .map(|((pid, tid), name)| {
+                let label = crate::sample::thread_label(name.as_deref(), *tid);
+                if pids.len() > 1 { format!("pid {pid} {label}") } else { label }
+            })
+            .collect()
+    }
+
+    /// Runs in progress whose length already passes the threshold, as of `now` (monotonic):
+    /// `(pid, tid, thread name, callback, seconds so far)`. For live progress reports.
+    pub fn ongoing(&self, now: f64) -> Vec<(u32, u32, Option<String>, String, f64)> {
+        let mut out: Vec<_> = self
+            .tracks
+            .iter()
+            .filter_map(|((pid, tid), t)| {
+                let run = t.run.as_ref()?;
+                let secs = now - run.first;
+                (secs >= self.config.threshold)
+                    .then(|| (*pid, *tid, t.name.clone(), run.key.function.clone(), secs))
+            })
+            .collect();
+        out.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        out
+    }
+
+    fn feed_thread(&mut self, sample: &Sample, thread: &ThreadSample, events: &mut Vec<Event>) {
+        let key = (sample.pid, thread.tid);
+        let mut track = self.tracks.remove(&key).unwrap_or_default();
+        let state = classify(thread, &mut track.anchor);
+        if state == LoopState::NotLoop && track.run.is_none() {
+            events.push(Event::Stack {
+                pid: sample.pid,
+                thread: thread.label(),
+                frames: thread.frames.clone(),
+                idle: !is_active(thread),
+                count: 1,
+            });
+            // Keep tracking only threads that have been seen running a loop.
+            if track.last_seen.is_some() {
+                track.last_seen = Some(sample.mono);
+                track.name.clone_from(&thread.name);
+                self.tracks.insert(key, track);
+            }
+            return;
+        }
+        track.name.clone_from(&thread.name);
+        if state != LoopState::NotLoop {
+            self.seen.insert(key, thread.name.clone());
+        }
+        // Same callback key, and the loop dispatched nothing in between (when its ready queue is
+        // readable): a task step that yields and is stepped again is two callbacks.
+        let continues = matches!((&state, &track.run),
+            (LoopState::Callback { key: k, .. }, Some(run)) if run.key == *k
+                && !matches!((&run.ready, &thread.ready), (Some(a), Some(b)) if a.popped_before(b)));
+        if !continues {
+            self.close(key, &mut track, Some(sample.mono), events);
+        }
+        match state {
+            LoopState::Callback { key: cb, depth } => {
+                let run = track.run.get_or_insert_with(|| Run {
+                    key: cb,
+                    prev: track.last_seen,
+                    first: sample.mono,
+                    wall_offset: sample.wall - sample.mono,
+                    last: sample.mono,
+                    samples: 0,
+                    stacks: HashMap::new(),
+                    kinds: HashMap::new(),
+                    ready: None,
+                });
+                run.ready = thread.ready;
+                run.last = sample.mono;
+                run.samples += 1;
+                run.stacks.entry(thread.frames.clone()).or_insert((0, depth)).0 += 1;
+                if let Some(os) = &thread.os {
+                    if let Some(sc) = &os.syscall {
+                        *run.kinds.entry(kind_of_syscall(sc, os.state)).or_insert(0) += 1;
+                    }
+                }
+            }
+            other => events.push(Event::Stack {
+                pid: sample.pid,
+                thread: thread.label(),
+                frames: thread.frames.clone(),
+                idle: other == LoopState::Idle,
+                count: 1,
+            }),
+        }
+        track.last_seen = Some(sample.mono);
+        self.tracks.insert(key, track);
+    }
+
+    /// End the thread's current run, if any. `next` is the monotonic time of the first sample
+    /// that saw the run over, or `None` when the recording stopped during it.
+    fn close(&self, key: (u32, u32), track: &mut Track, next: Option<f64>, events: &mut Vec<Event>) {
+        let Some(run) = track.run.take() else { return };
+        // Each boundary lies between two samples; take the middle of the gap, so the error is
+        // at most half a gap on each side.
+        let start = match run.prev {
+            Some(prev) => run.first - (run.first - prev) / 2.0,
+            None => run.first,
+        };
+        let end = match next {
+            Some(next) => run.last + (next - run.last) / 2.0,
+            None => run.last,
+        };
+        let duration = (end - start).max(0.0);
+        let mut stacks: Vec<(Vec<Frame>, (u32, usize))> = run.stacks.into_iter().collect();
+        // Most frequent first; ties broken by the stack itself so output is deterministic.
+        stacks.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then_with(|| a.0.cmp(&b.0)));
+        if duration < self.config.threshold || stacks.is_empty() {
+            let thread = crate::sample::thread_label(track.name.as_deref(), key.1);
+            for (frames, (count, _)) in stacks {
+                events.push(Event::Stack { pid: key.0, thread: thread.clone(), frames, idle: false, count });
+            }
+            return;
+        }
+        let (top, (_, depth)) = &stacks[0];
+        let callback = &top[..(*depth).min(top.len())];
+        let blamed = culprit(callback, top);
+        let culprit_index = blamed
+            .and_then(|b| top.iter().position(|f| std::ptr::eq(f, b)))
+            .unwrap_or(0);
+        let os_kind = run
+            .kinds
+            .iter()
+            .max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)))
+            .map(|(k, _)| *k);
+        let v = verdict(os_kind, &top[..culprit_index]);
+        let episode = Episode {
+            pid: key.0,
+            tid: key.1,
+            thread: track.name.clone(),
+            start: start + run.wall_offset,
+            duration_ms: duration * 1000.0,
+            samples: run.samples,
+            kind: v.kind,
+            source: v.source,
+            task: None,
+            coroutine: Some(run.key.function.clone()),
+            culprit: blamed.map(Location::from).unwrap_or_else(|| Location {
+                function: run.key.function.clone(),
+                file: run.key.file.clone(),
+                line: 0,
+            }),
+            stack: top.iter().map(Location::from).collect(),
+            gil_holder: None,
+            advice: v.advice,
+            complete: next.is_some(),
+        };
+        let stacks = stacks.into_iter().map(|(f, (c, _))| (f, c)).collect();
+        events.push(Event::Episode { episode, stacks });
+    }
+}
+
+/// Whether a thread that runs no loop was doing work (for the flame graph's idle filter).
+fn is_active(thread: &ThreadSample) -> bool {
+    match &thread.os {
+        Some(os) => os.state == 'R' || os.state == 'D',
+        None => thread.active,
+    }
+}

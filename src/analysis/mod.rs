@@ -1,0 +1,11 @@
+//! Pure analysis of samples: which threads run an event loop and what each is doing
+//! (`loop_state`), blocking episodes (`detector`), whom to blame (`culprit`) and why
+//! (`classify`).
+
+pub mod classify;
+pub mod culprit;
+pub mod detector;
+pub mod loop_state;
+
+#[cfg(test)]
+mod detector_tests;

@@ -1,0 +1,167 @@
+//! Find or launch the target and attach to it: checks that turn the usual failures into clear
+//! errors (no such process, zombie, not Python, permission, unsupported version), then py-spy's
+//! attach in non-blocking mode (loopspy never pauses the target).
+
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use py_spy::config::{LineNo, LockingStrategy};
+use py_spy::{Config, PythonSpy};
+
+use crate::error::{is_permission, UserError};
+use crate::spy::{process_alive, Spy};
+
+/// How long a launched interpreter gets to become readable.
+const LAUNCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An attached target.
+pub struct Target {
+    pub spy: Spy,
+    pub pid: u32,
+    /// The target's command line, for titles and summaries.
+    pub command: String,
+    pub python_version: String,
+    /// Set when loopspy launched the target itself.
+    pub child: Option<Child>,
+    /// A one-line notice about reduced functionality, if any.
+    pub notice: Option<String>,
+}
+
+fn spy_config() -> Config {
+    Config {
+        blocking: LockingStrategy::NonBlocking,
+        lineno: LineNo::LastInstruction,
+        collect_thread_names: true,
+        ..Config::default()
+    }
+}
+
+fn comm(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+fn cmdline(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            b.split(|c| *c == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect::<Vec<_>>().join(" ")
+        })
+        .unwrap_or_default()
+}
+
+/// Check the PID before asking py-spy, so the common failures get their own message.
+fn precheck(pid: u32) -> Result<()> {
+    let stat = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s,
+        Err(_) => return Err(UserError::NoSuchProcess(pid).into()),
+    };
+    if matches!(crate::os::thread_state::parse_stat_state(&stat), Some('Z' | 'X')) {
+        return Err(UserError::Zombie(pid).into());
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/maps")) {
+        Ok(maps) if maps.is_empty() && !process_alive(pid) => Err(UserError::Zombie(pid).into()),
+        Ok(maps) if !maps.contains("python") => {
+            Err(UserError::NotPython { pid, comm: comm(pid) }.into())
+        }
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            Err(UserError::PermissionDenied(pid).into())
+        }
+        Err(_) => Err(UserError::NoSuchProcess(pid).into()),
+    }
+}
+
+fn check_version(pid: u32, spy: &PythonSpy) -> Result<()> {
+    let v = &spy.version;
+    if v.major != 3 || !(8..=14).contains(&v.minor) {
+        let version = format!("{}.{}.{}", v.major, v.minor, v.patch);
+        return Err(UserError::UnsupportedVersion { pid, version }.into());
+    }
+    Ok(())
+}
+
+/// Turn py-spy's attach error into one of ours where the cause is known.
+fn classify_attach_error(pid: u32, err: anyhow::Error) -> anyhow::Error {
+    if is_permission(&err) {
+        return UserError::PermissionDenied(pid).into();
+    }
+    if !process_alive(pid) {
+        return UserError::NoSuchProcess(pid).into();
+    }
+    let text = format!("{err:#}");
+    if text.contains("Unsupported version") {
+        return UserError::UnsupportedVersion { pid, version: "of this build".into() }.into();
+    }
+    err.context(format!("could not read the Python interpreter of process {pid}"))
+}
+
+fn finish(pid: u32, spy: PythonSpy, child: Option<Child>) -> Result<Target> {
+    check_version(pid, &spy)?;
+    let (spy, notice) = Spy::new(spy);
+    Ok(Target {
+        python_version: spy.python_version(),
+        spy,
+        pid,
+        command: cmdline(pid),
+        child,
+        notice,
+    })
+}
+
+/// Attach to a running process.
+pub fn attach(pid: u32) -> Result<Target> {
+    precheck(pid)?;
+    let spy = PythonSpy::new(pid as py_spy::Pid, &spy_config()).map_err(|e| classify_attach_error(pid, e))?;
+    finish(pid, spy, None)
+}
+
+/// Launch `command` (its stdio passes through) and attach once its interpreter is readable.
+pub fn launch(command: &[String]) -> Result<Target> {
+    let shown = command.join(" ");
+    let (program, args) = command.split_first().context("no command given after --")?;
+    let mut child = Command::new(program)
+        .args(args)
+        .spawn()
+        .map_err(|e| UserError::LaunchFailed { command: shown.clone(), reason: e.to_string() })?;
+    let pid = child.id();
+    let started = Instant::now();
+    let config = spy_config();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Err(UserError::ExitedBeforeAttach { command: shown, status: status.to_string() }.into());
+        }
+        let err = match PythonSpy::new(pid as py_spy::Pid, &config) {
+            Ok(mut spy) => match spy.get_stack_traces() {
+                Ok(traces) if !traces.is_empty() => return finish(pid, spy, Some(child)),
+                Ok(_) => anyhow::anyhow!("no Python thread yet"),
+                Err(e) => e,
+            },
+            Err(e) => e,
+        };
+        if started.elapsed() > LAUNCH_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(classify_attach_error(pid, err));
+        }
+        // The interpreter is still starting up: its runtime is not in memory yet.
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+impl Target {
+    /// Stop a target loopspy launched (at the end of the recording) and reap it.
+    pub fn stop_child(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            if child.try_wait().ok().flatten().is_none() {
+                // SIGINT first, like Ctrl-C, so the program can clean up; then insist.
+                unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+                let deadline = Instant::now() + Duration::from_secs(2);
+                while Instant::now() < deadline && child.try_wait().ok().flatten().is_none() {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! The command line (clap derive only). `into_*` methods turn raw arguments into validated
+//! settings; no I/O happens here.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Default sampling rate in Hz (see README: "Choosing the rate").
+pub const DEFAULT_RATE: &str = "100";
+
+#[derive(Debug, Parser)]
+#[command(name = "loopspy", version, about = "Find what blocks a live asyncio event loop: attach to a running CPython process, detect blocking episodes, write an annotated flame graph and an episodes log.")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Sample a running process (--pid) or a command you launch (-- CMD), find blocking episodes.
+    Record(RecordArgs),
+    /// Re-render a raw recording (made with `record --format raw`) through the same analysis.
+    Report(ReportArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// An SVG flame graph with blocking episodes highlighted.
+    Flamegraph,
+    /// The raw samples, for `loopspy report`.
+    Raw,
+}
+
+/// Options shared by `record` and `report`.
+#[derive(Debug, Args)]
+pub struct AnalysisArgs {
+    /// A callback running at least this many milliseconds is a blocking episode.
+    #[arg(long, default_value = "50", value_parser = positive_f64)]
+    pub threshold: f64,
+    /// Write the episodes as JSON Lines to FILE (`-` for stdout), one line as each ends.
+    #[arg(long, value_name = "FILE")]
+    pub episodes: Option<String>,
+    /// Also draw idle stacks (threads waiting) in the flame graph.
+    #[arg(long)]
+    pub idle: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("target").required(true).args(["pid", "command"]))]
+pub struct RecordArgs {
+    /// PID of the Python process to attach to.
+    #[arg(short, long)]
+    pub pid: Option<u32>,
+    /// Stop after this many seconds (default: until Ctrl-C or the target exits).
+    #[arg(short, long, value_parser = positive_f64)]
+    pub duration: Option<f64>,
+    /// Samples per second.
+    #[arg(short, long, default_value = DEFAULT_RATE, value_parser = positive_f64)]
+    pub rate: f64,
+    /// Output file (default loopspy-PID.svg, or loopspy-PID.jsonl with --format raw).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value = "flamegraph")]
+    pub format: Format,
+    #[command(flatten)]
+    pub analysis: AnalysisArgs,
+    /// The command to launch and record, after `--`.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The raw recording to read.
+    pub recording: PathBuf,
+    /// Output file (default: the recording's name with .svg).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    #[command(flatten)]
+    pub analysis: AnalysisArgs,
+}
+
+fn positive_f64(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+        Ok(_) => Err("must be a number greater than 0".into()),
+        Err(_) => Err(format!("`{s}` is not a number")),
+    }
+}
+
+impl RecordArgs {
+    /// The output path: the one given or the default for the format.
+    pub fn output_path(&self, pid: Option<u32>) -> PathBuf {
+        self.output.clone().unwrap_or_else(|| {
+            let id = pid.map(|p| p.to_string()).unwrap_or_else(|| "run".into());
+            match self.format {
+                Format::Flamegraph => PathBuf::from(format!("loopspy-{id}.svg")),
+                Format::Raw => PathBuf::from(format!("loopspy-{id}.jsonl")),
+            }
+        })
+    }
+}
+
+impl ReportArgs {
+    pub fn output_path(&self) -> PathBuf {
+        self.output.clone().unwrap_or_else(|| self.recording.with_extension("svg"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn rejects_bad_numbers_and_missing_target() {
+        assert!(Cli::try_parse_from(["loopspy", "record", "--pid", "1", "--rate", "0"]).is_err());
+        assert!(Cli::try_parse_from(["loopspy", "record", "--pid", "1", "--threshold", "-5"]).is_err());
+        assert!(Cli::try_parse_from(["loopspy", "record"]).is_err());
+        assert!(Cli::try_parse_from(["loopspy", "record", "--pid", "1", "--", "python3"]).is_err());
+        let ok = Cli::try_parse_from(["loopspy", "record", "--", "python3", "app.py", "-x"]).unwrap();
+        match ok.command {
+            Command::Record(r) => assert_eq!(r.command, ["python3", "app.py", "-x"]),
+            _ => unreachable!(),
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! Errors the user can act on, each one line: what is wrong and how to fix it. Everything else is
+//! an `anyhow` chain; `main` prints either and maps it to an exit code.
+
+use std::fmt;
+
+/// Hint shared by every permission failure.
+pub const PERMISSION_HINT: &str = "run loopspy as root (sudo) or give it CAP_SYS_PTRACE; if that is not enough, lower kernel.yama.ptrace_scope (sysctl kernel.yama.ptrace_scope=1); in a container add --cap-add SYS_PTRACE; or launch the target under loopspy: `loopspy record -- python3 app.py`";
+
+/// A failure with a known cause.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserError {
+    NoSuchProcess(u32),
+    Zombie(u32),
+    NotPython { pid: u32, comm: String },
+    UnsupportedVersion { pid: u32, version: String },
+    PermissionDenied(u32),
+    LaunchFailed { command: String, reason: String },
+    ExitedBeforeAttach { command: String, status: String },
+    Output { path: String, reason: String },
+    Recording { path: String, reason: String },
+}
+
+impl fmt::Display for UserError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UserError::NoSuchProcess(pid) => write!(f, "no process with PID {pid}: check the PID with `pgrep -af python`"),
+            UserError::Zombie(pid) => write!(f, "process {pid} has exited (it is a zombie waiting for its parent): nothing left to sample"),
+            UserError::NotPython { pid, comm } => write!(f, "process {pid} ({comm}) is not a Python process: pass the PID of the python interpreter (e.g. a uvicorn/gunicorn worker, `pgrep -af python`)"),
+            UserError::UnsupportedVersion { pid, version } => write!(f, "process {pid} runs Python {version}, which loopspy does not support: it reads CPython 3.8 to 3.14"),
+            UserError::PermissionDenied(pid) => write!(f, "permission denied reading process {pid}: {PERMISSION_HINT}"),
+            UserError::LaunchFailed { command, reason } => write!(f, "could not start `{command}`: {reason}"),
+            UserError::ExitedBeforeAttach { command, status } => write!(f, "`{command}` exited ({status}) before loopspy could attach to it"),
+            UserError::Output { path, reason } => write!(f, "cannot write {path}: {reason}: choose a writable path with -o / --episodes"),
+            UserError::Recording { path, reason } => write!(f, "cannot read recording {path}: {reason}: pass a file written by `loopspy record --format raw`"),
+        }
+    }
+}
+
+impl std::error::Error for UserError {}
+
+/// The message to print for any error: a known cause as is, else the whole context chain.
+pub fn message(err: &anyhow::Error) -> String {
+    match err.downcast_ref::<UserError>() {
+        Some(e) => e.to_string(),
+        None => format!("{err:#}"),
+    }
+}
+
+/// Whether an error chain contains an OS permission error (EPERM/EACCES).
+pub fn is_permission(err: &anyhow::Error) -> bool {
+    err.chain().any(|c| {
+        let text = c.to_string();
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
+            || text.contains("Operation not permitted")
+            || text.contains("Permission denied")
+            || text.contains("os error 1)")
+            || text.contains("os error 13)")
+    })
+}

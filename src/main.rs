@@ -1,0 +1,22 @@
+//! The `loopspy` binary: parse, run, and map errors to the documented exit codes
+//! (0 success, 1 runtime failure, 2 bad command line).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use loopspy::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Record(args) => loopspy::record::run(args),
+        Command::Report(args) => loopspy::report::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("loopspy: error: {}", loopspy::error::message(&e));
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! The operating system's view of the target's threads, from `/proc`. Linux only; the
+//! architecture-specific syscall numbers are selected in one place, `syscalls`.
+
+pub mod syscalls;
+pub mod thread_state;

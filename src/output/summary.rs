@@ -1,0 +1,97 @@
+//! The short human summary printed on stderr at the end of a recording: what was found, the
+//! worst episodes with their culprit, the culprits by total blocked time, and sampling health.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use anyhow::Result;
+
+use crate::episode::Episode;
+use crate::sampler::SamplerStats;
+
+/// Everything the summary reports.
+pub struct Summary<'a> {
+    pub episodes: &'a [Episode],
+    pub stats: &'a SamplerStats,
+    /// Event-loop threads seen: `name (tid)` labels.
+    pub loops: &'a [String],
+    pub threshold_ms: f64,
+    /// Files written, in order.
+    pub outputs: &'a [String],
+}
+
+const WORST_SHOWN: usize = 5;
+const CULPRITS_SHOWN: usize = 5;
+
+pub fn write(out: &mut dyn Write, s: &Summary) -> Result<()> {
+    let st = s.stats;
+    let error_share = if st.samples + st.errors > 0 {
+        100.0 * st.errors as f64 / (st.samples + st.errors) as f64
+    } else {
+        0.0
+    };
+    writeln!(
+        out,
+        "loopspy: {} samples in {:.1} s ({:.0} Hz of {:.0} asked), {} errors ({:.1}%), {} late ticks (worst {:.1} ms); ended: {}",
+        st.samples, st.elapsed, st.achieved_rate(), st.rate, st.errors, error_share, st.late, st.max_late_ms, st.end
+    )?;
+    if s.loops.is_empty() {
+        writeln!(out, "loopspy: no asyncio event loop was found in the target (is it running one? loops are found while they run)")?;
+    } else {
+        writeln!(out, "loopspy: event loops seen on {}", s.loops.join(", "))?;
+    }
+    if s.episodes.is_empty() {
+        writeln!(out, "loopspy: no blocking episodes (no callback ran {:.0} ms or more)", s.threshold_ms)?;
+    } else {
+        let total: f64 = s.episodes.iter().map(|e| e.duration_ms).sum();
+        writeln!(
+            out,
+            "loopspy: {} blocking episode{} (callbacks running {:.0} ms or more), {:.0} ms blocked in total",
+            s.episodes.len(),
+            if s.episodes.len() == 1 { "" } else { "s" },
+            s.threshold_ms,
+            total
+        )?;
+        writeln!(out, "  worst:")?;
+        let mut worst: Vec<&Episode> = s.episodes.iter().collect();
+        worst.sort_by(|a, b| b.duration_ms.total_cmp(&a.duration_ms).then(a.start.total_cmp(&b.start)));
+        for e in worst.iter().take(WORST_SHOWN) {
+            writeln!(
+                out,
+                "    {:>8.1} ms  {}  [{}]  on {}{}",
+                e.duration_ms,
+                e.culprit_label(),
+                why(e),
+                crate::sample::thread_label(e.thread.as_deref(), e.tid),
+                if e.complete { "" } else { "  (still running when the recording stopped)" }
+            )?;
+        }
+        writeln!(out, "  by culprit:")?;
+        let mut by: BTreeMap<String, (usize, f64, f64, Option<String>)> = BTreeMap::new();
+        for e in s.episodes {
+            let entry = by.entry(format!("{}  [{}]", e.culprit_label(), why(e))).or_insert((0, 0.0, 0.0, e.advice.clone()));
+            entry.0 += 1;
+            entry.1 += e.duration_ms;
+            entry.2 = entry.2.max(e.duration_ms);
+        }
+        let mut by: Vec<_> = by.into_iter().collect();
+        by.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1).then(a.0.cmp(&b.0)));
+        for (label, (n, total, worst, advice)) in by.iter().take(CULPRITS_SHOWN) {
+            writeln!(out, "    {n:>4}x  total {total:>8.0} ms  worst {worst:>7.0} ms  {label}")?;
+            if let Some(a) = advice {
+                writeln!(out, "           fix: {a}")?;
+            }
+        }
+    }
+    if !s.outputs.is_empty() {
+        writeln!(out, "loopspy: wrote {}", s.outputs.join(", "))?;
+    }
+    Ok(())
+}
+
+fn why(e: &Episode) -> String {
+    match &e.source {
+        Some(src) => format!("{}, {src}", e.kind),
+        None => e.kind.clone(),
+    }
+}

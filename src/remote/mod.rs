@@ -1,0 +1,232 @@
+//! Our own reader of a few CPython objects in a live target: its Python threads, their OS
+//! thread ids, and the asyncio event loop each thread is running.
+//!
+//! py-spy (a library dependency) gives us the attached process, its version and the
+//! interpreter address; everything else here reads raw target memory with per-version
+//! layouts (`offsets`), because py-spy keeps its struct bindings private.
+//!
+//! Where the running loop lives (cpython-notes §2.1):
+//! - 3.8–3.11: `tstate->dict["__asyncio_running_event_loop__"]` is a `_RunningLoopHolder`
+//!   (`rl_loop` @16, `rl_pid` @24; `rl_pid` must be the target pid, since a forked child
+//!   inherits the parent's holder);
+//! - 3.12: the same key holds the loop itself (or None);
+//! - 3.13: `_PyThreadStateImpl.asyncio_running_loop` at `sizeof(PyThreadState)`, taken from
+//!   `_Py_DebugOffsets.thread_state.size`;
+//! - 3.14: the offset given by the `_asyncio` module's `.AsyncioDebug` section.
+//!
+//! Only the main interpreter (py-spy's `interpreter_address`) is walked.
+
+mod asyncio_debug;
+mod dict;
+mod mem;
+mod objects;
+mod offsets;
+mod threads;
+mod tid;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashSet;
+
+use anyhow::{anyhow, bail, Context, Result};
+use remoteprocess::ProcessMemory;
+
+pub use offsets::{DictLayout, Layout, LoopSlot};
+
+use dict::KeyCache;
+use objects::TypeNames;
+use offsets::{HOLDER_LOOP, HOLDER_PID, RUNNING_LOOP_KEY};
+use threads::RawThread;
+use tid::PthreadTid;
+
+/// One Python thread state of the target, as read at one moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PyThread {
+    /// pthread_t of the thread (PyThreadState.thread_id) — the same value py-spy puts in
+    /// StackTrace.thread_id.
+    pub pthread_id: u64,
+    /// OS thread id (what /proc/PID/task/TID is named by). 3.11+: `native_thread_id`;
+    /// 3.8–3.10: the calibrated `tid` field of glibc's `struct pthread`. Only reported when it
+    /// is currently a thread of the target; None if it cannot be determined.
+    pub native_tid: Option<u32>,
+    /// The asyncio event loop this thread is running now (asyncio's per-thread running-loop
+    /// slot), if any.
+    pub running_loop: Option<RunningLoop>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunningLoop {
+    pub address: u64,
+    /// ob_type->tp_name of the loop, e.g. "_UnixSelectorEventLoop" or uvloop's "Loop".
+    pub type_name: String,
+}
+
+/// Reads the target's thread states and their running loops. Built once per attach; keeps
+/// the version layout, the calibrated pthread tid offset and small caches between scans.
+pub struct ThreadScanner {
+    pid: i32,
+    interp: u64,
+    layout: Layout,
+    /// Offset of the running-loop pointer inside the thread state (3.13 at construction,
+    /// 3.14 once `_asyncio` is loaded); None for the dict-based versions.
+    slot_off: Option<u64>,
+    tid: PthreadTid,
+    key: KeyCache,
+    names: TypeNames,
+}
+
+impl ThreadScanner {
+    /// Build from an attached spy (NonBlocking config). Errors with a one-line reason when
+    /// the version/layout is not supported.
+    pub fn new(spy: &py_spy::PythonSpy) -> Result<ThreadScanner> {
+        let v = &spy.version;
+        if v.major != 3 || !(8..=14).contains(&v.minor) {
+            bail!("CPython {}.{}.{} is not supported (3.8–3.14 are)", v.major, v.minor, v.patch);
+        }
+        let interp = spy.addresses.interpreter_address as u64;
+        if !mem::plausible_obj(interp) {
+            bail!("py-spy gave an implausible interpreter address 0x{interp:x}");
+        }
+        let layout = match Layout::from_table(v.minor) {
+            Some(l) => l,
+            None => {
+                let runtime = pyruntime_address(&spy.process)?;
+                // _Py_DebugOffsets is ~600 bytes (3.13) to ~800 (3.14); _PyRuntime is far larger.
+                let buf = mem::read_bytes(&spy.process, runtime, 2048)
+                    .ok_or_else(|| anyhow!("cannot read _PyRuntime at 0x{runtime:x}"))?;
+                Layout::from_debug_offsets(v.major, v.minor, &buf)?
+            }
+        };
+        let slot_off = match layout.slot {
+            LoopSlot::TstateField(off) => Some(off),
+            _ => None,
+        };
+        let mut scanner = ThreadScanner {
+            pid: spy.pid,
+            interp,
+            layout,
+            slot_off,
+            tid: PthreadTid::default(),
+            key: KeyCache::new(RUNNING_LOOP_KEY),
+            names: TypeNames::default(),
+        };
+        // A wrong layout shows up as an empty walk: the head's `interp` back-pointer would not
+        // match. A live interpreter always has at least the thread that runs it.
+        let raw = threads::walk(&spy.process, &scanner.layout, interp, scanner.slot_off)?;
+        if raw.is_empty() {
+            bail!(
+                "no thread states found for CPython {}.{}.{} at interpreter 0x{interp:x} (unexpected layout?)",
+                v.major, v.minor, v.patch
+            );
+        }
+        if scanner.layout.ts_native_tid.is_none() {
+            if let Some(tids) = tid::os_tids(scanner.pid) {
+                let pts: Vec<u64> = raw.iter().map(|t| t.pthread_id).collect();
+                scanner.tid.calibrate(&spy.process, scanner.pid, &pts, &tids);
+            }
+        }
+        if scanner.layout.slot == LoopSlot::AsyncioDebug {
+            scanner.slot_off = asyncio_debug::running_loop_offset(scanner.pid)?;
+        }
+        Ok(scanner)
+    }
+
+    /// The version layout in use (for diagnostics).
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// The calibrated `struct pthread` tid offset (3.8–3.10), if any.
+    pub fn pthread_tid_offset(&self) -> Option<u64> {
+        self.tid.offset
+    }
+
+    /// Walk the interpreter's thread states and read each one's running loop. Never panics
+    /// on garbage; bounded loops; a thread whose slot can't be read validly gets
+    /// running_loop None.
+    pub fn scan(&mut self, process: &remoteprocess::Process) -> Result<Vec<PyThread>> {
+        if process.pid != self.pid {
+            bail!("scanner was built for pid {}, asked to scan pid {}", self.pid, process.pid);
+        }
+        if self.layout.slot == LoopSlot::AsyncioDebug && self.slot_off.is_none() {
+            self.slot_off = asyncio_debug::running_loop_offset(self.pid)?;
+        }
+        let raw = threads::walk(process, &self.layout, self.interp, self.slot_off)?;
+        let tids = tid::os_tids(self.pid)
+            .with_context(|| format!("cannot list /proc/{}/task (has the process exited?)", self.pid))?;
+        if self.layout.ts_native_tid.is_none() {
+            let pts: Vec<u64> = raw.iter().map(|t| t.pthread_id).collect();
+            let distinct: HashSet<u64> = pts.iter().copied().collect();
+            if self.tid.wants_calibration(distinct.len()) {
+                self.tid.calibrate(process, self.pid, &pts, &tids);
+            }
+        }
+        Ok(raw
+            .iter()
+            .map(|t| PyThread {
+                pthread_id: t.pthread_id,
+                native_tid: self.native_tid(process, t, &tids),
+                running_loop: self.running_loop(process, t),
+            })
+            .collect())
+    }
+
+    fn native_tid<M: ProcessMemory + ?Sized>(&self, mem: &M, t: &RawThread, tids: &HashSet<u32>) -> Option<u32> {
+        match t.native_tid {
+            Some(n) => u32::try_from(n).ok().filter(|n| tids.contains(n)),
+            None if self.layout.ts_native_tid.is_none() => self.tid.read(mem, t.pthread_id, tids),
+            None => None,
+        }
+    }
+
+    /// The thread's running loop, or None when it has none or anything read is invalid.
+    fn running_loop<M: ProcessMemory + ?Sized>(&mut self, mem: &M, t: &RawThread) -> Option<RunningLoop> {
+        let loop_addr = match self.layout.slot {
+            LoopSlot::DictHolder => {
+                let holder = self.dict_value(mem, t)?;
+                // The holder must really be a _RunningLoopHolder before we trust its fields.
+                if !self.names.of_object(mem, holder)?.ends_with("_RunningLoopHolder") {
+                    return None;
+                }
+                let h = mem::read_bytes(mem, holder, (HOLDER_PID + 4) as usize)?;
+                let rl_pid = mem::u32_at(&h, HOLDER_PID)? as i32;
+                if rl_pid != self.pid {
+                    return None;
+                }
+                mem::u64_at(&h, HOLDER_LOOP)?
+            }
+            LoopSlot::DictDirect => self.dict_value(mem, t)?,
+            LoopSlot::TstateField(_) | LoopSlot::AsyncioDebug => t.slot?,
+        };
+        if loop_addr == 0 {
+            return None;
+        }
+        let type_name = self.names.of_object(mem, loop_addr)?;
+        if type_name == "NoneType" {
+            return None;
+        }
+        Some(RunningLoop { address: loop_addr, type_name })
+    }
+
+    fn dict_value<M: ProcessMemory + ?Sized>(&mut self, mem: &M, t: &RawThread) -> Option<u64> {
+        let d = t.dict.filter(|&d| d != 0)?;
+        dict::lookup_str(mem, self.layout.dict, self.layout.str_ascii_size, d, &mut self.key)
+    }
+}
+
+/// Address of `_PyRuntime` (3.13+): the dynamic symbol, else the `.PyRuntime` section that
+/// holds it (3.10+ builds). py-spy's symbol addresses already include the load bias.
+fn pyruntime_address(process: &remoteprocess::Process) -> Result<u64> {
+    let info = py_spy::python_process_info::PythonProcessInfo::new(process)
+        .context("cannot parse the target's python binaries")?;
+    if let Some(&addr) = info.get_symbol("_PyRuntime") {
+        return Ok(addr);
+    }
+    let section = [&info.libpython_binary, &info.python_binary]
+        .into_iter()
+        .flatten()
+        .map(|b| b.pyruntime_addr)
+        .find(|&a| a != 0);
+    section.ok_or_else(|| anyhow!("cannot find _PyRuntime (no symbol, no .PyRuntime section)"))
+}

@@ -1,0 +1,188 @@
+//! Live tests: spawn `tests/py/remote_threads.py` under each pyenv interpreter, attach with
+//! py-spy (NonBlocking) and check every thread's OS tid, pthread id and running loop.
+//! A missing interpreter (or uvloop) skips its test with a message instead of failing.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use super::{PyThread, ThreadScanner};
+
+/// The child is ended when the test ends, also on a failed assertion: closing its stdin
+/// makes the script exit; kill (by our child's own handle) is the fallback.
+struct Target {
+    child: Child,
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        for _ in 0..50 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn python(version: &str) -> Option<PathBuf> {
+    let home = std::env::var_os("HOME")?;
+    let p = PathBuf::from(home).join(".pyenv/versions").join(version).join("bin/python3");
+    p.exists().then_some(p)
+}
+
+/// Role → (native tid, pthread ident), from the READY line.
+type Ids = HashMap<String, (u32, u64)>;
+
+fn parse_ready(line: &str) -> Ids {
+    line.trim()
+        .strip_prefix("READY ")
+        .unwrap_or_else(|| panic!("unexpected line {line:?}"))
+        .split_whitespace()
+        .map(|kv| {
+            let (role, ids) = kv.split_once('=').unwrap();
+            let (tid, ident) = ids.split_once(':').unwrap();
+            (role.to_string(), (tid.parse().unwrap(), ident.parse().unwrap()))
+        })
+        .collect()
+}
+
+/// Starts the script and waits for its READY line (no fixed sleeps).
+fn spawn(py: &PathBuf, args: &[&str]) -> (Target, Ids) {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/py/remote_threads.py");
+    let mut child = Command::new(py)
+        .arg(script)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn python");
+    let stdout = child.stdout.take().unwrap();
+    let target = Target { child };
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(Duration::from_secs(60)).expect("no READY line within 60 s");
+    (target, parse_ready(&line))
+}
+
+fn attach(pid: u32) -> py_spy::PythonSpy {
+    let config = py_spy::Config {
+        blocking: py_spy::config::LockingStrategy::NonBlocking,
+        ..Default::default()
+    };
+    py_spy::PythonSpy::retry_new(pid as i32, &config, 20).expect("attach with py-spy")
+}
+
+fn by_tid(threads: &[PyThread], tid: u32) -> &PyThread {
+    threads
+        .iter()
+        .find(|t| t.native_tid == Some(tid))
+        .unwrap_or_else(|| panic!("no thread with native tid {tid} in {threads:#?}"))
+}
+
+fn check_threads(threads: &[PyThread], ids: &Ids, loop_type: &str) {
+    assert_eq!(threads.len(), ids.len(), "thread count: {threads:#?} vs {ids:?}");
+    for (role, &(tid, ident)) in ids {
+        let t = by_tid(threads, tid);
+        assert_eq!(t.pthread_id, ident, "pthread id of {role}");
+        let want_loop = role == "main" || role == "loop";
+        match &t.running_loop {
+            Some(l) if want_loop => assert_eq!(l.type_name, loop_type, "{role}: {t:?}"),
+            None if !want_loop => {}
+            other => panic!("{role} ({tid}): running_loop {other:?}"),
+        }
+    }
+    let main = by_tid(threads, ids["main"].0).running_loop.as_ref().unwrap();
+    let other = by_tid(threads, ids["loop"].0).running_loop.as_ref().unwrap();
+    assert_ne!(main.address, other.address, "two threads cannot run the same loop");
+}
+
+fn live(version: &str, args: &[&str], loop_type: &str) {
+    let Some(py) = python(version) else {
+        eprintln!("skipping live test: ~/.pyenv/versions/{version}/bin/python3 not found");
+        return;
+    };
+    if args.contains(&"--uvloop") {
+        let ok = Command::new(&py).args(["-c", "import uvloop"]).status().map(|s| s.success());
+        if ok.ok() != Some(true) {
+            eprintln!("skipping uvloop live test: uvloop not installed for {version}");
+            return;
+        }
+    }
+    let (target, ids) = spawn(&py, args);
+    let spy = attach(target.child.id());
+    let mut scanner = ThreadScanner::new(&spy).expect("ThreadScanner::new");
+    // Several scans: results must be stable while the target keeps running.
+    let start = std::time::Instant::now();
+    for i in 0..20 {
+        let threads = scanner.scan(&spy.process).expect("scan");
+        if i == 0 {
+            eprintln!("{version} {args:?}: {threads:?}");
+        }
+        check_threads(&threads, &ids, loop_type);
+    }
+    eprintln!("{version}: {:?} per scan of {} threads", start.elapsed() / 20, ids.len());
+    if scanner.layout().ts_native_tid.is_none() {
+        eprintln!("{version}: struct pthread tid offset 0x{:x}", scanner.pthread_tid_offset().unwrap());
+    }
+}
+
+#[test]
+fn live_3_8() {
+    live("3.8.18", &[], "_UnixSelectorEventLoop");
+}
+
+#[test]
+fn live_3_9() {
+    live("3.9.18", &[], "_UnixSelectorEventLoop");
+}
+
+#[test]
+fn live_3_10() {
+    live("3.10.13", &[], "_UnixSelectorEventLoop");
+}
+
+#[test]
+fn live_3_11() {
+    live("3.11.7", &[], "_UnixSelectorEventLoop");
+}
+
+#[test]
+fn live_3_12() {
+    live("3.12.1", &[], "_UnixSelectorEventLoop");
+}
+
+#[test]
+fn live_3_13() {
+    live("3.13.0", &[], "_UnixSelectorEventLoop");
+}
+
+#[test]
+fn live_3_11_uvloop() {
+    live("3.11.7", &["--uvloop"], "Loop");
+}
+
+/// The scanner is built for one pid and refuses another process handle.
+#[test]
+fn refuses_other_pid() {
+    let Some(py) = python("3.11.7") else {
+        eprintln!("skipping: 3.11.7 not found");
+        return;
+    };
+    let (target, _) = spawn(&py, &[]);
+    let spy = attach(target.child.id());
+    let mut scanner = ThreadScanner::new(&spy).unwrap();
+    let other = remoteprocess::Process::new(std::process::id() as i32).unwrap();
+    assert!(scanner.scan(&other).is_err());
+}

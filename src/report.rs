@@ -1,0 +1,59 @@
+//! `loopspy report`: replay a raw recording through the same pipeline as a live run.
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::Path;
+
+use anyhow::Result;
+
+use crate::cli::ReportArgs;
+use crate::error::UserError;
+use crate::output::atomic::AtomicFile;
+use crate::output::episodes::{EpisodeLog, LogTarget};
+use crate::pipeline::{Pipeline, Sinks};
+use crate::recording::RecordingReader;
+use crate::sampler::SamplerStats;
+
+fn recording_error(path: &Path, reason: impl std::fmt::Display) -> anyhow::Error {
+    UserError::Recording { path: path.display().to_string(), reason: reason.to_string() }.into()
+}
+
+/// Replay `path` into the given sinks; returns the episodes found.
+pub fn replay(path: &Path, threshold_ms: f64, idle: bool, sinks: Sinks, summary: &mut dyn std::io::Write) -> Result<Vec<crate::episode::Episode>> {
+    let file = File::open(path).map_err(|e| recording_error(path, e))?;
+    let mut reader = RecordingReader::new(BufReader::new(file)).map_err(|e| recording_error(path, format!("{e:#}")))?;
+    let mut pipeline = Pipeline::new(threshold_ms, idle, sinks);
+    let mut count = 0u64;
+    let mut last = 0.0f64;
+    for sample in reader.by_ref() {
+        let sample = sample.map_err(|e| recording_error(path, e))?;
+        count += 1;
+        last = sample.mono;
+        pipeline.on_sample(&sample)?;
+    }
+    let header = reader.header.clone();
+    // A recording cut short has no stats line: rebuild what can be known.
+    let stats = reader.stats.clone().unwrap_or(SamplerStats {
+        rate: header.rate,
+        samples: count,
+        elapsed: last,
+        end: "recording cut short".into(),
+        ..Default::default()
+    });
+    pipeline.finish(&header, &stats, summary)
+}
+
+pub fn run(args: &ReportArgs) -> Result<()> {
+    let svg = AtomicFile::create(&args.output_path())?;
+    let episodes = match &args.analysis.episodes {
+        Some(p) if p == "-" => Some((EpisodeLog::new(LogTarget::Stdout), p.clone())),
+        Some(p) => {
+            let f = AtomicFile::create(Path::new(p))?;
+            Some((EpisodeLog::new(LogTarget::Atomic(f)), p.clone()))
+        }
+        None => None,
+    };
+    let sinks = Sinks { flamegraph: Some(svg), raw: None, episodes, live_hangs: false };
+    replay(&args.recording, args.analysis.threshold, args.analysis.idle, sinks, &mut std::io::stderr())?;
+    Ok(())
+}

@@ -1,0 +1,145 @@
+//! Our own timestamped, serializable samples: the one place where py-spy's types are converted
+//! into ours. Everything downstream (analysis, renderers, recordings) sees only these types, so
+//! it can be tested without a live process.
+
+use serde::{Deserialize, Serialize};
+
+/// One Python frame. `line` is the line being executed (0 when unknown).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Frame {
+    pub function: String,
+    pub file: String,
+    pub line: u32,
+}
+
+/// What the OS said about a thread at sampling time (`/proc/PID/task/TID/{stat,syscall}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OsState {
+    /// Scheduler state letter from `stat`: R, S, D, ...
+    pub state: char,
+    /// Name of the system call the thread is blocked in (architecture-neutral, e.g.
+    /// `epoll_wait`), `running` when it is on a CPU or runnable, `None` when unreadable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub syscall: Option<String>,
+}
+
+/// The ready queue of a loop (`collections.deque`): its length and its mutation counter, which
+/// grows by one on every append and every pop. Two samples of one callback whose counters show a
+/// pop between them are two callbacks: the loop dispatched a new handle in between.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadyQueue {
+    pub len: u64,
+    pub state: u64,
+}
+
+impl ReadyQueue {
+    /// Whether the loop popped (dispatched) at least one handle between `self` and `later`.
+    pub fn popped_before(&self, later: &ReadyQueue) -> bool {
+        let changes = later.state.wrapping_sub(self.state);
+        let growth = later.len as i128 - self.len as i128;
+        // changes = appends + pops and growth = appends - pops, so pops = (changes - growth) / 2.
+        (changes as i128 - growth) > 0
+    }
+}
+
+/// One thread of the target as seen by one sample.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThreadSample {
+    /// OS thread id (0 when it could not be determined).
+    pub tid: u32,
+    /// Python thread name (`threading.current_thread().name`), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Type name of the asyncio event loop this thread runs, when it runs one
+    /// (`_UnixSelectorEventLoop`, uvloop's `Loop`, ...). Read from asyncio's running-loop slot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_loop: Option<String>,
+    /// Whether this thread held the GIL.
+    #[serde(default)]
+    pub gil: bool,
+    /// Whether the thread was doing work (py-spy's verdict: on a CPU, or not in a known wait).
+    #[serde(default)]
+    pub active: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub os: Option<OsState>,
+    /// The loop's ready queue (`loop._ready`), when it could be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<ReadyQueue>,
+    /// Innermost frame first.
+    pub frames: Vec<Frame>,
+}
+
+/// One sample of the whole process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    /// Wall-clock Unix time in seconds.
+    pub wall: f64,
+    /// Monotonic seconds since the recording started: all durations come from this.
+    pub mono: f64,
+    pub pid: u32,
+    pub threads: Vec<ThreadSample>,
+}
+
+impl Frame {
+    /// Convert a py-spy frame. File names stay as the interpreter reported them.
+    pub fn from_py_spy(frame: &py_spy::Frame) -> Frame {
+        Frame {
+            function: frame.name.clone(),
+            file: frame.filename.clone(),
+            line: u32::try_from(frame.line).unwrap_or(0),
+        }
+    }
+
+    /// `file:line`, with the file shortened to its last two path components.
+    pub fn location(&self) -> String {
+        format!("{}:{}", short_path(&self.file), self.line)
+    }
+}
+
+/// The last two components of a path: `app/handlers.py` rather than the full site path.
+pub fn short_path(path: &str) -> &str {
+    let mut cut = path.len();
+    for _ in 0..2 {
+        match path[..cut].rfind('/') {
+            Some(i) => cut = i,
+            None => return path,
+        }
+    }
+    &path[cut + 1..]
+}
+
+impl ThreadSample {
+    /// A label for this thread in outputs: `name (tid)` or `thread tid`.
+    pub fn label(&self) -> String {
+        thread_label(self.name.as_deref(), self.tid)
+    }
+}
+
+/// A label for a thread in outputs: `name (tid)` or `thread tid`.
+pub fn thread_label(name: Option<&str>, tid: u32) -> String {
+    match name {
+        Some(n) => format!("{n} ({tid})"),
+        None => format!("thread {tid}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_queue_pops() {
+        let q = |len, state| ReadyQueue { len, state };
+        assert!(!q(0, 10).popped_before(&q(0, 10)));
+        assert!(!q(0, 10).popped_before(&q(2, 12)), "two appends are not a dispatch");
+        assert!(q(1, 10).popped_before(&q(0, 11)));
+        assert!(q(0, 10).popped_before(&q(0, 12)), "append then pop");
+    }
+
+    #[test]
+    fn short_path_keeps_two_components() {
+        assert_eq!(short_path("/srv/app/handlers.py"), "app/handlers.py");
+        assert_eq!(short_path("app/handlers.py"), "app/handlers.py");
+        assert_eq!(short_path("handlers.py"), "handlers.py");
+    }
+}

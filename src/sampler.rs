@@ -1,0 +1,170 @@
+//! The timed sampling loop: one sample per tick at a fixed rate, each stamped with wall-clock and
+//! monotonic time. Failed reads (torn reads of a running target) are counted, not fatal; lateness
+//! is measured; the loop ends at the deadline, on a stop request, or when the target exits.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::sample::{Sample, ThreadSample};
+
+/// Something that can be sampled: the live target, or a fake in tests.
+pub trait SampleSource {
+    fn pid(&self) -> u32;
+    /// Read every thread once.
+    fn sample(&mut self) -> Result<Vec<ThreadSample>>;
+    /// Whether the target still runs (checked after a failed read).
+    fn alive(&mut self) -> bool;
+}
+
+/// How the sampler did: written into recordings and shown in the summary.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SamplerStats {
+    /// The rate asked for, in Hz.
+    pub rate: f64,
+    pub samples: u64,
+    pub errors: u64,
+    /// Ticks that started more than half an interval after their scheduled time.
+    pub late: u64,
+    pub max_late_ms: f64,
+    /// Seconds from the first to the last tick.
+    pub elapsed: f64,
+    /// Why the recording ended: `duration`, `interrupted` or `target exited`.
+    pub end: String,
+    /// The last read error, if any, for the summary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+impl SamplerStats {
+    /// Samples per second actually taken.
+    pub fn achieved_rate(&self) -> f64 {
+        if self.elapsed > 0.0 { self.samples as f64 / self.elapsed } else { 0.0 }
+    }
+}
+
+/// When to stop sampling.
+pub struct Limits<'a> {
+    pub rate: f64,
+    pub duration: Option<Duration>,
+    pub stop: &'a AtomicBool,
+}
+
+/// Give up when this many reads in a row failed while the target still runs.
+const MAX_CONSECUTIVE_ERRORS: u64 = 500;
+
+/// Run the loop, handing each sample to `sink`. Returns the stats; errors only when sampling
+/// keeps failing on a live target or the sink fails.
+pub fn run(
+    source: &mut dyn SampleSource,
+    limits: &Limits,
+    sink: &mut dyn FnMut(Sample) -> Result<()>,
+) -> Result<SamplerStats> {
+    let interval = Duration::from_secs_f64(1.0 / limits.rate);
+    let start = Instant::now();
+    let mut stats = SamplerStats { rate: limits.rate, ..Default::default() };
+    let mut next = start;
+    let mut consecutive = 0u64;
+    loop {
+        if limits.stop.load(Ordering::Relaxed) {
+            stats.end = "interrupted".into();
+            break;
+        }
+        if limits.duration.is_some_and(|d| start.elapsed() >= d) {
+            stats.end = "duration".into();
+            break;
+        }
+        let now = Instant::now();
+        if now < next {
+            std::thread::sleep(next - now);
+        }
+        let tick = Instant::now();
+        let late = tick.saturating_duration_since(next);
+        if late > interval / 2 {
+            stats.late += 1;
+            stats.max_late_ms = stats.max_late_ms.max(late.as_secs_f64() * 1000.0);
+            // Skip the missed ticks instead of bursting to catch up.
+            next = tick;
+        }
+        next += interval;
+        let wall = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+        let mono = tick.duration_since(start).as_secs_f64();
+        match source.sample() {
+            Ok(threads) => {
+                consecutive = 0;
+                stats.samples += 1;
+                stats.elapsed = mono;
+                sink(Sample { wall, mono, pid: source.pid(), threads })?;
+            }
+            Err(e) => {
+                stats.errors += 1;
+                consecutive += 1;
+                stats.last_error = Some(format!("{e:#}"));
+                if !source.alive() {
+                    stats.end = "target exited".into();
+                    break;
+                }
+                if consecutive >= MAX_CONSECUTIVE_ERRORS {
+                    bail!("sampling failed {consecutive} times in a row; last error: {e:#}");
+                }
+            }
+        }
+    }
+    Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fake {
+        left: u32,
+        fail_every: u32,
+        n: u32,
+    }
+
+    impl SampleSource for Fake {
+        fn pid(&self) -> u32 { 42 }
+        fn sample(&mut self) -> Result<Vec<ThreadSample>> {
+            self.n += 1;
+            if self.left == 0 {
+                bail!("gone");
+            }
+            self.left -= 1;
+            if self.fail_every > 0 && self.n % self.fail_every == 0 {
+                bail!("torn read");
+            }
+            Ok(vec![])
+        }
+        fn alive(&mut self) -> bool { self.left > 0 }
+    }
+
+    #[test]
+    fn counts_errors_and_ends_when_target_exits() {
+        let stop = AtomicBool::new(false);
+        let mut src = Fake { left: 30, fail_every: 3, n: 0 };
+        let mut got = vec![];
+        let stats = run(&mut src, &Limits { rate: 1000.0, duration: None, stop: &stop }, &mut |s| {
+            got.push(s);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(stats.end, "target exited");
+        assert_eq!(stats.samples, 20);
+        // Every third read fails; the last one (the 30th) finds the target gone and ends the run.
+        assert_eq!(stats.errors, 10);
+        assert!(got.windows(2).all(|w| w[1].mono > w[0].mono && w[0].pid == 42));
+    }
+
+    #[test]
+    fn stops_at_duration() {
+        let stop = AtomicBool::new(false);
+        let mut src = Fake { left: u32::MAX, fail_every: 0, n: 0 };
+        let limits = Limits { rate: 200.0, duration: Some(Duration::from_millis(100)), stop: &stop };
+        let stats = run(&mut src, &limits, &mut |_| Ok(())).unwrap();
+        assert_eq!(stats.end, "duration");
+        assert!(stats.samples >= 10 && stats.samples <= 22, "{}", stats.samples);
+    }
+}

@@ -1,0 +1,189 @@
+//! Live tests: real Python processes (every CPython 3.8–3.13 on the machine) running one
+//! scenario each from tests/py/scenarios.py, recorded by `loopspy record --pid`. Each checks the
+//! episodes against the target's own timing: callback, culprit line, thread and duration.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::support::{marker_line, pythons, record_scenario, repo, Run};
+
+/// Sampling rate of the live tests; durations must be within one interval (plus scheduling
+/// slack on this 2-core machine, where target, sampler and the other test share the CPUs).
+const RATE: f64 = 200.0;
+const SLACK_MS: f64 = 4.0;
+
+fn script() -> PathBuf {
+    repo().join("tests/py/scenarios.py")
+}
+
+fn run(python: &Path, scenario: &str) -> Run {
+    let run = record_scenario(python, &script(), &[scenario], &["--rate", &RATE.to_string()]);
+    assert!(run.status.success(), "loopspy failed on {scenario}:\n{}", run.stderr);
+    run
+}
+
+fn s<'a>(v: &'a Value, key: &str) -> &'a str {
+    v[key].as_str().unwrap_or_else(|| panic!("{key} missing in {v}"))
+}
+
+/// Every episode matches one blocking call of the target, in order, within tolerance.
+fn check_durations(run: &Run, label: &str) {
+    assert_eq!(run.episodes.len(), run.blocks.len(), "{label}: episodes {:#?}\nblocks {:#?}\n{}", run.episodes, run.blocks, run.stderr);
+    let tolerance = 1000.0 / RATE + SLACK_MS;
+    for (ep, block) in run.episodes.iter().zip(&run.blocks) {
+        let got = ep["duration_ms"].as_f64().unwrap();
+        let want = block["ms"].as_f64().unwrap();
+        assert!((got - want).abs() <= tolerance, "{label}: episode {got:.1} ms vs measured {want:.1} ms (tolerance {tolerance} ms)\n{ep}");
+        assert_eq!(ep["tid"].as_u64(), block["tid"].as_u64(), "{label}: wrong thread blamed\n{ep}");
+        assert_eq!(ep["thread"].as_str(), block["thread"].as_str(), "{label}");
+        assert_eq!(ep["complete"], Value::Bool(true), "{label}");
+        assert_eq!(ep["samples"].as_u64().map(|n| n > 0), Some(true), "{label}");
+    }
+}
+
+fn check_culprit(run: &Run, label: &str, function: &str, line: Option<u64>, kind: &str) {
+    for ep in &run.episodes {
+        assert_eq!(s(&ep["culprit"], "function"), function, "{label}: {ep}");
+        assert!(s(&ep["culprit"], "file").ends_with("scenarios.py"), "{label}: {ep}");
+        if let Some(line) = line {
+            assert_eq!(ep["culprit"]["line"].as_u64(), Some(line), "{label}: culprit line\n{ep}");
+        }
+        assert_eq!(s(ep, "kind"), kind, "{label}: {ep}");
+    }
+}
+
+#[test]
+fn time_sleep_in_a_task() {
+    let line = marker_line(&script(), "sleep");
+    for (v, py) in pythons() {
+        let r = run(&py, "sleep_task");
+        let label = format!("{v} sleep_task");
+        assert_eq!(r.blocks.len(), 3, "{label}");
+        check_durations(&r, &label);
+        check_culprit(&r, &label, "sleepy_handler", Some(line), "sleep");
+        for ep in &r.episodes {
+            assert_eq!(s(ep, "coroutine"), "single_main", "{label}: the task's coroutine");
+            assert_eq!(s(ep, "source"), "time.sleep", "{label}");
+            assert!(s(ep, "advice").contains("asyncio.sleep"), "{label}");
+        }
+        assert!(r.svg.contains("BLOCKED in sleepy_handler"), "{label}: flame graph lacks the episode root");
+        assert!(r.stderr.contains("3 blocking episodes"), "{label}: {}", r.stderr);
+    }
+}
+
+#[test]
+fn pure_python_cpu_in_a_task() {
+    let line = marker_line(&script(), "burn");
+    for (v, py) in pythons() {
+        let r = run(&py, "cpu_task");
+        let label = format!("{v} cpu_task");
+        check_durations(&r, &label);
+        check_culprit(&r, &label, "burn", None, "cpu");
+        // The sampled line is inside burn's loop: the loop header or its body.
+        for ep in &r.episodes {
+            let got = ep["culprit"]["line"].as_u64().unwrap();
+            assert!(got == line || got == line + 1, "{label}: line {got}, want {line}");
+        }
+    }
+}
+
+#[test]
+fn blocking_call_later_callback() {
+    let line = marker_line(&script(), "call_later");
+    for (v, py) in pythons() {
+        let r = run(&py, "call_later");
+        let label = format!("{v} call_later");
+        check_durations(&r, &label);
+        check_culprit(&r, &label, "slow_callback", Some(line), "sleep");
+        for ep in &r.episodes {
+            assert_eq!(s(ep, "coroutine"), "slow_callback", "{label}");
+        }
+    }
+}
+
+#[test]
+fn loop_in_a_non_main_thread() {
+    for (v, py) in pythons() {
+        let r = run(&py, "thread_loop");
+        let label = format!("{v} thread_loop");
+        check_durations(&r, &label);
+        let tid = r.ready["threads"]["loop-thread"].as_u64().unwrap();
+        for ep in &r.episodes {
+            assert_eq!(ep["tid"].as_u64(), Some(tid), "{label}");
+            assert_eq!(s(ep, "thread"), "loop-thread", "{label}");
+        }
+    }
+}
+
+#[test]
+fn two_loops_only_one_blocks() {
+    for (v, py) in pythons() {
+        let r = run(&py, "two_loops");
+        let label = format!("{v} two_loops");
+        check_durations(&r, &label);
+        let blocking = r.ready["threads"]["blocking-loop"].as_u64().unwrap();
+        assert!(r.episodes.iter().all(|ep| ep["tid"].as_u64() == Some(blocking)), "{label}");
+        assert!(r.stderr.contains("calm-loop"), "{label}: the calm loop was not seen:\n{}", r.stderr);
+    }
+}
+
+fn has_uvloop(py: &Path) -> bool {
+    Command::new(py).args(["-c", "import uvloop"]).status().is_ok_and(|s| s.success())
+}
+
+#[test]
+fn uvloop_task_blocking() {
+    let line = marker_line(&script(), "sleep");
+    for (v, py) in pythons() {
+        if !has_uvloop(&py) {
+            eprintln!("SKIPPED: uvloop is not installed for CPython {v} ({} -m pip install uvloop)", py.display());
+            continue;
+        }
+        let r = run(&py, "uvloop");
+        let label = format!("{v} uvloop");
+        check_durations(&r, &label);
+        check_culprit(&r, &label, "sleepy_handler", Some(line), "sleep");
+        assert!(r.stderr.contains("event loops seen on MainThread"), "{label}: {}", r.stderr);
+    }
+}
+
+fn expect_no_episodes(scenario: &str) {
+    for (v, py) in pythons() {
+        let r = run(&py, scenario);
+        let label = format!("{v} {scenario}");
+        assert!(r.episodes.is_empty(), "{label}: {:#?}", r.episodes);
+        assert!(r.stderr.contains("no blocking episodes"), "{label}: {}", r.stderr);
+        assert!(r.stderr.contains("event loops seen on MainThread"), "{label}: {}", r.stderr);
+    }
+}
+
+#[test]
+fn idle_loop_has_no_episodes() {
+    expect_no_episodes("idle");
+}
+
+#[test]
+fn many_short_callbacks_have_no_episodes() {
+    expect_no_episodes("short_callbacks");
+}
+
+#[test]
+fn executor_threads_are_not_loop_blocking() {
+    expect_no_episodes("to_thread");
+}
+
+#[test]
+fn threshold_separates_20ms_from_70ms() {
+    let line = marker_line(&script(), "threshold");
+    for (v, py) in pythons() {
+        let mut r = run(&py, "threshold");
+        let label = format!("{v} threshold");
+        // Only the 70 ms blocks pass the 50 ms threshold.
+        r.blocks.retain(|b| b["ms"].as_f64().unwrap() >= 50.0);
+        assert_eq!(r.blocks.len(), 2, "{label}");
+        check_durations(&r, &label);
+        check_culprit(&r, &label, "threshold_main", Some(line), "sleep");
+    }
+}

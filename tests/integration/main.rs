@@ -1,0 +1,8 @@
+//! loopspy's integration tests: one binary. `live` attaches to real Python processes it spawns;
+//! `offline` replays recorded samples through the detector and renderers against golden files;
+//! `cli` checks bad input and exit codes.
+
+mod cli;
+mod live;
+mod offline;
+mod support;

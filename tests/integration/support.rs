@@ -1,0 +1,178 @@
+//! Shared helpers for the integration tests: the interpreters to test against, and running a
+//! scenario target under `loopspy record` with the READY / GO handshake (no fixed sleeps).
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+
+use serde_json::Value;
+
+pub fn loopspy() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_loopspy"))
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// CPython versions the live tests run on.
+pub const VERSIONS: &[&str] = &["3.8", "3.9", "3.10", "3.11", "3.12", "3.13"];
+
+/// The interpreters present on this machine, one per tested minor version. A missing version
+/// is reported, not silently dropped. `LOOPSPY_TEST_PYTHONS` (comma-separated minors) narrows it.
+pub fn pythons() -> Vec<(String, PathBuf)> {
+    let wanted: Vec<String> = match std::env::var("LOOPSPY_TEST_PYTHONS") {
+        Ok(v) if !v.is_empty() => v.split(',').map(|s| s.trim().to_string()).collect(),
+        _ => VERSIONS.iter().map(|s| s.to_string()).collect(),
+    };
+    let root = std::env::var("PYENV_ROOT").map(PathBuf::from).unwrap_or_else(|_| {
+        PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".pyenv")
+    });
+    let mut found = Vec::new();
+    for minor in wanted {
+        let mut candidates: Vec<PathBuf> = std::fs::read_dir(root.join("versions"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                let name = p.file_name().unwrap().to_string_lossy().to_string();
+                name.strip_prefix(&format!("{minor}.")).is_some_and(|rest| rest.chars().all(|c| c.is_ascii_digit()))
+            })
+            .collect();
+        candidates.sort();
+        match candidates.pop() {
+            Some(dir) => found.push((minor, dir.join("bin/python3"))),
+            None => eprintln!("SKIPPED: CPython {minor} is not installed (pyenv install {minor}) — live tests skip it"),
+        }
+    }
+    assert!(!found.is_empty(), "no CPython 3.8-3.13 found under {}", root.display());
+    found
+}
+
+/// A running scenario target that has printed READY.
+pub struct Target {
+    pub child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+    pub ready: Value,
+}
+
+pub fn tagged(line: &str, tag: &str) -> Option<Value> {
+    line.strip_prefix(tag).and_then(|rest| serde_json::from_str(rest.trim()).ok())
+}
+
+impl Target {
+    pub fn start(python: &Path, script: &Path, args: &[&str]) -> Target {
+        let mut child = Command::new(python)
+            .arg(script)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start python");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let ready = loop {
+            let line = rx.recv().expect("target exited before READY");
+            if let Some(v) = tagged(&line, "READY") {
+                break v;
+            }
+        };
+        let stdin = child.stdin.take();
+        Target { child, stdin, lines: rx, ready }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Tell the target to run its scenario.
+    pub fn go(&mut self) {
+        let mut stdin = self.stdin.take().expect("go once");
+        stdin.write_all(b"go\n").unwrap();
+    }
+
+    /// Wait for the target to exit; return its BLOCK lines.
+    pub fn finish(mut self) -> Vec<Value> {
+        self.child.wait().unwrap();
+        self.lines.iter().filter_map(|l| tagged(&l, "BLOCK")).collect()
+    }
+}
+
+/// What one `loopspy record` run produced.
+pub struct Run {
+    pub episodes: Vec<Value>,
+    pub blocks: Vec<Value>,
+    pub stderr: String,
+    pub svg: String,
+    pub status: std::process::ExitStatus,
+    pub ready: Value,
+}
+
+/// Start `script args` with `python`, attach `loopspy record --pid` to it, send GO once loopspy
+/// samples, and return when the target has exited and loopspy has written its outputs.
+pub fn record_scenario(python: &Path, script: &Path, args: &[&str], extra: &[&str]) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("out.svg");
+    let episodes = dir.path().join("episodes.jsonl");
+    let mut target = Target::start(python, script, args);
+    let mut spy = Command::new(loopspy())
+        .args(["record", "--pid", &target.pid().to_string(), "-o"])
+        .arg(&svg)
+        .arg("--episodes")
+        .arg(&episodes)
+        .args(extra)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = spy.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        let mut told = false;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if !told && line.starts_with("loopspy: sampling process") {
+                told = true;
+                let _ = tx.send(());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    // loopspy's own READY: it has attached and is sampling.
+    let attached = rx.recv().is_ok();
+    if attached {
+        target.go();
+    } else {
+        let _ = target.child.kill();
+    }
+    let ready = target.ready.clone();
+    let blocks = target.finish();
+    let status = spy.wait().unwrap();
+    let stderr = reader.join().unwrap();
+    assert!(attached, "loopspy did not start sampling:\n{stderr}");
+    let episodes = std::fs::read_to_string(&episodes)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("episode line is JSON"))
+        .collect();
+    let svg = std::fs::read_to_string(&svg).unwrap_or_default();
+    Run { episodes, blocks, stderr, svg, status, ready }
+}
+
+/// The line number of the `# BLOCK-LINE name` marker in a script.
+pub fn marker_line(script: &Path, name: &str) -> u64 {
+    let text = std::fs::read_to_string(script).unwrap();
+    let marker = format!("# BLOCK-LINE {name}");
+    text.lines().position(|l| l.trim_end().ends_with(&marker)).expect("marker") as u64 + 1
+}
