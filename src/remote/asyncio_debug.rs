@@ -35,14 +35,20 @@ pub fn running_loop_offset(pid: i32) -> Result<Option<u64>> {
     let mut paths: Vec<&str> = Vec::new();
     for line in maps.lines() {
         // address perms offset dev inode path
-        let Some(path) = line.splitn(6, ' ').nth(5).map(str::trim) else { continue };
+        let Some(path) = line.splitn(6, ' ').nth(5).map(str::trim) else {
+            continue;
+        };
         let path = path.strip_suffix(" (deleted)").unwrap_or(path);
         if path.starts_with('/') && !paths.contains(&path) {
             paths.push(path);
         }
     }
     let file_name = |p: &str| p.rsplit('/').next().unwrap_or(p).to_string();
-    let asyncio_so: Vec<&str> = paths.iter().copied().filter(|p| file_name(p).starts_with("_asyncio")).collect();
+    let asyncio_so: Vec<&str> = paths
+        .iter()
+        .copied()
+        .filter(|p| file_name(p).starts_with("_asyncio"))
+        .collect();
     // The extension module first; then images that might have `_asyncio` built in.
     let mut candidates = asyncio_so.clone();
     candidates.extend(paths.iter().copied().filter(|p| {
@@ -50,26 +56,41 @@ pub fn running_loop_offset(pid: i32) -> Result<Option<u64>> {
         f.starts_with("python") || f.starts_with("libpython")
     }));
     for path in candidates {
-        let Some(bytes) = read_section(pid, path, SECTION)? else { continue };
-        return parse(&bytes).map(Some).with_context(|| format!("{SECTION} of {path}"));
+        let Some(bytes) = read_section(pid, path, SECTION)? else {
+            continue;
+        };
+        return parse(&bytes)
+            .map(Some)
+            .with_context(|| format!("{SECTION} of {path}"));
     }
     if asyncio_so.is_empty() {
         return Ok(None);
     }
-    bail!("{} is loaded but has no {SECTION} section", asyncio_so.join(", "))
+    bail!(
+        "{} is loaded but has no {SECTION} section",
+        asyncio_so.join(", ")
+    )
 }
 
 /// Validates the section and returns the running-loop offset.
 pub fn parse(sec: &[u8]) -> Result<u64> {
     if sec.len() < SECTION_MIN {
-        bail!("section is {} bytes, expected at least {SECTION_MIN}", sec.len());
+        bail!(
+            "section is {} bytes, expected at least {SECTION_MIN}",
+            sec.len()
+        );
     }
-    let (Some(ts_size), Some(off)) = (u64_at(sec, TS_SIZE_POS), u64_at(sec, TS_RUNNING_LOOP_POS)) else {
+    let (Some(ts_size), Some(off)) = (u64_at(sec, TS_SIZE_POS), u64_at(sec, TS_RUNNING_LOOP_POS))
+    else {
         bail!("section truncated");
     };
     // The slot lies past the public PyThreadState (hundreds of bytes) and inside the
     // _PyThreadStateImpl whose size the section also gives.
-    if !(64..1 << 16).contains(&ts_size) || off < 64 || off.saturating_add(8) > ts_size || off % 8 != 0 {
+    if !(64..1 << 16).contains(&ts_size)
+        || off < 64
+        || off.saturating_add(8) > ts_size
+        || off % 8 != 0
+    {
         bail!("implausible asyncio_thread_state (size {ts_size}, running loop @{off})");
     }
     Ok(off)
@@ -120,7 +141,9 @@ pub fn elf_section(file: &File, name: &str) -> Option<Vec<u8>> {
     for i in 0..shnum {
         let h = sh(i)?;
         let name_off = u32_at(h, 0)? as usize;
-        let Some(rest) = strtab.get(name_off..) else { continue };
+        let Some(rest) = strtab.get(name_off..) else {
+            continue;
+        };
         let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
         if &rest[..end] != name.as_bytes() {
             continue;
@@ -141,10 +164,12 @@ mod tests {
 
     /// The 3.14.7/3.14.10 values (cpython-notes §3.3).
     fn section_314() -> Vec<u8> {
-        [168u64, 136, 96, 108, 109, 128, 152, 225864, 10880, 936, 864, 872, 880]
-            .iter()
-            .flat_map(|w| w.to_le_bytes())
-            .collect()
+        [
+            168u64, 136, 96, 108, 109, 128, 152, 225864, 10880, 936, 864, 872, 880,
+        ]
+        .iter()
+        .flat_map(|w| w.to_le_bytes())
+        .collect()
     }
 
     #[test]
@@ -165,6 +190,9 @@ mod tests {
         assert!(elf_section(&exe, ".comment").is_some_and(|b| !b.is_empty()));
         assert_eq!(elf_section(&exe, ".no_such_section"), None);
         // No `_asyncio` in our own process: nothing to find, not an error.
-        assert_eq!(running_loop_offset(std::process::id() as i32).unwrap(), None);
+        assert_eq!(
+            running_loop_offset(std::process::id() as i32).unwrap(),
+            None
+        );
     }
 }

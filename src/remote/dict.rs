@@ -57,7 +57,9 @@ pub fn lookup_str<M: ProcessMemory + ?Sized>(
     let t = EntryTable::read(mem, layout, keys)?;
     for i in 0..t.nentries {
         let base = i * t.entry_size;
-        let Some(k) = u64_at(&t.bytes, base + t.key_off) else { break };
+        let Some(k) = u64_at(&t.bytes, base + t.key_off) else {
+            break;
+        };
         if k == 0 || !key_matches(mem, str_ascii_size, k, key) {
             continue;
         }
@@ -88,7 +90,11 @@ struct EntryTable {
 }
 
 impl EntryTable {
-    fn read<M: ProcessMemory + ?Sized>(mem: &M, layout: DictLayout, keys: u64) -> Option<EntryTable> {
+    fn read<M: ProcessMemory + ?Sized>(
+        mem: &M,
+        layout: DictLayout,
+        keys: u64,
+    ) -> Option<EntryTable> {
         let hdr_len = match layout {
             DictLayout::Pre311 => 40,
             DictLayout::Post311 { .. } => 32,
@@ -144,13 +150,24 @@ impl EntryTable {
         } else {
             read_bytes(mem, keys.checked_add(entries_off)?, len as usize)?
         };
-        Some(EntryTable { bytes, nentries, entry_size, key_off, value_off })
+        Some(EntryTable {
+            bytes,
+            nentries,
+            entry_size,
+            key_off,
+            value_off,
+        })
     }
 }
 
 /// Whether the key object at `addr` is the wanted key. With a cached address only the
 /// pointer is compared; otherwise the object is read as a compact-ASCII `str`.
-fn key_matches<M: ProcessMemory + ?Sized>(mem: &M, ascii_size: u64, addr: u64, key: &mut KeyCache) -> bool {
+fn key_matches<M: ProcessMemory + ?Sized>(
+    mem: &M,
+    ascii_size: u64,
+    addr: u64,
+    key: &mut KeyCache,
+) -> bool {
     if let Some(known) = key.addr {
         return addr == known;
     }
@@ -163,7 +180,12 @@ fn key_matches<M: ProcessMemory + ?Sized>(mem: &M, ascii_size: u64, addr: u64, k
 
 /// Compares the `str` at `addr` with ASCII `want`: length @16, `state` bits (kind @2..5 = 1
 /// byte per char, compact bit 5, ascii bit 6) @32, data right after `PyASCIIObject`.
-pub fn str_equals<M: ProcessMemory + ?Sized>(mem: &M, ascii_size: u64, addr: u64, want: &[u8]) -> bool {
+pub fn str_equals<M: ProcessMemory + ?Sized>(
+    mem: &M,
+    ascii_size: u64,
+    addr: u64,
+    want: &[u8],
+) -> bool {
     if !plausible_obj(addr) {
         return false;
     }
@@ -218,7 +240,10 @@ mod tests {
             k.extend_from_slice(&val.to_le_bytes());
         }
         m.put(0x2000_0000, k);
-        m.put(0x3000_0000, ascii_str(b"other_key_of_len_thirty_chars!", 48));
+        m.put(
+            0x3000_0000,
+            ascii_str(b"other_key_of_len_thirty_chars!", 48),
+        );
         m.put(0x3100_0000, ascii_str(KEY, 48));
         m
     }
@@ -227,9 +252,15 @@ mod tests {
     fn finds_key_in_38_layout_and_caches_pointer() {
         let m = mem_38();
         let mut kc = KeyCache::new(KEY);
-        assert_eq!(lookup_str(&m, DictLayout::Pre311, 48, 0x1000_0000, &mut kc), Some(0x5000_0000));
+        assert_eq!(
+            lookup_str(&m, DictLayout::Pre311, 48, 0x1000_0000, &mut kc),
+            Some(0x5000_0000)
+        );
         assert_eq!(kc.addr, Some(0x3100_0000));
-        assert_eq!(lookup_str(&m, DictLayout::Pre311, 48, 0x1000_0000, &mut kc), Some(0x5000_0000));
+        assert_eq!(
+            lookup_str(&m, DictLayout::Pre311, 48, 0x1000_0000, &mut kc),
+            Some(0x5000_0000)
+        );
     }
 
     #[test]
@@ -248,7 +279,10 @@ mod tests {
         m.put(0x3100_0000, ascii_str(KEY, 40));
         let mut kc = KeyCache::new(KEY);
         let l = DictLayout::Post311 { values_off: 0 };
-        assert_eq!(lookup_str(&m, l, 40, 0x1000_0000, &mut kc), Some(0x6000_0000));
+        assert_eq!(
+            lookup_str(&m, l, 40, 0x1000_0000, &mut kc),
+            Some(0x6000_0000)
+        );
         // Wrong str header size: the data does not compare equal, no false hit.
         let mut kc = KeyCache::new(KEY);
         assert_eq!(lookup_str(&m, l, 48, 0x1000_0000, &mut kc), None);

@@ -151,7 +151,10 @@ mod tests {
         let mut m = FakeMem::default();
         // A string ending 3 bytes before the end of its mapping: a 128-byte read would fail.
         m.put(0x10_0000 - 8, b"abcd\0xyz".to_vec());
-        assert_eq!(read_cstr(&m, 0x10_0000 - 8, 128).as_deref(), Some(&b"abcd"[..]));
+        assert_eq!(
+            read_cstr(&m, 0x10_0000 - 8, 128).as_deref(),
+            Some(&b"abcd"[..])
+        );
         // No terminator within the mapping: unreadable.
         m.put(0x20_0000, b"abcdefgh".to_vec());
         assert_eq!(read_cstr(&m, 0x20_0000, 128), None);

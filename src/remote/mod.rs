@@ -36,7 +36,7 @@ pub use offsets::{DictLayout, Layout, LoopSlot};
 
 use dict::KeyCache;
 use objects::TypeNames;
-use offsets::{HOLDER_LOOP, HOLDER_PID, RUNNING_LOOP_KEY};
+use offsets::{HOLDER_LOOP, HOLDER_PID, OB_TYPE, RUNNING_LOOP_KEY};
 use threads::RawThread;
 use tid::PthreadTid;
 
@@ -51,7 +51,8 @@ pub struct PyThread {
     /// is currently a thread of the target; None if it cannot be determined.
     pub native_tid: Option<u32>,
     /// The asyncio event loop this thread is running now (asyncio's per-thread running-loop
-    /// slot), if any.
+    /// slot), if any. Only objects whose type derives from `asyncio.AbstractEventLoop` are
+    /// reported (this rejects freed-and-reused memory read mid-update).
     pub running_loop: Option<RunningLoop>,
 }
 
@@ -82,7 +83,12 @@ impl ThreadScanner {
     pub fn new(spy: &py_spy::PythonSpy) -> Result<ThreadScanner> {
         let v = &spy.version;
         if v.major != 3 || !(8..=14).contains(&v.minor) {
-            bail!("CPython {}.{}.{} is not supported (3.8–3.14 are)", v.major, v.minor, v.patch);
+            bail!(
+                "CPython {}.{}.{} is not supported (3.8–3.14 are)",
+                v.major,
+                v.minor,
+                v.patch
+            );
         }
         let interp = spy.addresses.interpreter_address as u64;
         if !mem::plausible_obj(interp) {
@@ -123,7 +129,9 @@ impl ThreadScanner {
         if scanner.layout.ts_native_tid.is_none() {
             if let Some(tids) = tid::os_tids(scanner.pid) {
                 let pts: Vec<u64> = raw.iter().map(|t| t.pthread_id).collect();
-                scanner.tid.calibrate(&spy.process, scanner.pid, &pts, &tids);
+                scanner
+                    .tid
+                    .calibrate(&spy.process, scanner.pid, &pts, &tids);
             }
         }
         if scanner.layout.slot == LoopSlot::AsyncioDebug {
@@ -147,14 +155,22 @@ impl ThreadScanner {
     /// running_loop None.
     pub fn scan(&mut self, process: &remoteprocess::Process) -> Result<Vec<PyThread>> {
         if process.pid != self.pid {
-            bail!("scanner was built for pid {}, asked to scan pid {}", self.pid, process.pid);
+            bail!(
+                "scanner was built for pid {}, asked to scan pid {}",
+                self.pid,
+                process.pid
+            );
         }
         if self.layout.slot == LoopSlot::AsyncioDebug && self.slot_off.is_none() {
             self.slot_off = asyncio_debug::running_loop_offset(self.pid)?;
         }
         let raw = threads::walk(process, &self.layout, self.interp, self.slot_off)?;
-        let tids = tid::os_tids(self.pid)
-            .with_context(|| format!("cannot list /proc/{}/task (has the process exited?)", self.pid))?;
+        let tids = tid::os_tids(self.pid).with_context(|| {
+            format!(
+                "cannot list /proc/{}/task (has the process exited?)",
+                self.pid
+            )
+        })?;
         if self.layout.ts_native_tid.is_none() {
             let pts: Vec<u64> = raw.iter().map(|t| t.pthread_id).collect();
             let distinct: HashSet<u64> = pts.iter().copied().collect();
@@ -172,7 +188,12 @@ impl ThreadScanner {
             .collect())
     }
 
-    fn native_tid<M: ProcessMemory + ?Sized>(&self, mem: &M, t: &RawThread, tids: &HashSet<u32>) -> Option<u32> {
+    fn native_tid<M: ProcessMemory + ?Sized>(
+        &self,
+        mem: &M,
+        t: &RawThread,
+        tids: &HashSet<u32>,
+    ) -> Option<u32> {
         match t.native_tid {
             Some(n) => u32::try_from(n).ok().filter(|n| tids.contains(n)),
             None if self.layout.ts_native_tid.is_none() => self.tid.read(mem, t.pthread_id, tids),
@@ -181,17 +202,29 @@ impl ThreadScanner {
     }
 
     /// The thread's running loop, or None when it has none or anything read is invalid.
-    fn running_loop<M: ProcessMemory + ?Sized>(&mut self, mem: &M, t: &RawThread) -> Option<RunningLoop> {
+    ///
+    /// Objects can be freed and their memory reused between any two of our reads, so the
+    /// holder is copied in one read (type, `rl_loop` and `rl_pid` from the same moment) and
+    /// the loop candidate must have an event-loop type (see `objects`).
+    fn running_loop<M: ProcessMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        t: &RawThread,
+    ) -> Option<RunningLoop> {
         let loop_addr = match self.layout.slot {
             LoopSlot::DictHolder => {
                 let holder = self.dict_value(mem, t)?;
-                // The holder must really be a _RunningLoopHolder before we trust its fields.
-                if !self.names.of_object(mem, holder)?.ends_with("_RunningLoopHolder") {
+                let h = mem::read_bytes(mem, holder, (HOLDER_PID + 4) as usize)?;
+                let holder_type = mem::u64_at(&h, OB_TYPE)?;
+                if !self
+                    .names
+                    .of_type(mem, holder_type)?
+                    .ends_with("_RunningLoopHolder")
+                {
                     return None;
                 }
-                let h = mem::read_bytes(mem, holder, (HOLDER_PID + 4) as usize)?;
-                let rl_pid = mem::u32_at(&h, HOLDER_PID)? as i32;
-                if rl_pid != self.pid {
+                // A forked child inherits the parent's holder; it is not running that loop.
+                if mem::u32_at(&h, HOLDER_PID)? as i32 != self.pid {
                     return None;
                 }
                 mem::u64_at(&h, HOLDER_LOOP)?
@@ -202,16 +235,30 @@ impl ThreadScanner {
         if loop_addr == 0 {
             return None;
         }
-        let type_name = self.names.of_object(mem, loop_addr)?;
-        if type_name == "NoneType" {
+        let tp = TypeNames::type_of(mem, loop_addr)?;
+        let type_name = self.names.of_type(mem, tp)?;
+        if type_name == "NoneType"
+            || !self
+                .names
+                .is_event_loop_type(mem, tp, self.layout.tuple_items)?
+        {
             return None;
         }
-        Some(RunningLoop { address: loop_addr, type_name })
+        Some(RunningLoop {
+            address: loop_addr,
+            type_name,
+        })
     }
 
     fn dict_value<M: ProcessMemory + ?Sized>(&mut self, mem: &M, t: &RawThread) -> Option<u64> {
         let d = t.dict.filter(|&d| d != 0)?;
-        dict::lookup_str(mem, self.layout.dict, self.layout.str_ascii_size, d, &mut self.key)
+        dict::lookup_str(
+            mem,
+            self.layout.dict,
+            self.layout.str_ascii_size,
+            d,
+            &mut self.key,
+        )
     }
 }
 

@@ -1,27 +1,44 @@
-//! Type names of remote objects (`ob_type->tp_name`), validated and cached.
+//! Type names of remote objects (`ob_type->tp_name`) and the "is this an event loop type"
+//! check, validated and cached per type.
 //!
 //! A type name is the scanner's validity check for any object pointer it got from the
 //! target: if the pointer is stale or garbage, `ob_type` or `tp_name` will not read as a
-//! plausible pointer and NUL-terminated printable name. Names are cached per type address
-//! together with the `tp_name` pointer they were read from, so a repeat costs two small
-//! reads (object header, type header) and no string read; a changed `tp_name` pointer (type
-//! freed and its memory reused) invalidates the entry.
+//! plausible pointer and NUL-terminated printable name. That alone is not enough for the
+//! running loop: the target frees a loop (and its holder) while we read, and the address is
+//! soon reused by some other object whose type reads fine ("cell", "Thread" were seen under
+//! churn). So a loop candidate's type must also have `AbstractEventLoop` in its MRO, which
+//! every asyncio loop (selector loops, uvloop's `Loop`, ...) has.
+//!
+//! Entries are keyed by type address and remember the `tp_name` pointer they were read
+//! from: a repeat costs one small read (the type's `tp_name` pointer), and a changed pointer
+//! (type freed and its memory reused) invalidates the entry.
 
 use std::collections::HashMap;
 
 use remoteprocess::ProcessMemory;
 
-use super::mem::{plausible_addr, plausible_obj, read_cstr, read_u64};
-use super::offsets::{OB_TYPE, TP_NAME};
+use super::mem::{plausible_addr, plausible_obj, read_at_least, read_cstr, read_u64, u64_at};
+use super::offsets::{OB_SIZE, OB_TYPE, TP_MRO, TP_NAME};
 
 /// Longest type name we accept; real ones are far shorter.
 const MAX_NAME: usize = 256;
 /// The cache is cleared past this many types: bounded memory if the target churns types.
 const MAX_CACHED: usize = 1024;
+/// Longest MRO we follow; real class hierarchies are far shallower.
+const MAX_MRO: u64 = 64;
+/// The base every asyncio event loop class derives from (its `tp_name`; a Python class).
+const LOOP_BASE: &str = "AbstractEventLoop";
+
+struct TypeInfo {
+    name_ptr: u64,
+    name: String,
+    /// Whether the MRO contains `AbstractEventLoop`; computed on first need.
+    is_loop: Option<bool>,
+}
 
 #[derive(Default)]
 pub struct TypeNames {
-    cache: HashMap<u64, (u64, String)>,
+    cache: HashMap<u64, TypeInfo>,
 }
 
 impl TypeNames {
@@ -36,7 +53,9 @@ impl TypeNames {
     }
 
     /// `ob_type->tp_name` of the object at `obj`; `None` when anything is unreadable or
-    /// the name is not a plausible type name.
+    /// the name is not a plausible type name. (The scanner reads `ob_type` itself to check
+    /// the type further; this is the one-step form used by the tests.)
+    #[cfg(test)]
     pub fn of_object<M: ProcessMemory + ?Sized>(&mut self, mem: &M, obj: u64) -> Option<String> {
         let tp = Self::type_of(mem, obj)?;
         self.of_type(mem, tp)
@@ -44,25 +63,81 @@ impl TypeNames {
 
     /// `tp_name` of the type object at `tp`.
     pub fn of_type<M: ProcessMemory + ?Sized>(&mut self, mem: &M, tp: u64) -> Option<String> {
+        self.entry(mem, tp).map(|e| e.name.clone())
+    }
+
+    /// Whether the type at `tp` is an asyncio event loop type (`AbstractEventLoop` in its
+    /// MRO). `tuple_items` is `PyTupleObject.ob_item` of the target version. `None` when
+    /// the type or its MRO cannot be read validly right now.
+    pub fn is_event_loop_type<M: ProcessMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        tp: u64,
+        tuple_items: u64,
+    ) -> Option<bool> {
+        if let Some(known) = self.entry(mem, tp)?.is_loop {
+            return Some(known);
+        }
+        let mro = read_u64(mem, tp.checked_add(TP_MRO)?)?;
+        if !plausible_obj(mro) {
+            return None;
+        }
+        // One speculative read covers a typical MRO tuple (header + up to 16 items).
+        let need = (tuple_items + 8) as usize;
+        let buf = read_at_least(mem, mro, need, need + 15 * 8)?;
+        let n = u64_at(&buf, OB_SIZE)?;
+        if n == 0 || n > MAX_MRO {
+            return None;
+        }
+        let items_len = (n * 8) as usize;
+        let items = match buf.get(tuple_items as usize..tuple_items as usize + items_len) {
+            Some(items) => items.to_vec(),
+            None => super::mem::read_bytes(mem, mro.checked_add(tuple_items)?, items_len)?,
+        };
+        let mut is_loop = false;
+        for i in 0..n {
+            let base = u64_at(&items, i * 8)?;
+            if self.entry(mem, base)?.name == LOOP_BASE {
+                is_loop = true;
+                break;
+            }
+        }
+        if let Some(e) = self.cache.get_mut(&tp) {
+            e.is_loop = Some(is_loop);
+        }
+        Some(is_loop)
+    }
+
+    /// The current cache entry of `tp`, (re)reading the name when the `tp_name` pointer
+    /// changed or the type was not seen yet.
+    fn entry<M: ProcessMemory + ?Sized>(&mut self, mem: &M, tp: u64) -> Option<&TypeInfo> {
+        if !plausible_obj(tp) {
+            return None;
+        }
         let name_ptr = read_u64(mem, tp.checked_add(TP_NAME)?)?;
         if !plausible_addr(name_ptr) {
             return None;
         }
-        if let Some((p, name)) = self.cache.get(&tp) {
-            if *p == name_ptr {
-                return Some(name.clone());
+        let fresh = self.cache.get(&tp).is_some_and(|e| e.name_ptr == name_ptr);
+        if !fresh {
+            let bytes = read_cstr(mem, name_ptr, MAX_NAME)?;
+            let name = String::from_utf8(bytes).ok()?;
+            if name.is_empty() || name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                return None;
             }
+            if self.cache.len() >= MAX_CACHED {
+                self.cache.clear();
+            }
+            self.cache.insert(
+                tp,
+                TypeInfo {
+                    name_ptr,
+                    name,
+                    is_loop: None,
+                },
+            );
         }
-        let bytes = read_cstr(mem, name_ptr, MAX_NAME)?;
-        let name = String::from_utf8(bytes).ok()?;
-        if name.is_empty() || name.chars().any(|c| c.is_control() || c.is_whitespace()) {
-            return None;
-        }
-        if self.cache.len() >= MAX_CACHED {
-            self.cache.clear();
-        }
-        self.cache.insert(tp, (name_ptr, name.clone()));
-        Some(name)
+        self.cache.get(&tp)
     }
 }
 
@@ -77,9 +152,25 @@ mod tests {
         b
     }
 
-    fn ty(name_ptr: u64) -> Vec<u8> {
-        let mut b = vec![0u8; 32];
+    fn ty(name_ptr: u64, mro: u64) -> Vec<u8> {
+        let mut b = vec![0u8; 352];
         b[24..32].copy_from_slice(&name_ptr.to_le_bytes());
+        b[344..352].copy_from_slice(&mro.to_le_bytes());
+        b
+    }
+
+    /// Mappings are page-granular: a name's page is readable past its NUL.
+    fn name_page(s: &[u8]) -> Vec<u8> {
+        let mut page = s.to_vec();
+        page.push(0);
+        page.resize(4096, 0xaa);
+        page
+    }
+
+    fn tuple(items: &[u64]) -> Vec<u8> {
+        let mut b = vec![0u8; 24];
+        b[16..24].copy_from_slice(&(items.len() as u64).to_le_bytes());
+        b.extend(items.iter().flat_map(|i| i.to_le_bytes()));
         b
     }
 
@@ -87,25 +178,54 @@ mod tests {
     fn reads_validates_and_caches() {
         let mut m = FakeMem::default();
         m.put(0x10_0000, obj(0x20_0000));
-        m.put(0x20_0000, ty(0x30_0000));
-        // Mappings are page-granular: the name's page is readable past its NUL.
-        let mut page = b"_UnixSelectorEventLoop\0".to_vec();
-        page.resize(4096, 0xaa);
-        m.put(0x30_0000, page);
+        m.put(0x20_0000, ty(0x30_0000, 0));
+        m.put(0x30_0000, name_page(b"_UnixSelectorEventLoop"));
         let mut n = TypeNames::default();
-        assert_eq!(n.of_object(&m, 0x10_0000).as_deref(), Some("_UnixSelectorEventLoop"));
+        assert_eq!(
+            n.of_object(&m, 0x10_0000).as_deref(),
+            Some("_UnixSelectorEventLoop")
+        );
         // Cached: works even with the string gone, as long as tp_name still points there.
         m.regions.remove(&0x30_0000);
-        assert_eq!(n.of_object(&m, 0x10_0000).as_deref(), Some("_UnixSelectorEventLoop"));
+        assert_eq!(
+            n.of_object(&m, 0x10_0000).as_deref(),
+            Some("_UnixSelectorEventLoop")
+        );
         // tp_name moved to garbage: rejected.
-        m.put(0x20_0000, ty(0x40_0000));
-        let mut page = b"a\x01b\0".to_vec();
-        page.resize(4096, 0);
-        m.put(0x40_0000, page);
+        m.put(0x20_0000, ty(0x40_0000, 0));
+        m.put(0x40_0000, name_page(b"a\x01b"));
         assert_eq!(n.of_object(&m, 0x10_0000), None);
         // Misaligned / null / kernel-space object pointers are not even read.
         assert_eq!(n.of_object(&m, 0x10_0001), None);
         assert_eq!(n.of_object(&m, 0), None);
         assert_eq!(n.of_object(&m, 0xffff_8000_0000_0000), None);
+    }
+
+    #[test]
+    fn event_loop_types_are_recognised_by_mro() {
+        let mut m = FakeMem::default();
+        // Loop type 0x20_0000, MRO (Loop, AbstractEventLoop, object); "cell" type 0x50_0000.
+        m.put(0x20_0000, ty(0x30_0000, 0x60_0000));
+        m.put(0x21_0000, ty(0x31_0000, 0));
+        m.put(0x22_0000, ty(0x32_0000, 0));
+        m.put(0x30_0000, name_page(b"Loop"));
+        m.put(0x31_0000, name_page(b"AbstractEventLoop"));
+        m.put(0x32_0000, name_page(b"object"));
+        m.put(0x60_0000, tuple(&[0x20_0000, 0x21_0000, 0x22_0000]));
+        m.put(0x50_0000, ty(0x33_0000, 0x61_0000));
+        m.put(0x33_0000, name_page(b"cell"));
+        m.put(0x61_0000, tuple(&[0x50_0000, 0x22_0000]));
+        let mut n = TypeNames::default();
+        assert_eq!(n.is_event_loop_type(&m, 0x20_0000, 24), Some(true));
+        assert_eq!(n.is_event_loop_type(&m, 0x50_0000, 24), Some(false));
+        // Cached verdict survives the MRO tuple going away.
+        m.regions.remove(&0x60_0000);
+        assert_eq!(n.is_event_loop_type(&m, 0x20_0000, 24), Some(true));
+        // Garbage MRO size: no verdict.
+        m.put(0x51_0000, ty(0x33_0000, 0x62_0000));
+        let mut t = tuple(&[0x50_0000]);
+        t[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
+        m.put(0x62_0000, t);
+        assert_eq!(n.is_event_loop_type(&m, 0x51_0000, 24), None);
     }
 }

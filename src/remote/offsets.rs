@@ -14,6 +14,10 @@ use super::mem::u64_at;
 pub const OB_TYPE: u64 = 8;
 /// `PyTypeObject.tp_name`, the same in every supported version.
 pub const TP_NAME: u64 = 24;
+/// `PyTypeObject.tp_mro` (gdb: 344 in 3.8–3.13; cpython-notes §2.5: also 3.14).
+pub const TP_MRO: u64 = 344;
+/// `PyVarObject.ob_size`.
+pub const OB_SIZE: u64 = 16;
 /// `_RunningLoopHolder.rl_loop` / `.rl_pid` (3.8–3.11 `_asyncio`; gdb on each `_asyncio` .so).
 pub const HOLDER_LOOP: u64 = 16;
 pub const HOLDER_PID: u64 = 24;
@@ -63,6 +67,8 @@ pub struct Layout {
     pub dict: DictLayout,
     /// `sizeof(PyASCIIObject)`: where compact-ASCII str data starts.
     pub str_ascii_size: u64,
+    /// `PyTupleObject.ob_item`: 24 up to 3.13 (gdb), 32 on 3.14 (a cached `ob_hash` precedes).
+    pub tuple_items: u64,
 }
 
 impl Layout {
@@ -83,13 +89,18 @@ impl Layout {
             ts_thread_id: tid,
             ts_native_tid: ntid,
             ts_dict: Some(dict),
-            slot: if minor <= 11 { LoopSlot::DictHolder } else { LoopSlot::DictDirect },
+            slot: if minor <= 11 {
+                LoopSlot::DictHolder
+            } else {
+                LoopSlot::DictDirect
+            },
             dict: if minor <= 10 {
                 DictLayout::Pre311
             } else {
                 DictLayout::Post311 { values_off: 0 }
             },
             str_ascii_size: if minor <= 11 { 48 } else { 40 },
+            tuple_items: 24,
         })
     }
 
@@ -120,13 +131,17 @@ impl Layout {
             slot,
             dict: DictLayout::Post311 { values_off: 8 },
             str_ascii_size: 40,
+            tuple_items: if minor >= 14 { 32 } else { 24 },
         })
     }
 
     /// How many bytes of a thread state to copy so one read covers every field we use.
     pub fn tstate_read_len(&self, slot_off: Option<u64>) -> usize {
         let mut end = self.ts_next.max(self.ts_interp).max(self.ts_thread_id);
-        for o in [self.ts_native_tid, self.ts_dict, slot_off].into_iter().flatten() {
+        for o in [self.ts_native_tid, self.ts_dict, slot_off]
+            .into_iter()
+            .flatten()
+        {
             end = end.max(o);
         }
         (end + 8) as usize
@@ -170,14 +185,18 @@ pub fn parse_debug_offsets(buf: &[u8]) -> Result<DebugOffsets> {
         bail!("_Py_DebugOffsets block is truncated");
     };
     if !(8..1 << 20).contains(&interp_threads_head) || interp_threads_head % 8 != 0 {
-        bail!("implausible interpreter_state.threads_head {interp_threads_head} in _Py_DebugOffsets");
+        bail!(
+            "implausible interpreter_state.threads_head {interp_threads_head} in _Py_DebugOffsets"
+        );
     }
     let mut pos = INTERP_STATE_POS + 8 * (INTERP_THREADS_HEAD_IDX + 1);
     // Bounded: the interpreter_state sub-struct has at most a few dozen fields.
     while pos < INTERP_STATE_POS + 8 * 48 {
         let w = |i: u64| get(pos + 8 * i);
         if let (Some(size), Some(0), Some(8), Some(16)) = (w(0), w(1), w(2), w(3)) {
-            let (Some(tid), Some(ntid)) = (w(5), w(6)) else { break };
+            let (Some(tid), Some(ntid)) = (w(5), w(6)) else {
+                break;
+            };
             // saturating: `o` is unvalidated target data.
             let plausible = |o: u64| o >= 24 && o.saturating_add(8) <= size && o.is_multiple_of(8);
             if (64..8192).contains(&size) && plausible(tid) && plausible(ntid) {
@@ -207,7 +226,7 @@ mod tests {
         let mut words: Vec<u64> = vec![0; 80];
         words[1] = 0x030d00f0; // PY_VERSION_HEX 3.13.0 final
         words[3..6].copy_from_slice(&[100_000, 600, 632]); // runtime_state
-        // interpreter_state: size, id, next, threads_head, gc, ... (13 fields)
+                                                           // interpreter_state: size, id, next, threads_head, gc, ... (13 fields)
         words[6..19].copy_from_slice(&[9000, 7256, 7264, 7344, 1, 2, 3, 4, 16, 5, 0, 6, 7]);
         // thread_state: size, prev, next, interp, current_frame, thread_id, native_thread_id
         words[19..26].copy_from_slice(&[304, 0, 8, 16, 72, 152, 160]);
@@ -220,7 +239,15 @@ mod tests {
     fn parses_313_debug_offsets() {
         let b = debug_block_3130();
         let d = parse_debug_offsets(&b).unwrap();
-        assert_eq!((d.interp_threads_head, d.ts_size, d.ts_thread_id, d.ts_native_tid), (7344, 304, 152, 160));
+        assert_eq!(
+            (
+                d.interp_threads_head,
+                d.ts_size,
+                d.ts_thread_id,
+                d.ts_native_tid
+            ),
+            (7344, 304, 152, 160)
+        );
         let l = Layout::from_debug_offsets(3, 13, &b).unwrap();
         assert_eq!(l.slot, LoopSlot::TstateField(304));
         assert!(Layout::from_debug_offsets(3, 12, &b).is_err());

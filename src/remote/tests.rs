@@ -1,6 +1,8 @@
 //! Live tests: spawn `tests/py/remote_threads.py` under each pyenv interpreter, attach with
 //! py-spy (NonBlocking) and check every thread's OS tid, pthread id and running loop.
-//! A missing interpreter (or uvloop) skips its test with a message instead of failing.
+//! The churn tests scan a target whose threads keep starting and ending loops, to exercise
+//! torn reads. A missing interpreter (or uvloop) skips its test with a message instead of
+//! failing.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -33,7 +35,10 @@ impl Drop for Target {
 
 fn python(version: &str) -> Option<PathBuf> {
     let home = std::env::var_os("HOME")?;
-    let p = PathBuf::from(home).join(".pyenv/versions").join(version).join("bin/python3");
+    let p = PathBuf::from(home)
+        .join(".pyenv/versions")
+        .join(version)
+        .join("bin/python3");
     p.exists().then_some(p)
 }
 
@@ -48,14 +53,19 @@ fn parse_ready(line: &str) -> Ids {
         .map(|kv| {
             let (role, ids) = kv.split_once('=').unwrap();
             let (tid, ident) = ids.split_once(':').unwrap();
-            (role.to_string(), (tid.parse().unwrap(), ident.parse().unwrap()))
+            (
+                role.to_string(),
+                (tid.parse().unwrap(), ident.parse().unwrap()),
+            )
         })
         .collect()
 }
 
-/// Starts the script and waits for its READY line (no fixed sleeps).
-fn spawn(py: &PathBuf, args: &[&str]) -> (Target, Ids) {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/py/remote_threads.py");
+/// Starts `tests/py/<script>` and waits for its READY line (no fixed sleeps).
+fn spawn_script(py: &PathBuf, script: &str, args: &[&str]) -> (Target, String) {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/py")
+        .join(script);
     let mut child = Command::new(py)
         .arg(script)
         .args(args)
@@ -72,7 +82,14 @@ fn spawn(py: &PathBuf, args: &[&str]) -> (Target, Ids) {
         let _ = BufReader::new(stdout).read_line(&mut line);
         let _ = tx.send(line);
     });
-    let line = rx.recv_timeout(Duration::from_secs(60)).expect("no READY line within 60 s");
+    let line = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("no READY line within 60 s");
+    (target, line)
+}
+
+fn spawn(py: &PathBuf, args: &[&str]) -> (Target, Ids) {
+    let (target, line) = spawn_script(py, "remote_threads.py", args);
     (target, parse_ready(&line))
 }
 
@@ -92,7 +109,11 @@ fn by_tid(threads: &[PyThread], tid: u32) -> &PyThread {
 }
 
 fn check_threads(threads: &[PyThread], ids: &Ids, loop_type: &str) {
-    assert_eq!(threads.len(), ids.len(), "thread count: {threads:#?} vs {ids:?}");
+    assert_eq!(
+        threads.len(),
+        ids.len(),
+        "thread count: {threads:#?} vs {ids:?}"
+    );
     for (role, &(tid, ident)) in ids {
         let t = by_tid(threads, tid);
         assert_eq!(t.pthread_id, ident, "pthread id of {role}");
@@ -103,9 +124,18 @@ fn check_threads(threads: &[PyThread], ids: &Ids, loop_type: &str) {
             other => panic!("{role} ({tid}): running_loop {other:?}"),
         }
     }
-    let main = by_tid(threads, ids["main"].0).running_loop.as_ref().unwrap();
-    let other = by_tid(threads, ids["loop"].0).running_loop.as_ref().unwrap();
-    assert_ne!(main.address, other.address, "two threads cannot run the same loop");
+    let main = by_tid(threads, ids["main"].0)
+        .running_loop
+        .as_ref()
+        .unwrap();
+    let other = by_tid(threads, ids["loop"].0)
+        .running_loop
+        .as_ref()
+        .unwrap();
+    assert_ne!(
+        main.address, other.address,
+        "two threads cannot run the same loop"
+    );
 }
 
 fn live(version: &str, args: &[&str], loop_type: &str) {
@@ -114,7 +144,10 @@ fn live(version: &str, args: &[&str], loop_type: &str) {
         return;
     };
     if args.contains(&"--uvloop") {
-        let ok = Command::new(&py).args(["-c", "import uvloop"]).status().map(|s| s.success());
+        let ok = Command::new(&py)
+            .args(["-c", "import uvloop"])
+            .status()
+            .map(|s| s.success());
         if ok.ok() != Some(true) {
             eprintln!("skipping uvloop live test: uvloop not installed for {version}");
             return;
@@ -132,9 +165,16 @@ fn live(version: &str, args: &[&str], loop_type: &str) {
         }
         check_threads(&threads, &ids, loop_type);
     }
-    eprintln!("{version}: {:?} per scan of {} threads", start.elapsed() / 20, ids.len());
+    eprintln!(
+        "{version}: {:?} per scan of {} threads",
+        start.elapsed() / 20,
+        ids.len()
+    );
     if scanner.layout().ts_native_tid.is_none() {
-        eprintln!("{version}: struct pthread tid offset 0x{:x}", scanner.pthread_tid_offset().unwrap());
+        eprintln!(
+            "{version}: struct pthread tid offset 0x{:x}",
+            scanner.pthread_tid_offset().unwrap()
+        );
     }
 }
 
@@ -185,4 +225,62 @@ fn refuses_other_pid() {
     let mut scanner = ThreadScanner::new(&spy).unwrap();
     let other = remoteprocess::Process::new(std::process::id() as i32).unwrap();
     assert!(scanner.scan(&other).is_err());
+}
+
+/// Threads keep starting, running a loop and exiting while we scan: every scan must succeed,
+/// the main thread must always be found with its loop, and no garbage may come out (every
+/// loop seen is a real selector loop).
+fn churn(version: &str) {
+    let Some(py) = python(version) else {
+        eprintln!("skipping churn test: ~/.pyenv/versions/{version}/bin/python3 not found");
+        return;
+    };
+    let (target, line) = spawn_script(&py, "remote_churn.py", &[]);
+    let main_tid: u32 = line
+        .trim()
+        .strip_prefix("READY ")
+        .and_then(|s| s.parse().ok())
+        .expect("READY <tid>");
+    let spy = attach(target.child.id());
+    let mut scanner = ThreadScanner::new(&spy).expect("ThreadScanner::new");
+    let (mut max_threads, mut max_loops) = (0, 0);
+    for _ in 0..2000 {
+        let threads = scanner.scan(&spy.process).expect("scan");
+        let main = by_tid(&threads, main_tid);
+        assert!(
+            main.running_loop.is_some(),
+            "main thread lost its loop: {main:?}"
+        );
+        let loops: Vec<_> = threads
+            .iter()
+            .filter_map(|t| t.running_loop.as_ref())
+            .collect();
+        for l in &loops {
+            assert_eq!(l.type_name, "_UnixSelectorEventLoop", "{threads:?}");
+        }
+        max_threads = max_threads.max(threads.len());
+        max_loops = max_loops.max(loops.len());
+    }
+    eprintln!("{version} churn: up to {max_threads} threads and {max_loops} running loops seen in one scan");
+    assert!(max_loops > 1, "never saw a short-lived thread's loop");
+}
+
+#[test]
+fn churn_3_8() {
+    churn("3.8.18");
+}
+
+#[test]
+fn churn_3_11() {
+    churn("3.11.7");
+}
+
+#[test]
+fn churn_3_12() {
+    churn("3.12.1");
+}
+
+#[test]
+fn churn_3_13() {
+    churn("3.13.0");
 }

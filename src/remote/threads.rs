@@ -32,17 +32,43 @@ pub struct RawThread {
     pub slot: Option<u64>,
 }
 
-/// Walks the thread states of the interpreter at `interp`. `slot_off` is the offset of the
-/// running-loop pointer inside the thread state, when the version keeps it there.
+/// How many times `walk` re-reads a list that did not end in a NULL `next`.
+const WALK_ATTEMPTS: usize = 4;
+
+/// Walks the thread states of the interpreter at `interp`, re-walking (a few times) when
+/// the walk was cut short by a node that no longer validates: a thread exiting while we
+/// read frees its state, and the walk would otherwise silently miss every thread behind it.
+/// `slot_off` is the offset of the running-loop pointer inside the thread state, when the
+/// version keeps it there.
 ///
 /// Errors only when the list head itself cannot be read (the process is gone or the
-/// interpreter address is wrong); a damaged list yields the threads read so far.
+/// interpreter address is wrong); a list that stays damaged yields the longest walk.
 pub fn walk<M: ProcessMemory + ?Sized>(
     mem: &M,
     layout: &Layout,
     interp: u64,
     slot_off: Option<u64>,
 ) -> Result<Vec<RawThread>> {
+    let mut best: Vec<RawThread> = Vec::new();
+    for _ in 0..WALK_ATTEMPTS {
+        let (threads, clean) = walk_once(mem, layout, interp, slot_off)?;
+        if clean {
+            return Ok(threads);
+        }
+        if threads.len() > best.len() {
+            best = threads;
+        }
+    }
+    Ok(best)
+}
+
+/// One pass over the list; `true` when it ended at a NULL `next`.
+fn walk_once<M: ProcessMemory + ?Sized>(
+    mem: &M,
+    layout: &Layout,
+    interp: u64,
+    slot_off: Option<u64>,
+) -> Result<(Vec<RawThread>, bool)> {
     let head_addr = interp
         .checked_add(layout.interp_threads_head)
         .ok_or_else(|| anyhow!("bad interpreter address 0x{interp:x}"))?;
@@ -52,12 +78,16 @@ pub fn walk<M: ProcessMemory + ?Sized>(
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     while ts != 0 && out.len() < MAX_THREADS && plausible_obj(ts) && seen.insert(ts) {
-        let Some(buf) = read_bytes(mem, ts, len) else { break };
-        let Some(back) = u64_at(&buf, layout.ts_interp) else { break };
-        if back != interp {
+        let Some(buf) = read_bytes(mem, ts, len) else {
+            break;
+        };
+        // A freed or reused node no longer points back at our interpreter.
+        if u64_at(&buf, layout.ts_interp) != Some(interp) {
             break;
         }
-        let Some(pthread_id) = u64_at(&buf, layout.ts_thread_id) else { break };
+        let Some(pthread_id) = u64_at(&buf, layout.ts_thread_id) else {
+            break;
+        };
         out.push(RawThread {
             tstate: ts,
             pthread_id,
@@ -65,10 +95,12 @@ pub fn walk<M: ProcessMemory + ?Sized>(
             dict: layout.ts_dict.and_then(|o| u64_at(&buf, o)),
             slot: slot_off.and_then(|o| u64_at(&buf, o)),
         });
-        let Some(next) = u64_at(&buf, layout.ts_next) else { break };
+        let Some(next) = u64_at(&buf, layout.ts_next) else {
+            break;
+        };
         ts = next;
     }
-    Ok(out)
+    Ok((out, ts == 0))
 }
 
 #[cfg(test)]
@@ -96,7 +128,10 @@ mod tests {
         m.put(0x200_0000, tstate(&l, 0x300_0000, interp, 1));
         m.put(0x300_0000, tstate(&l, 0x200_0000, interp, 2));
         let t = walk(&m, &l, interp, None).unwrap();
-        assert_eq!(t.iter().map(|t| t.pthread_id).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(
+            t.iter().map(|t| t.pthread_id).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
         // b belongs to another interpreter: the walk stops before it.
         m.put(0x300_0000, tstate(&l, 0, 0x999_0000, 2));
         assert_eq!(walk(&m, &l, interp, None).unwrap().len(), 1);

@@ -20,7 +20,10 @@ const SCAN_LIMIT: u64 = 0x800;
 /// The OS thread ids of `pid` (names of `/proc/PID/task/*`); `None` if unreadable.
 pub fn os_tids(pid: i32) -> Option<HashSet<u32>> {
     let rd = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    Some(rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
+    Some(
+        rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect(),
+    )
 }
 
 /// The calibrated `struct pthread` tid offset.
@@ -47,7 +50,11 @@ impl PthreadTid {
         pthreads: &[u64],
         tids: &HashSet<u32>,
     ) {
-        let mut uniq: Vec<u64> = pthreads.iter().copied().filter(|&p| plausible_addr(p)).collect();
+        let mut uniq: Vec<u64> = pthreads
+            .iter()
+            .copied()
+            .filter(|&p| plausible_addr(p))
+            .collect();
         uniq.sort_unstable();
         uniq.dedup();
         // One copy per thread; every candidate offset is then checked locally.
@@ -73,7 +80,10 @@ impl PthreadTid {
                 let strong = vals.len() >= 2;
                 // Never let a weaker result replace a strong one.
                 if strong || !self.strong {
-                    *self = PthreadTid { offset: Some(off), strong };
+                    *self = PthreadTid {
+                        offset: Some(off),
+                        strong,
+                    };
                 }
                 return;
             }
@@ -82,7 +92,12 @@ impl PthreadTid {
 
     /// The OS tid of the thread whose `pthread_t` is `pthread`, if calibrated, readable and
     /// currently a thread of the target.
-    pub fn read<M: ProcessMemory + ?Sized>(&self, mem: &M, pthread: u64, tids: &HashSet<u32>) -> Option<u32> {
+    pub fn read<M: ProcessMemory + ?Sized>(
+        &self,
+        mem: &M,
+        pthread: u64,
+        tids: &HashSet<u32>,
+    ) -> Option<u32> {
         let addr = pthread.checked_add(self.offset?)?;
         let v = u32_at(&read_bytes(mem, addr, 4)?, 0)?;
         tids.contains(&v).then_some(v)
@@ -110,12 +125,24 @@ mod tests {
         let tids: HashSet<u32> = [100, 101].into_iter().collect();
         let mut c = PthreadTid::default();
         c.calibrate(&m, 100, &[0x10_0000], &tids);
-        assert_eq!(c, PthreadTid { offset: Some(0x40), strong: false });
+        assert_eq!(
+            c,
+            PthreadTid {
+                offset: Some(0x40),
+                strong: false
+            }
+        );
         assert!(c.wants_calibration(2));
         // A second thread disambiguates: the decoy holds something else there.
         m.put(0x20_0000, pthread(&[(0x40, 7), (0x2f0, 101)]));
         c.calibrate(&m, 100, &[0x10_0000, 0x20_0000, 0x20_0000, 0], &tids);
-        assert_eq!(c, PthreadTid { offset: Some(0x2f0), strong: true });
+        assert_eq!(
+            c,
+            PthreadTid {
+                offset: Some(0x2f0),
+                strong: true
+            }
+        );
         assert_eq!(c.read(&m, 0x20_0000, &tids), Some(101));
         // A tid that is no longer a thread of the target is not reported.
         assert_eq!(c.read(&m, 0x20_0000, &[100].into_iter().collect()), None);

@@ -1,1 +1,153 @@
-mod placeholder {}
+//! Offline tests: recorded samples (tests/fixtures, made from real runs; see its README) replayed
+//! through `report`'s code path. The episodes, the summary and the SVG are compared with golden
+//! files in tests/golden; `LOOPSPY_BLESS=1` rewrites them.
+
+use std::path::{Path, PathBuf};
+
+use loopspy::episode::Episode;
+use loopspy::output::atomic::AtomicFile;
+use loopspy::output::episodes::{EpisodeLog, LogTarget};
+use loopspy::pipeline::Sinks;
+use loopspy::report::replay;
+
+use crate::support::repo;
+
+struct Replayed {
+    episodes: Vec<Episode>,
+    jsonl: String,
+    svg: String,
+    summary: String,
+}
+
+fn replay_fixture(name: &str, threshold_ms: f64) -> Replayed {
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("out.svg");
+    let jsonl = dir.path().join("out.jsonl");
+    let sinks = Sinks {
+        flamegraph: Some(AtomicFile::create(&svg).unwrap()),
+        raw: None,
+        episodes: Some((EpisodeLog::new(LogTarget::Atomic(AtomicFile::create(&jsonl).unwrap())), "episodes.jsonl".into())),
+        live_hangs: false,
+    };
+    let mut summary = Vec::new();
+    let fixture = repo().join("tests/fixtures").join(format!("{name}.jsonl"));
+    let episodes = replay(&fixture, threshold_ms, false, sinks, &mut summary).unwrap();
+    let summary = String::from_utf8(summary).unwrap();
+    // The list of files written names temporary paths: keep the summary machine-independent.
+    let summary = summary.lines().filter(|l| !l.starts_with("loopspy: wrote")).collect::<Vec<_>>().join("\n") + "\n";
+    Replayed {
+        episodes,
+        jsonl: std::fs::read_to_string(jsonl).unwrap(),
+        svg: std::fs::read_to_string(svg).unwrap(),
+        summary,
+    }
+}
+
+fn golden(path: &Path, actual: &str) {
+    if std::env::var_os("LOOPSPY_BLESS").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(path)
+        .unwrap_or_else(|_| panic!("missing golden file {} (run with LOOPSPY_BLESS=1)", path.display()));
+    if expected != actual {
+        let wrote = path.with_extension(format!("{}.actual", path.extension().unwrap().to_string_lossy()));
+        std::fs::write(&wrote, actual).unwrap();
+        panic!("{} differs from the golden file; actual output in {} (LOOPSPY_BLESS=1 to accept)", path.display(), wrote.display());
+    }
+}
+
+fn check_goldens(name: &str, r: &Replayed) {
+    let dir: PathBuf = repo().join("tests/golden");
+    golden(&dir.join(format!("{name}.episodes.jsonl")), &r.jsonl);
+    golden(&dir.join(format!("{name}.summary.txt")), &r.summary);
+    golden(&dir.join(format!("{name}.svg")), &r.svg);
+}
+
+fn durations(r: &Replayed) -> Vec<f64> {
+    r.episodes.iter().map(|e| e.duration_ms).collect()
+}
+
+#[test]
+fn sleep_task_recording() {
+    let r = replay_fixture("sleep_task", 50.0);
+    assert_eq!(r.episodes.len(), 3);
+    for e in &r.episodes {
+        assert!((e.duration_ms - 150.0).abs() <= 5.0, "{}", e.duration_ms);
+        assert_eq!(e.culprit.function, "sleepy_handler");
+        assert!(e.complete);
+    }
+    assert!(r.svg.contains("BLOCKED in sleepy_handler"));
+    check_goldens("sleep_task", &r);
+}
+
+#[test]
+fn replay_is_deterministic_and_threshold_applies() {
+    let a = replay_fixture("sleep_task", 50.0);
+    let b = replay_fixture("sleep_task", 50.0);
+    assert_eq!(a.jsonl, b.jsonl);
+    assert_eq!(a.svg, b.svg);
+    assert!(replay_fixture("sleep_task", 200.0).episodes.is_empty());
+}
+
+#[test]
+fn jitter_and_gaps() {
+    let r = replay_fixture("jitter_gaps", 50.0);
+    // 200 Hz with ±2 ms jitter, one sample in seven dropped and a 60 ms stall: the boundaries
+    // move by at most half the gap around them.
+    assert_eq!(r.episodes.len(), 3, "{:?}", durations(&r));
+    for e in &r.episodes {
+        assert!((e.duration_ms - 150.0).abs() <= 12.0, "{:?}", durations(&r));
+    }
+    check_goldens("jitter_gaps", &r);
+}
+
+#[test]
+fn two_loops_blame_the_right_thread() {
+    let r = replay_fixture("two_loops", 50.0);
+    assert_eq!(r.episodes.len(), 3);
+    assert!(r.episodes.iter().all(|e| e.thread.as_deref() == Some("blocking-loop")));
+    assert!(r.summary.contains("calm-loop"), "{}", r.summary);
+    check_goldens("two_loops", &r);
+}
+
+#[test]
+fn back_to_back_callbacks_are_separate_episodes() {
+    let r = replay_fixture("back_to_back", 50.0);
+    let names: Vec<_> = r.episodes.iter().map(|e| e.culprit.function.as_str()).collect();
+    assert_eq!(names, ["first_callback", "second_callback", "twin", "twin"], "{:?}", durations(&r));
+    for e in &r.episodes {
+        assert!((e.duration_ms - 100.0).abs() <= 5.0, "{:?}", durations(&r));
+    }
+    check_goldens("back_to_back", &r);
+}
+
+#[test]
+fn a_thread_that_disappears() {
+    let r = replay_fixture("thread_ends", 50.0);
+    assert_eq!(r.episodes.len(), 3);
+    assert!(r.episodes.iter().all(|e| e.complete && e.thread.as_deref() == Some("short-lived-loop")));
+    check_goldens("thread_ends", &r);
+}
+
+#[test]
+fn process_exiting_mid_episode() {
+    let r = replay_fixture("exit_mid_block", 50.0);
+    assert_eq!(r.episodes.len(), 1);
+    let e = &r.episodes[0];
+    assert!(!e.complete, "the block was cut by the exit");
+    assert_eq!(e.culprit.function, "exit_mid_block_main");
+    // The process lived ~300 ms after the block began.
+    assert!(e.duration_ms > 250.0 && e.duration_ms < 320.0, "{}", e.duration_ms);
+    assert!(r.summary.contains("still running when the recording stopped"), "{}", r.summary);
+    check_goldens("exit_mid_block", &r);
+}
+
+#[test]
+fn uvloop_recording() {
+    let r = replay_fixture("uvloop", 50.0);
+    assert_eq!(r.episodes.len(), 3, "{:?}", durations(&r));
+    assert!(r.episodes.iter().all(|e| e.culprit.function == "sleepy_handler"));
+    check_goldens("uvloop", &r);
+}

@@ -115,7 +115,44 @@ async def threshold_main():
         await asyncio.sleep(0.05)
 
 
+def first_callback():
+    t0 = time.monotonic()
+    time.sleep(0.1)  # BLOCK-LINE first
+    report("first", t0)
+
+
+def second_callback():
+    t0 = time.monotonic()
+    time.sleep(0.1)  # BLOCK-LINE second
+    report("second", t0)
+
+
+async def twin():
+    t0 = time.monotonic()
+    time.sleep(0.1)  # BLOCK-LINE twin
+    report("twin", t0)
+
+
+async def back_to_back_main():
+    # Two different plain callbacks dispatched in one loop iteration ...
+    loop = asyncio.get_running_loop()
+    loop.call_soon(first_callback)
+    loop.call_soon(second_callback)
+    await asyncio.sleep(0.3)
+    # ... then two tasks with the same coroutine, stepped back to back.
+    await asyncio.gather(twin(), twin())
+
+
+async def exit_mid_block_main():
+    # Another thread ends the process while the loop is inside a 2 s block.
+    import os
+    threading.Timer(0.3, os._exit, args=(0,)).start()
+    time.sleep(2.0)  # BLOCK-LINE exit
+
+
 SINGLE = {
+    "back_to_back": back_to_back_main,
+    "exit_mid_block": exit_mid_block_main,
     "sleep_task": lambda: sleepy_handler(3, 0.15, 0.1),
     "cpu_task": cpu_handler,
     "call_later": call_later_main,
@@ -187,6 +224,10 @@ def main():
         loop.run_until_complete(single_main(lambda: sleepy_handler(3, 0.15, 0.1)))
     elif name == "thread_loop":
         threaded([("loop-thread", blocking_thread_main)])
+    elif name == "thread_ends":
+        # A loop thread blocks, finishes and disappears; the main thread lives on.
+        threaded([("short-lived-loop", blocking_thread_main)])
+        threading.Event().wait(0.3)
     elif name == "two_loops":
         threaded([("blocking-loop", blocking_thread_main), ("calm-loop", calm_main)])
     else:

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Install the Python packages the live tests use into every CPython 3.8-3.13 found under pyenv
+# (and the default python3). A version without a wheel is reported, and its uvloop test skips.
+set -uo pipefail
+root="${PYENV_ROOT:-$HOME/.pyenv}"
+for py in python3 "$root"/versions/3.{8,9,10,11,12,13}.*/bin/python3; do
+  [ -x "$(command -v "$py")" ] || continue
+  if "$py" -c "import uvloop" 2>/dev/null; then continue; fi
+  "$py" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore uvloop \
+    || echo "install-test-deps: uvloop could not be installed for $py (its uvloop test will skip)"
+done

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Re-record the offline test fixtures (tests/fixtures/*.jsonl) from real runs of
+# tests/py/scenarios.py under `loopspy record --format raw`, then derive the jitter/gap fixture.
+# After re-recording, bless the golden files: LOOPSPY_BLESS=1 cargo test --release offline
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python="${PYTHON:-python3}"
+cargo build --release --quiet
+out=tests/fixtures
+mkdir -p "$out"
+
+record() { # name scenario rate
+  local name=$1 scenario=$2 rate=$3 fifo dir
+  dir=$(mktemp -d); fifo="$dir/go"; mkfifo "$fifo"
+  "$python" tests/py/scenarios.py "$scenario" <"$fifo" >"$dir/target.out" &
+  local target=$!
+  exec 7>"$fifo"
+  # Wait for the target's READY line, attach, wait for loopspy's first sample, then say go.
+  until grep -q READY "$dir/target.out" 2>/dev/null; do sleep 0.01; done
+  target/release/loopspy record --pid "$target" --rate "$rate" --format raw -o "$out/$name.jsonl" 2>"$dir/loopspy.err" &
+  local spy=$!
+  until grep -q "sampling process" "$dir/loopspy.err" 2>/dev/null; do sleep 0.01; done
+  echo go >&7; exec 7>&-
+  wait "$target" || true
+  wait "$spy"
+  echo "$name: $(grep -c . "$out/$name.jsonl") lines; target said:"; grep BLOCK "$dir/target.out" || true
+  rm -rf "$dir"
+}
+
+record sleep_task sleep_task 200
+record two_loops two_loops 200
+record back_to_back back_to_back 200
+record thread_ends thread_ends 200
+record exit_mid_block exit_mid_block 200
+record uvloop uvloop 200
+"$python" scripts/derive_fixture.py "$out/sleep_task.jsonl" "$out/jitter_gaps.jsonl"
