@@ -51,7 +51,7 @@ async def handle(reader, writer):
     if path.startswith("/user"):
         body = str(legacy_user_lookup(random.randint(1, 1000)))
     elif path.startswith("/report"):
-        body = render_report(30000)
+        body = render_report(60000)
     elif path.startswith("/audit"):
         asyncio.get_running_loop().call_soon(write_audit, "audit %f" % time.time())
         body = "queued"

@@ -148,14 +148,16 @@ impl Detector {
             // Keep tracking only threads that have been seen running a loop.
             if track.last_seen.is_some() {
                 track.last_seen = Some(sample.mono);
-                track.name.clone_from(&thread.name);
                 self.tracks.insert(key, track);
             }
             return;
         }
-        track.name.clone_from(&thread.name);
+        // py-spy sometimes misses a thread's name for a sample: keep the last one known.
+        if thread.name.is_some() {
+            track.name.clone_from(&thread.name);
+        }
         if state != LoopState::NotLoop {
-            self.seen.insert(key, thread.name.clone());
+            self.seen.insert(key, track.name.clone());
         }
         // Same callback key, and the loop dispatched nothing in between (when its ready queue is
         // readable): a task step that yields and is stepped again is two callbacks.

@@ -187,3 +187,83 @@ fn threshold_separates_20ms_from_70ms() {
         check_culprit(&r, &label, "threshold_main", Some(line), "sleep");
     }
 }
+
+/// `record -- CMD`: loopspy launches the target (whose stdio passes through) and ends with it.
+#[test]
+fn launch_a_command() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+    let (_, py) = pythons().pop().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut spy = Command::new(crate::support::loopspy())
+        .current_dir(dir.path())
+        .args(["record", "--rate", "200", "--episodes", "e.jsonl", "--"])
+        .arg(&py)
+        .arg(script())
+        .arg("sleep_task")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(spy.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.starts_with("loopspy: sampling process") {
+        line.clear();
+        assert!(err.read_line(&mut line).unwrap() > 0, "loopspy ended before sampling");
+    }
+    let pid: u32 = line.split_whitespace().nth(3).unwrap().parse().unwrap();
+    // The target's stdin is loopspy's: tell it to go.
+    spy.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let out = spy.wait_with_output().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+    assert!(out.status.success(), "{rest}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.matches("BLOCK ").count(), 3, "the target's stdout passes through: {stdout}");
+    let episodes = std::fs::read_to_string(dir.path().join("e.jsonl")).unwrap();
+    assert_eq!(episodes.lines().count(), 3, "{episodes}\n{rest}");
+    assert!(dir.path().join(format!("loopspy-{pid}.svg")).exists(), "default output name carries the pid");
+}
+
+/// Ctrl-C ends a recording and still writes every output, with the open episode incomplete.
+#[test]
+fn ctrl_c_writes_complete_outputs() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let (_, py) = pythons().pop().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut target = crate::support::Target::start(&py, &script(), &["long_block"]);
+    let mut spy = Command::new(crate::support::loopspy())
+        .current_dir(dir.path())
+        .args(["record", "--pid", &target.pid().to_string(), "-o", "out.svg", "--episodes", "e.jsonl"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(spy.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.starts_with("loopspy: sampling process") {
+        line.clear();
+        assert!(err.read_line(&mut line).unwrap() > 0);
+    }
+    target.go();
+    // Interrupt once the block is long under way: loopspy reports it passing one second.
+    while !line.contains("blocked for 1 s so far") {
+        line.clear();
+        assert!(err.read_line(&mut line).unwrap() > 0, "no live hang report");
+    }
+    unsafe { libc::kill(spy.id() as i32, libc::SIGINT) };
+    let status = spy.wait().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+    let _ = target.child.kill();
+    let _ = target.child.wait();
+    assert!(status.success(), "{rest}");
+    assert!(rest.contains("ended: interrupted"), "{rest}");
+    let episodes = std::fs::read_to_string(dir.path().join("e.jsonl")).unwrap();
+    let ep: Value = serde_json::from_str(episodes.lines().next().unwrap()).unwrap();
+    assert_eq!(ep["complete"], Value::Bool(false));
+    assert!(ep["duration_ms"].as_f64().unwrap() >= 1000.0);
+    let svg = std::fs::read_to_string(dir.path().join("out.svg")).unwrap();
+    assert!(svg.ends_with("</svg>\n") || svg.trim_end().ends_with("</svg>"), "SVG is whole");
+}

@@ -150,7 +150,12 @@ async def exit_mid_block_main():
     time.sleep(2.0)  # BLOCK-LINE exit
 
 
+async def long_block_main():
+    time.sleep(5.0)  # BLOCK-LINE long
+
+
 SINGLE = {
+    "long_block": long_block_main,
     "back_to_back": back_to_back_main,
     "exit_mid_block": exit_mid_block_main,
     "sleep_task": lambda: sleepy_handler(3, 0.15, 0.1),
