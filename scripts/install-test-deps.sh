@@ -5,7 +5,7 @@ set -uo pipefail
 root="${PYENV_ROOT:-$HOME/.pyenv}"
 for py in python3 "$root"/versions/3.{8,9,10,11,12,13}.*/bin/python3; do
   [ -x "$(command -v "$py")" ] || continue
-  if "$py" -c "import uvloop" 2>/dev/null; then continue; fi
-  "$py" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore uvloop \
-    || echo "install-test-deps: uvloop could not be installed for $py (its uvloop test will skip)"
+  if "$py" -c "import uvloop, requests" 2>/dev/null; then continue; fi
+  "$py" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore uvloop requests \
+    || echo "install-test-deps: uvloop or requests could not be installed for $py (their tests will skip)"
 done

@@ -38,13 +38,19 @@ fn spy_config() -> Config {
 }
 
 fn comm(pid: u32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|s| s.trim().to_string()).unwrap_or_default()
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 fn cmdline(pid: u32) -> String {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|b| {
-            b.split(|c| *c == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect::<Vec<_>>().join(" ")
+            b.split(|c| *c == 0)
+                .filter(|s| !s.is_empty())
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
         })
         .unwrap_or_default()
 }
@@ -55,14 +61,19 @@ fn precheck(pid: u32) -> Result<()> {
         Ok(s) => s,
         Err(_) => return Err(UserError::NoSuchProcess(pid).into()),
     };
-    if matches!(crate::os::thread_state::parse_stat_state(&stat), Some('Z' | 'X')) {
+    if matches!(
+        crate::os::thread_state::parse_stat_state(&stat),
+        Some('Z' | 'X')
+    ) {
         return Err(UserError::Zombie(pid).into());
     }
     match std::fs::read_to_string(format!("/proc/{pid}/maps")) {
         Ok(maps) if maps.is_empty() && !process_alive(pid) => Err(UserError::Zombie(pid).into()),
-        Ok(maps) if !maps.contains("python") => {
-            Err(UserError::NotPython { pid, comm: comm(pid) }.into())
+        Ok(maps) if !maps.contains("python") => Err(UserError::NotPython {
+            pid,
+            comm: comm(pid),
         }
+        .into()),
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
             Err(UserError::PermissionDenied(pid).into())
@@ -90,9 +101,15 @@ fn classify_attach_error(pid: u32, err: anyhow::Error) -> anyhow::Error {
     }
     let text = format!("{err:#}");
     if text.contains("Unsupported version") {
-        return UserError::UnsupportedVersion { pid, version: "of this build".into() }.into();
+        return UserError::UnsupportedVersion {
+            pid,
+            version: "of this build".into(),
+        }
+        .into();
     }
-    err.context(format!("could not read the Python interpreter of process {pid}"))
+    err.context(format!(
+        "could not read the Python interpreter of process {pid}"
+    ))
 }
 
 fn finish(pid: u32, spy: PythonSpy, child: Option<Child>) -> Result<Target> {
@@ -111,7 +128,8 @@ fn finish(pid: u32, spy: PythonSpy, child: Option<Child>) -> Result<Target> {
 /// Attach to a running process.
 pub fn attach(pid: u32) -> Result<Target> {
     precheck(pid)?;
-    let spy = PythonSpy::new(pid as py_spy::Pid, &spy_config()).map_err(|e| classify_attach_error(pid, e))?;
+    let spy = PythonSpy::new(pid as py_spy::Pid, &spy_config())
+        .map_err(|e| classify_attach_error(pid, e))?;
     finish(pid, spy, None)
 }
 
@@ -119,16 +137,24 @@ pub fn attach(pid: u32) -> Result<Target> {
 pub fn launch(command: &[String]) -> Result<Target> {
     let shown = command.join(" ");
     let (program, args) = command.split_first().context("no command given after --")?;
-    let mut child = Command::new(program)
-        .args(args)
-        .spawn()
-        .map_err(|e| UserError::LaunchFailed { command: shown.clone(), reason: e.to_string() })?;
+    let mut child =
+        Command::new(program)
+            .args(args)
+            .spawn()
+            .map_err(|e| UserError::LaunchFailed {
+                command: shown.clone(),
+                reason: e.to_string(),
+            })?;
     let pid = child.id();
     let started = Instant::now();
     let config = spy_config();
     loop {
         if let Some(status) = child.try_wait()? {
-            return Err(UserError::ExitedBeforeAttach { command: shown, status: status.to_string() }.into());
+            return Err(UserError::ExitedBeforeAttach {
+                command: shown,
+                status: status.to_string(),
+            }
+            .into());
         }
         let err = match PythonSpy::new(pid as py_spy::Pid, &config) {
             Ok(mut spy) => match spy.get_stack_traces() {

@@ -9,7 +9,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 pub const DEFAULT_RATE: &str = "100";
 
 #[derive(Debug, Parser)]
-#[command(name = "loopspy", version, about = "Find what blocks a live asyncio event loop: attach to a running CPython process, detect blocking episodes, write an annotated flame graph and an episodes log.")]
+#[command(
+    name = "loopspy",
+    version,
+    about = "Find what blocks a live asyncio event loop: attach to a running CPython process, detect blocking episodes, write an annotated flame graph and an episodes log."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -104,7 +108,9 @@ impl RecordArgs {
 
 impl ReportArgs {
     pub fn output_path(&self) -> PathBuf {
-        self.output.clone().unwrap_or_else(|| self.recording.with_extension("svg"))
+        self.output
+            .clone()
+            .unwrap_or_else(|| self.recording.with_extension("svg"))
     }
 }
 
@@ -121,10 +127,13 @@ mod tests {
     #[test]
     fn rejects_bad_numbers_and_missing_target() {
         assert!(Cli::try_parse_from(["loopspy", "record", "--pid", "1", "--rate", "0"]).is_err());
-        assert!(Cli::try_parse_from(["loopspy", "record", "--pid", "1", "--threshold", "-5"]).is_err());
+        assert!(
+            Cli::try_parse_from(["loopspy", "record", "--pid", "1", "--threshold", "-5"]).is_err()
+        );
         assert!(Cli::try_parse_from(["loopspy", "record"]).is_err());
         assert!(Cli::try_parse_from(["loopspy", "record", "--pid", "1", "--", "python3"]).is_err());
-        let ok = Cli::try_parse_from(["loopspy", "record", "--", "python3", "app.py", "-x"]).unwrap();
+        let ok =
+            Cli::try_parse_from(["loopspy", "record", "--", "python3", "app.py", "-x"]).unwrap();
         match ok.command {
             Command::Record(r) => assert_eq!(r.command, ["python3", "app.py", "-x"]),
             _ => unreachable!(),

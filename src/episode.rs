@@ -14,7 +14,11 @@ pub struct Location {
 
 impl From<&Frame> for Location {
     fn from(f: &Frame) -> Self {
-        Location { function: f.function.clone(), file: f.file.clone(), line: f.line }
+        Location {
+            function: f.function.clone(),
+            file: f.file.clone(),
+            line: f.line,
+        }
     }
 }
 

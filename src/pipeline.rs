@@ -8,6 +8,7 @@ use anyhow::Result;
 
 use crate::analysis::detector::{Detector, DetectorConfig, Event};
 use crate::episode::Episode;
+use crate::os::source_files::SourceFiles;
 use crate::output::atomic::AtomicFile;
 use crate::output::episodes::EpisodeLog;
 use crate::output::flamegraph::{FlameContext, FlameGraph};
@@ -39,9 +40,21 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn new(threshold_ms: f64, include_idle: bool, sinks: Sinks) -> Pipeline {
+    /// `sources`: where culprits' source lines can be read (to name calls made in C), if anywhere.
+    pub fn new(
+        threshold_ms: f64,
+        include_idle: bool,
+        sinks: Sinks,
+        sources: Option<SourceFiles>,
+    ) -> Pipeline {
+        let detector = Detector::new(DetectorConfig {
+            threshold: threshold_ms / 1000.0,
+        });
         Pipeline {
-            detector: Detector::new(DetectorConfig { threshold: threshold_ms / 1000.0 }),
+            detector: match sources {
+                Some(files) => detector.with_sources(files),
+                None => detector,
+            },
             flame: FlameGraph::new(include_idle),
             sinks,
             threshold_ms,
@@ -65,9 +78,13 @@ impl Pipeline {
     fn route(&mut self, events: Vec<Event>) -> Result<()> {
         for event in events {
             match event {
-                Event::Stack { thread, frames, idle, count, .. } => {
-                    self.flame.add_stack(&thread, &frames, idle, count)
-                }
+                Event::Stack {
+                    thread,
+                    frames,
+                    idle,
+                    count,
+                    ..
+                } => self.flame.add_stack(&thread, &frames, idle, count),
                 Event::Episode { episode, stacks } => {
                     if let Some((log, _)) = self.sinks.episodes.as_mut() {
                         log.write(&episode)?;
@@ -97,7 +114,12 @@ impl Pipeline {
     }
 
     /// End of input: close open episodes, write the outputs, print the summary to `summary_out`.
-    pub fn finish(mut self, header: &Header, stats: &SamplerStats, summary_out: &mut dyn Write) -> Result<Vec<Episode>> {
+    pub fn finish(
+        mut self,
+        header: &Header,
+        stats: &SamplerStats,
+        summary_out: &mut dyn Write,
+    ) -> Result<Vec<Episode>> {
         let events = self.detector.finish();
         self.route(events)?;
         let mut written = Vec::new();

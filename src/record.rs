@@ -13,6 +13,7 @@ use anyhow::Result;
 use crate::attach::{attach, launch, Target};
 use crate::cli::{Format, RecordArgs};
 use crate::error::UserError;
+use crate::os::source_files::SourceFiles;
 use crate::output::atomic::AtomicFile;
 use crate::output::episodes::{EpisodeLog, LogTarget};
 use crate::pipeline::{Pipeline, Sinks};
@@ -35,15 +36,26 @@ fn check_writable(path: &str) -> Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    let probe = tempfile::Builder::new().prefix(".loopspy-probe").tempfile_in(dir);
-    probe.map(drop).map_err(|e| UserError::Output { path: path.into(), reason: e.to_string() }.into())
+    let probe = tempfile::Builder::new()
+        .prefix(".loopspy-probe")
+        .tempfile_in(dir);
+    probe.map(drop).map_err(|e| {
+        UserError::Output {
+            path: path.into(),
+            reason: e.to_string(),
+        }
+        .into()
+    })
 }
 
 fn open_episodes(path: &str) -> Result<EpisodeLog> {
     if path == "-" {
         return Ok(EpisodeLog::new(LogTarget::Stdout));
     }
-    let f = File::create(path).map_err(|e| UserError::Output { path: path.into(), reason: e.to_string() })?;
+    let f = File::create(path).map_err(|e| UserError::Output {
+        path: path.into(),
+        reason: e.to_string(),
+    })?;
     Ok(EpisodeLog::new(LogTarget::File(BufWriter::new(f))))
 }
 
@@ -77,7 +89,10 @@ pub fn run(args: &RecordArgs) -> Result<()> {
         command: target.command.clone(),
         python_version: target.python_version.clone(),
         rate: args.rate,
-        start_wall: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
+        start_wall: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0),
         note: None,
     };
     let (flamegraph, raw) = match args.format {
@@ -88,8 +103,19 @@ pub fn run(args: &RecordArgs) -> Result<()> {
         Some(p) => Some((open_episodes(p)?, p.clone())),
         None => None,
     };
-    let sinks = Sinks { flamegraph, raw, episodes, live_hangs: true };
-    let mut pipeline = Pipeline::new(args.analysis.threshold, args.analysis.idle, sinks);
+    let sinks = Sinks {
+        flamegraph,
+        raw,
+        episodes,
+        live_hangs: true,
+    };
+    let sources = SourceFiles::for_pid(target.pid);
+    let mut pipeline = Pipeline::new(
+        args.analysis.threshold,
+        args.analysis.idle,
+        sinks,
+        Some(sources),
+    );
     let limits = Limits {
         rate: args.rate,
         duration: args.duration.map(Duration::from_secs_f64),

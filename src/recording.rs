@@ -55,7 +55,12 @@ impl<W: Write> RecordingWriter<W> {
     }
 
     pub fn finish(mut self, stats: &SamplerStats) -> Result<W> {
-        serde_json::to_writer(&mut self.out, &Trailer { stats: stats.clone() })?;
+        serde_json::to_writer(
+            &mut self.out,
+            &Trailer {
+                stats: stats.clone(),
+            },
+        )?;
         self.out.write_all(b"\n")?;
         self.out.flush()?;
         Ok(self.out)
@@ -76,14 +81,23 @@ pub struct RecordingReader<R: BufRead> {
 impl<R: BufRead> RecordingReader<R> {
     pub fn new(input: R) -> Result<Self> {
         let mut lines = input.lines();
-        let first = lines.next().context("the file is empty")?.context("cannot read the first line")?;
+        let first = lines
+            .next()
+            .context("the file is empty")?
+            .context("cannot read the first line")?;
         let header: Header = serde_json::from_str(&first)
             .ok()
             .context("the first line is not a loopspy recording header")?;
         if header.loopspy_recording > FORMAT_VERSION {
             bail!("recording format version {} is newer than this loopspy reads ({FORMAT_VERSION}): upgrade loopspy", header.loopspy_recording);
         }
-        Ok(RecordingReader { header, lines, line_no: 1, stats: None, skipped: 0 })
+        Ok(RecordingReader {
+            header,
+            lines,
+            line_no: 1,
+            stats: None,
+            skipped: 0,
+        })
     }
 }
 
@@ -117,7 +131,15 @@ mod tests {
     use crate::sample::{Frame, ThreadSample};
 
     fn header() -> Header {
-        Header { loopspy_recording: 1, pid: 7, command: "python3 app.py".into(), python_version: "3.11.7".into(), rate: 100.0, start_wall: 1000.0, note: None }
+        Header {
+            loopspy_recording: 1,
+            pid: 7,
+            command: "python3 app.py".into(),
+            python_version: "3.11.7".into(),
+            rate: 100.0,
+            start_wall: 1000.0,
+            note: None,
+        }
     }
 
     #[test]
@@ -127,14 +149,29 @@ mod tests {
             mono: 0.5,
             pid: 7,
             threads: vec![ThreadSample {
-                tid: 7, name: Some("MainThread".into()), event_loop: None, gil: true, active: true, os: None, ready: None,
-                frames: vec![Frame { function: "f".into(), file: "a.py".into(), line: 3 }],
+                tid: 7,
+                name: Some("MainThread".into()),
+                event_loop: None,
+                gil: true,
+                active: true,
+                os: None,
+                ready: None,
+                frames: vec![Frame {
+                    function: "f".into(),
+                    file: "a.py".into(),
+                    line: 3,
+                }],
             }],
         };
         let mut w = RecordingWriter::new(Vec::new(), &header()).unwrap();
         w.write(&sample).unwrap();
         w.write(&sample).unwrap();
-        let mut bytes = w.finish(&SamplerStats { samples: 2, ..Default::default() }).unwrap();
+        let mut bytes = w
+            .finish(&SamplerStats {
+                samples: 2,
+                ..Default::default()
+            })
+            .unwrap();
         let r = RecordingReader::new(&bytes[..]).unwrap();
         assert_eq!(r.header, header());
         let mut r = r;

@@ -8,6 +8,7 @@ use anyhow::Result;
 
 use crate::cli::ReportArgs;
 use crate::error::UserError;
+use crate::os::source_files::SourceFiles;
 use crate::output::atomic::AtomicFile;
 use crate::output::episodes::{EpisodeLog, LogTarget};
 use crate::pipeline::{Pipeline, Sinks};
@@ -15,14 +16,28 @@ use crate::recording::RecordingReader;
 use crate::sampler::SamplerStats;
 
 fn recording_error(path: &Path, reason: impl std::fmt::Display) -> anyhow::Error {
-    UserError::Recording { path: path.display().to_string(), reason: reason.to_string() }.into()
+    UserError::Recording {
+        path: path.display().to_string(),
+        reason: reason.to_string(),
+    }
+    .into()
 }
 
 /// Replay `path` into the given sinks; returns the episodes found.
-pub fn replay(path: &Path, threshold_ms: f64, idle: bool, sinks: Sinks, summary: &mut dyn std::io::Write) -> Result<Vec<crate::episode::Episode>> {
+/// `sources`: read culprits' source files from this machine (None in tests, for output that
+/// does not depend on which files exist).
+pub fn replay(
+    path: &Path,
+    threshold_ms: f64,
+    idle: bool,
+    sinks: Sinks,
+    sources: Option<SourceFiles>,
+    summary: &mut dyn std::io::Write,
+) -> Result<Vec<crate::episode::Episode>> {
     let file = File::open(path).map_err(|e| recording_error(path, e))?;
-    let mut reader = RecordingReader::new(BufReader::new(file)).map_err(|e| recording_error(path, format!("{e:#}")))?;
-    let mut pipeline = Pipeline::new(threshold_ms, idle, sinks);
+    let mut reader = RecordingReader::new(BufReader::new(file))
+        .map_err(|e| recording_error(path, format!("{e:#}")))?;
+    let mut pipeline = Pipeline::new(threshold_ms, idle, sinks, sources);
     let mut count = 0u64;
     let mut last = 0.0f64;
     for sample in reader.by_ref() {
@@ -53,7 +68,19 @@ pub fn run(args: &ReportArgs) -> Result<()> {
         }
         None => None,
     };
-    let sinks = Sinks { flamegraph: Some(svg), raw: None, episodes, live_hangs: false };
-    replay(&args.recording, args.analysis.threshold, args.analysis.idle, sinks, &mut std::io::stderr())?;
+    let sinks = Sinks {
+        flamegraph: Some(svg),
+        raw: None,
+        episodes,
+        live_hangs: false,
+    };
+    replay(
+        &args.recording,
+        args.analysis.threshold,
+        args.analysis.idle,
+        sinks,
+        Some(SourceFiles::local()),
+        &mut std::io::stderr(),
+    )?;
     Ok(())
 }

@@ -21,6 +21,14 @@ pub struct OsState {
     /// `epoll_wait`), `running` when it is on a CPU or runnable, `None` when unreadable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub syscall: Option<String>,
+    /// The thread waits on a futex inside the interpreter's GIL: it is ready to run Python but
+    /// another thread holds the GIL.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub gil_wait: bool,
+    /// CPU time the thread has used so far, in clock ticks, in user mode and in the kernel
+    /// (`stat` fields 14 and 15): tells computing apart from kernel work such as fsync.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_ticks: Option<(u64, u64)>,
 }
 
 /// The ready queue of a loop (`collections.deque`): its length and its mutation counter, which
@@ -131,7 +139,10 @@ mod tests {
     fn ready_queue_pops() {
         let q = |len, state| ReadyQueue { len, state };
         assert!(!q(0, 10).popped_before(&q(0, 10)));
-        assert!(!q(0, 10).popped_before(&q(2, 12)), "two appends are not a dispatch");
+        assert!(
+            !q(0, 10).popped_before(&q(2, 12)),
+            "two appends are not a dispatch"
+        );
         assert!(q(1, 10).popped_before(&q(0, 11)));
         assert!(q(0, 10).popped_before(&q(0, 12)), "append then pop");
     }

@@ -41,7 +41,11 @@ pub struct SamplerStats {
 impl SamplerStats {
     /// Samples per second actually taken.
     pub fn achieved_rate(&self) -> f64 {
-        if self.elapsed > 0.0 { self.samples as f64 / self.elapsed } else { 0.0 }
+        if self.elapsed > 0.0 {
+            self.samples as f64 / self.elapsed
+        } else {
+            0.0
+        }
     }
 }
 
@@ -64,7 +68,10 @@ pub fn run(
 ) -> Result<SamplerStats> {
     let interval = Duration::from_secs_f64(1.0 / limits.rate);
     let start = Instant::now();
-    let mut stats = SamplerStats { rate: limits.rate, ..Default::default() };
+    let mut stats = SamplerStats {
+        rate: limits.rate,
+        ..Default::default()
+    };
     let mut next = start;
     let mut consecutive = 0u64;
     loop {
@@ -89,14 +96,22 @@ pub fn run(
             next = tick;
         }
         next += interval;
-        let wall = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
         let mono = tick.duration_since(start).as_secs_f64();
         match source.sample() {
             Ok(threads) => {
                 consecutive = 0;
                 stats.samples += 1;
                 stats.elapsed = mono;
-                sink(Sample { wall, mono, pid: source.pid(), threads })?;
+                sink(Sample {
+                    wall,
+                    mono,
+                    pid: source.pid(),
+                    threads,
+                })?;
             }
             Err(e) => {
                 stats.errors += 1;
@@ -126,7 +141,9 @@ mod tests {
     }
 
     impl SampleSource for Fake {
-        fn pid(&self) -> u32 { 42 }
+        fn pid(&self) -> u32 {
+            42
+        }
         fn sample(&mut self) -> Result<Vec<ThreadSample>> {
             self.n += 1;
             if self.left == 0 {
@@ -138,33 +155,61 @@ mod tests {
             }
             Ok(vec![])
         }
-        fn alive(&mut self) -> bool { self.left > 0 }
+        fn alive(&mut self) -> bool {
+            self.left > 0
+        }
     }
 
     #[test]
     fn counts_errors_and_ends_when_target_exits() {
         let stop = AtomicBool::new(false);
-        let mut src = Fake { left: 30, fail_every: 3, n: 0 };
+        let mut src = Fake {
+            left: 30,
+            fail_every: 3,
+            n: 0,
+        };
         let mut got = vec![];
-        let stats = run(&mut src, &Limits { rate: 1000.0, duration: None, stop: &stop }, &mut |s| {
-            got.push(s);
-            Ok(())
-        })
+        let stats = run(
+            &mut src,
+            &Limits {
+                rate: 1000.0,
+                duration: None,
+                stop: &stop,
+            },
+            &mut |s| {
+                got.push(s);
+                Ok(())
+            },
+        )
         .unwrap();
         assert_eq!(stats.end, "target exited");
         assert_eq!(stats.samples, 20);
         // Every third read fails; the last one (the 30th) finds the target gone and ends the run.
         assert_eq!(stats.errors, 10);
-        assert!(got.windows(2).all(|w| w[1].mono > w[0].mono && w[0].pid == 42));
+        assert!(got
+            .windows(2)
+            .all(|w| w[1].mono > w[0].mono && w[0].pid == 42));
     }
 
     #[test]
     fn stops_at_duration() {
         let stop = AtomicBool::new(false);
-        let mut src = Fake { left: u32::MAX, fail_every: 0, n: 0 };
-        let limits = Limits { rate: 200.0, duration: Some(Duration::from_millis(100)), stop: &stop };
+        let mut src = Fake {
+            left: u32::MAX,
+            fail_every: 0,
+            n: 0,
+        };
+        let limits = Limits {
+            rate: 200.0,
+            duration: Some(Duration::from_millis(100)),
+            stop: &stop,
+        };
         let stats = run(&mut src, &limits, &mut |_| Ok(())).unwrap();
         assert_eq!(stats.end, "duration");
-        assert!(stats.samples >= 10 && stats.samples <= 22, "{}", stats.samples);
+        assert!(
+            stats.samples >= 10 && stats.samples <= 22,
+            "{}",
+            stats.samples
+        );
     }
 }

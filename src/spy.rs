@@ -10,7 +10,7 @@ use py_spy::PythonSpy;
 
 use crate::os::thread_state::{parse_stat_state, ThreadProc};
 use crate::remote::{PyThread, ThreadScanner};
-use crate::sample::{Frame, ThreadSample};
+use crate::sample::{Frame, ReadyQueue, ThreadSample};
 use crate::sampler::SampleSource;
 
 /// How often the thread scan (running loops, thread ids) is redone even when nothing changed.
@@ -24,6 +24,10 @@ pub struct Spy {
     threads: HashMap<u64, PyThread>,
     last_scan: Option<Instant>,
     procs: HashMap<u32, ThreadProc>,
+    /// The OS thread each pthread id was last seen on.
+    tid_of: HashMap<u64, u32>,
+    /// Address range of the GIL's state: a futex wait inside it is a wait for the GIL.
+    gil: Option<std::ops::Range<u64>>,
 }
 
 impl Spy {
@@ -32,9 +36,23 @@ impl Spy {
     pub fn new(spy: PythonSpy) -> (Spy, Option<String>) {
         let (scanner, notice) = match ThreadScanner::new(&spy) {
             Ok(s) => (Some(s), None),
-            Err(e) => (None, Some(format!("event-loop slots not readable ({e:#}); finding loops from stacks only"))),
+            Err(e) => (
+                None,
+                Some(format!(
+                    "event-loop slots not readable ({e:#}); finding loops from stacks only"
+                )),
+            ),
         };
-        let spy = Spy { spy, scanner, threads: HashMap::new(), last_scan: None, procs: HashMap::new() };
+        let gil = gil_range(&spy);
+        let spy = Spy {
+            spy,
+            scanner,
+            threads: HashMap::new(),
+            last_scan: None,
+            procs: HashMap::new(),
+            gil,
+            tid_of: HashMap::new(),
+        };
         (spy, notice)
     }
 
@@ -45,17 +63,35 @@ impl Spy {
     }
 
     fn rescan(&mut self) {
-        let Some(scanner) = self.scanner.as_mut() else { return };
+        let Some(scanner) = self.scanner.as_mut() else {
+            return;
+        };
         if let Ok(found) = scanner.scan(&self.spy.process) {
             self.threads = found.into_iter().map(|t| (t.pthread_id, t)).collect();
         }
         self.last_scan = Some(Instant::now());
     }
 
+    /// pthread id → the ready queue of the loop it runs, for the loops the last scan found.
+    fn ready_queues(&self) -> Vec<(u64, ReadyQueue)> {
+        let Some(scanner) = self.scanner.as_ref() else {
+            return Vec::new();
+        };
+        let read = |(&pthread, t): (&u64, &PyThread)| {
+            let deque = t.running_loop.as_ref()?.ready?;
+            let (len, state) = scanner.read_ready(&self.spy.process, deque)?;
+            Some((pthread, ReadyQueue { len, state }))
+        };
+        self.threads.iter().filter_map(read).collect()
+    }
+
     fn os_state(&mut self, tid: u32) -> Option<crate::sample::OsState> {
         let pid = self.spy.pid as u32;
-        let proc_ = self.procs.entry(tid).or_insert_with(|| ThreadProc::open(pid, tid));
-        proc_.read()
+        let proc_ = self
+            .procs
+            .entry(tid)
+            .or_insert_with(|| ThreadProc::open(pid, tid));
+        proc_.read(self.gil.clone())
     }
 }
 
@@ -65,9 +101,16 @@ impl SampleSource for Spy {
     }
 
     fn sample(&mut self) -> Result<Vec<ThreadSample>> {
+        // Ready queues before stacks: a pop seen between two samples splits a callback in two,
+        // so a queue read older than its stack errs on the side of splitting, never merging.
+        let ready = self.ready_queues();
         let traces = self.spy.get_stack_traces()?;
         let stale = self.last_scan.is_none_or(|t| t.elapsed() >= RESCAN);
-        if stale || traces.iter().any(|t| !self.threads.contains_key(&t.thread_id)) {
+        if stale
+            || traces
+                .iter()
+                .any(|t| !self.threads.contains_key(&t.thread_id))
+        {
             self.rescan();
         }
         let single = traces.len() == 1;
@@ -80,22 +123,46 @@ impl SampleSource for Spy {
                 .or_else(|| scanned.and_then(|s| s.native_tid))
                 .or_else(|| single.then_some(self.spy.pid as u32))
                 .unwrap_or(0);
-            let event_loop = scanned.and_then(|s| s.running_loop.as_ref()).map(|l| l.type_name.clone());
+            let event_loop = scanned
+                .and_then(|s| s.running_loop.as_ref())
+                .map(|l| l.type_name.clone());
             let os = if tid != 0 { self.os_state(tid) } else { None };
+            if tid != 0 && os.is_none() {
+                // The thread id came from a scan that predates a thread exiting and its pthread
+                // id being reused: map the threads again at the next sample.
+                self.last_scan = None;
+            }
+            // py-spy caches names by pthread id, which a new thread can reuse: a pthread id now
+            // on another OS thread means its cached name is stale.
+            let mut name = trace.thread_name.clone();
+            if tid != 0
+                && self
+                    .tid_of
+                    .insert(trace.thread_id, tid)
+                    .is_some_and(|old| old != tid)
+            {
+                self.spy.python_thread_names.clear();
+                self.spy.python_thread_ids.clear();
+                name = None;
+            }
             out.push(ThreadSample {
                 tid,
-                name: trace.thread_name.clone(),
+                name,
                 event_loop,
                 gil: trace.owns_gil,
                 active: trace.active,
                 os,
-                ready: None,
+                ready: ready
+                    .iter()
+                    .find(|(p, _)| *p == trace.thread_id)
+                    .map(|&(_, q)| q),
                 frames: trace.frames.iter().map(Frame::from_py_spy).collect(),
             });
         }
         // Forget the /proc handles of threads that are gone.
         if self.procs.len() > out.len() {
-            self.procs.retain(|tid, _| out.iter().any(|t| t.tid == *tid));
+            self.procs
+                .retain(|tid, _| out.iter().any(|t| t.tid == *tid));
         }
         Ok(out)
     }
@@ -103,6 +170,23 @@ impl SampleSource for Spy {
     fn alive(&mut self) -> bool {
         process_alive(self.spy.pid as u32)
     }
+}
+
+/// Size of CPython's `struct _gil_runtime_state` (3.8–3.14, x86-64 and aarch64).
+const GIL_STATE_SIZE: u64 = 208;
+
+/// Where the GIL's state lives. py-spy's `threadstate_address` is the GIL itself on 3.12+
+/// (`interp->ceval.gil`) and `&_PyRuntime.gilstate.tstate_current` on 3.8–3.11, which sits
+/// 216 bytes after `_PyRuntime.ceval.gil` in each of those versions (cpython-notes §2.5).
+fn gil_range(spy: &PythonSpy) -> Option<std::ops::Range<u64>> {
+    let addr = spy.addresses.threadstate_address as u64;
+    let start = match (spy.version.major, spy.version.minor) {
+        _ if addr == 0 => return None,
+        (3, 8..=11) => addr.checked_sub(216)?,
+        (3, 12..=14) => addr,
+        _ => return None,
+    };
+    Some(start..start + GIL_STATE_SIZE)
 }
 
 /// Whether the process exists and is not a zombie.

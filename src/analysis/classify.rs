@@ -47,6 +47,144 @@ pub const SOURCE_RULES: &[SourceRule] = &[
     SourceRule { source: "concurrent.futures", file: "/concurrent/futures/", function: "", kind: "lock", advice: "await the future with `asyncio.wrap_future` instead of calling `.result()`" },
 ];
 
+/// A C-level call recognised from the text of the culprit's line, for calls that leave no
+/// Python frame (`time.sleep`, `socket.recv`, `os.fsync`, `sqlite3`'s `execute`, `Lock.acquire`).
+pub struct LineRule {
+    /// Any of these substrings of the line.
+    pub needles: &'static [&'static str],
+    /// The source; `DATABASE` is resolved from the file's imports.
+    pub source: &'static str,
+    pub kind: &'static str,
+}
+
+const DATABASE: &str = "<database>";
+
+/// Checked in order; the first rule with a needle in the line wins.
+pub const LINE_RULES: &[LineRule] = &[
+    LineRule {
+        needles: &["requests."],
+        source: "requests",
+        kind: "network",
+    },
+    LineRule {
+        needles: &["urlopen("],
+        source: "urllib",
+        kind: "network",
+    },
+    LineRule {
+        needles: &["subprocess.", "os.system(", "os.waitpid("],
+        source: "subprocess",
+        kind: "subprocess",
+    },
+    LineRule {
+        needles: &[
+            ".execute(",
+            ".executemany(",
+            ".executescript(",
+            ".fetchone(",
+            ".fetchall(",
+            ".fetchmany(",
+            ".commit(",
+        ],
+        source: DATABASE,
+        kind: "network",
+    },
+    LineRule {
+        needles: &["time.sleep(", "sleep("],
+        source: "time.sleep",
+        kind: "sleep",
+    },
+    LineRule {
+        needles: &[
+            ".recv(",
+            ".recv_into(",
+            ".recvfrom(",
+            ".sendall(",
+            ".accept(",
+            ".connect(",
+            "create_connection(",
+        ],
+        source: "socket",
+        kind: "network",
+    },
+    LineRule {
+        needles: &["os.fsync(", "os.fdatasync(", "fsync("],
+        source: "os.fsync",
+        kind: "file",
+    },
+    LineRule {
+        needles: &[".acquire(", ".wait(", ".join("],
+        source: "threading",
+        kind: "lock",
+    },
+    LineRule {
+        needles: &[
+            "open(",
+            ".write(",
+            ".read(",
+            ".readlines(",
+            "read_text(",
+            "write_text(",
+            "read_bytes(",
+            "write_bytes(",
+        ],
+        source: "open",
+        kind: "file",
+    },
+];
+
+/// Database modules a file may import, most specific first: the one imported names the driver
+/// behind an `.execute(` line.
+const DATABASE_MODULES: &[&str] = &["sqlalchemy", "psycopg2", "pymysql", "redis", "sqlite3"];
+
+/// The source named by the culprit's line (`line`), with the whole file for its imports.
+pub fn line_rule(line: &str, file: &[String]) -> Option<(&'static str, &'static str)> {
+    let code = line.split('#').next().unwrap_or("");
+    let rule = LINE_RULES
+        .iter()
+        .find(|r| r.needles.iter().any(|n| code.contains(n)))?;
+    if rule.source != DATABASE {
+        return Some((rule.source, rule.kind));
+    }
+    let imported = |m: &str| {
+        file.iter().any(|l| {
+            let l = l.trim_start();
+            l.starts_with(&format!("import {m}")) || l.starts_with(&format!("from {m}"))
+        })
+    };
+    let module = DATABASE_MODULES.iter().find(|m| imported(m))?;
+    let kind = if *module == "sqlite3" {
+        "file"
+    } else {
+        "network"
+    };
+    Some((module, kind))
+}
+
+/// The I/O kind of a source whose calls do their work in the kernel, if it is one.
+pub fn io_kind_of_source(source: &str) -> Option<&'static str> {
+    match source {
+        "os.fsync" | "open" | "logging" => Some("file"),
+        "socket" | "ssl" | "urllib" | "http.client" | "requests" | "urllib3" => Some("network"),
+        "subprocess" => Some("subprocess"),
+        _ => None,
+    }
+}
+
+/// The fix for a source named by a line rule or a frame rule.
+pub fn source_advice(source: &str) -> Option<&'static str> {
+    if let Some(rule) = SOURCE_RULES.iter().find(|r| r.source == source) {
+        return Some(rule.advice);
+    }
+    Some(match source {
+        "time.sleep" => "replace `time.sleep(...)` with `await asyncio.sleep(...)`",
+        "os.fsync" | "open" => {
+            "use aiofiles, or run the file work in `await asyncio.to_thread(...)`"
+        }
+        _ => return None,
+    })
+}
+
 /// The fix for a kind when no library rule matched.
 pub fn kind_advice(kind: &str) -> Option<&'static str> {
     Some(match kind {
@@ -66,8 +204,8 @@ pub fn kind_of_syscall(syscall: &str, state: char) -> &'static str {
     match syscall {
         "running" => "cpu",
         "clock_nanosleep" | "nanosleep" | "pselect6" | "select" => "sleep",
-        "poll" | "ppoll" | "recvfrom" | "recvmsg" | "sendto" | "sendmsg" | "connect"
-        | "accept" | "accept4" => "network",
+        "poll" | "ppoll" | "recvfrom" | "recvmsg" | "sendto" | "sendmsg" | "connect" | "accept"
+        | "accept4" => "network",
         "fsync" | "fdatasync" | "sync_file_range" | "openat" | "read" | "write" | "pread64"
         | "pwrite64" => "file",
         "wait4" | "waitid" => "subprocess",
@@ -80,11 +218,16 @@ pub fn kind_of_syscall(syscall: &str, state: char) -> &'static str {
 /// The library rule to blame: the outermost matching frame among the frames inside the culprit
 /// (`inner`: innermost first, ending just before the user's frame).
 pub fn source_rule(inner: &[Frame]) -> Option<&'static SourceRule> {
-    inner.iter().rev().filter(|f| origin(f) != Origin::User).find_map(|f| {
-        SOURCE_RULES.iter().find(|r| {
-            f.file.contains(r.file) && (r.function.is_empty() || f.function.starts_with(r.function))
+    inner
+        .iter()
+        .rev()
+        .filter(|f| origin(f) != Origin::User)
+        .find_map(|f| {
+            SOURCE_RULES.iter().find(|r| {
+                f.file.contains(r.file)
+                    && (r.function.is_empty() || f.function.starts_with(r.function))
+            })
         })
-    })
 }
 
 /// The verdict for one episode.
@@ -95,22 +238,28 @@ pub struct Verdict {
     pub advice: Option<String>,
 }
 
-/// Combine the dominant OS kind with the frames. The library rule names the source; the OS kind
-/// wins where it is precise (a `requests` call that spends its time on CPU is `cpu`).
-pub fn verdict(os_kind: Option<&str>, inner: &[Frame]) -> Verdict {
-    let rule = source_rule(inner);
-    let kind = match (os_kind, rule) {
+/// Combine the dominant OS kind with the frames and the culprit's line (`line`: the line's text
+/// and the whole file). The source comes from a library frame, else from the line, else from the
+/// kind; the OS kind wins where it is precise (a `requests` call that spends its time on CPU is
+/// `cpu`).
+pub fn verdict(os_kind: Option<&str>, inner: &[Frame], line: Option<(&str, &[String])>) -> Verdict {
+    let named = source_rule(inner)
+        .map(|r| (r.source, r.kind))
+        .or_else(|| line.and_then(|(text, file)| line_rule(text, file)));
+    let kind = match (os_kind, named) {
         (Some(k), _) if k != "unknown" => k,
-        (_, Some(r)) => r.kind,
+        (_, Some((_, k))) => k,
         _ => "unknown",
     };
-    let source = match rule {
-        Some(r) => Some(r.source),
+    let source = match named {
+        Some((s, _)) => Some(s),
         None if kind == "sleep" => Some("time.sleep"),
         None => None,
     };
-    let advice = match rule {
-        Some(r) => Some(r.advice),
+    let advice = match source {
+        // Starvation is fixed in the holder, whatever library it runs.
+        _ if kind == "gil" => kind_advice(kind),
+        Some(s) => source_advice(s).or_else(|| kind_advice(kind)),
         None => kind_advice(kind),
     };
     Verdict {
@@ -125,7 +274,11 @@ mod tests {
     use super::*;
 
     fn f(function: &str, file: &str) -> Frame {
-        Frame { function: function.into(), file: file.into(), line: 1 }
+        Frame {
+            function: function.into(),
+            file: file.into(),
+            line: 1,
+        }
     }
 
     #[test]
@@ -133,10 +286,13 @@ mod tests {
         let inner = vec![
             f("recv_into", "/py/lib/python3.11/socket.py"),
             f("HTTPResponse.begin", "/py/lib/python3.11/http/client.py"),
-            f("HTTPAdapter.send", "/venv/lib/python3.11/site-packages/requests/adapters.py"),
+            f(
+                "HTTPAdapter.send",
+                "/venv/lib/python3.11/site-packages/requests/adapters.py",
+            ),
             f("get", "/venv/lib/python3.11/site-packages/requests/api.py"),
         ];
-        let v = verdict(Some("network"), &inner);
+        let v = verdict(Some("network"), &inner, None);
         assert_eq!(v.source.as_deref(), Some("requests"));
         assert_eq!(v.kind, "network");
         assert!(v.advice.unwrap().contains("httpx.AsyncClient"));
@@ -144,16 +300,84 @@ mod tests {
 
     #[test]
     fn bare_sleep_is_time_sleep() {
-        let v = verdict(Some("sleep"), &[]);
+        let v = verdict(Some("sleep"), &[], None);
         assert_eq!(v.source.as_deref(), Some("time.sleep"));
         assert!(v.advice.unwrap().contains("asyncio.sleep"));
     }
 
     #[test]
     fn cpu_without_library_gets_to_thread_advice() {
-        let v = verdict(Some("cpu"), &[]);
+        let v = verdict(Some("cpu"), &[], None);
         assert_eq!((v.kind.as_str(), v.source), ("cpu", None));
         assert!(v.advice.unwrap().contains("to_thread"));
+    }
+
+    fn lines(text: &str) -> Vec<String> {
+        text.lines().map(String::from).collect()
+    }
+
+    #[test]
+    fn c_calls_named_by_their_line() {
+        let file = lines("import sqlite3\nimport socket\n");
+        let v = verdict(
+            Some("cpu"),
+            &[],
+            Some(("    conn.execute(q).fetchone()", &file)),
+        );
+        assert_eq!(
+            (v.kind.as_str(), v.source.as_deref()),
+            ("cpu", Some("sqlite3"))
+        );
+        assert!(v.advice.unwrap().contains("aiosqlite"));
+        let v = verdict(
+            Some("network"),
+            &[],
+            Some(("    s.recv(100)  # wait", &file)),
+        );
+        assert_eq!(v.source.as_deref(), Some("socket"));
+        let v = verdict(Some("file"), &[], Some(("os.fsync(f.fileno())", &file)));
+        assert_eq!(v.source.as_deref(), Some("os.fsync"));
+        let v = verdict(Some("lock"), &[], Some(("LOCK.acquire()", &file)));
+        assert_eq!(
+            (v.kind.as_str(), v.source.as_deref()),
+            ("lock", Some("threading"))
+        );
+        let v = verdict(
+            Some("cpu"),
+            &[],
+            Some(("return sum(range(n))  # .execute( in a comment", &file)),
+        );
+        assert_eq!(v.source, None);
+    }
+
+    #[test]
+    fn database_driver_comes_from_the_imports() {
+        for (import, want) in [
+            ("import psycopg2", "psycopg2"),
+            ("import pymysql", "pymysql"),
+            ("from sqlalchemy.orm import Session", "sqlalchemy"),
+            ("import redis", "redis"),
+        ] {
+            let file = lines(import);
+            let v = verdict(Some("network"), &[], Some(("cur.execute(sql)", &file)));
+            assert_eq!(v.source.as_deref(), Some(want), "{import}");
+        }
+        let v = verdict(Some("network"), &[], Some(("cur.execute(sql)", &[])));
+        assert_eq!(v.source, None, "an unknown driver is not guessed");
+    }
+
+    #[test]
+    fn gil_advice_wins_over_library_advice() {
+        let inner = vec![f(
+            "dot",
+            "/venv/lib/python3.11/site-packages/numpy/core/x.py",
+        )];
+        let v = verdict(Some("gil"), &inner, None);
+        assert_eq!(
+            (v.kind.as_str(), v.source.as_deref()),
+            ("gil", Some("numpy"))
+        );
+        assert!(v.advice.unwrap().contains("GIL"));
     }
 
     #[test]

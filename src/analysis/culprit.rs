@@ -19,10 +19,7 @@ pub fn origin(frame: &Frame) -> Origin {
     let file = frame.file.as_str();
     if file.contains("/site-packages/") || file.contains("/dist-packages/") {
         Origin::Package
-    } else if file.starts_with("<frozen ")
-        || file.starts_with("<built")
-        || is_stdlib_path(file)
-    {
+    } else if file.starts_with("<frozen ") || file.starts_with("<built") || is_stdlib_path(file) {
         Origin::Stdlib
     } else {
         Origin::User
@@ -55,22 +52,44 @@ mod tests {
     use super::*;
 
     fn f(function: &str, file: &str) -> Frame {
-        Frame { function: function.into(), file: file.into(), line: 7 }
+        Frame {
+            function: function.into(),
+            file: file.into(),
+            line: 7,
+        }
     }
 
     #[test]
     fn origins() {
-        assert_eq!(origin(&f("get", "/usr/lib/python3/dist-packages/requests/api.py")), Origin::Package);
-        assert_eq!(origin(&f("sleep", "/root/.pyenv/versions/3.11.7/lib/python3.11/asyncio/tasks.py")), Origin::Stdlib);
-        assert_eq!(origin(&f("x", "<frozen importlib._bootstrap>")), Origin::Stdlib);
+        assert_eq!(
+            origin(&f("get", "/usr/lib/python3/dist-packages/requests/api.py")),
+            Origin::Package
+        );
+        assert_eq!(
+            origin(&f(
+                "sleep",
+                "/root/.pyenv/versions/3.11.7/lib/python3.11/asyncio/tasks.py"
+            )),
+            Origin::Stdlib
+        );
+        assert_eq!(
+            origin(&f("x", "<frozen importlib._bootstrap>")),
+            Origin::Stdlib
+        );
         assert_eq!(origin(&f("handler", "/srv/app/handlers.py")), Origin::User);
-        assert_eq!(origin(&f("handler", "/srv/lib/python_helpers/x.py")), Origin::User);
+        assert_eq!(
+            origin(&f("handler", "/srv/lib/python_helpers/x.py")),
+            Origin::User
+        );
     }
 
     #[test]
     fn culprit_is_innermost_user_frame() {
         let stack = vec![
-            f("send", "/venv/lib/python3.11/site-packages/urllib3/connection.py"),
+            f(
+                "send",
+                "/venv/lib/python3.11/site-packages/urllib3/connection.py",
+            ),
             f("get", "/venv/lib/python3.11/site-packages/requests/api.py"),
             f("fetch", "/srv/app/client.py"),
             f("handler", "/srv/app/main.py"),
@@ -80,7 +99,10 @@ mod tests {
 
     #[test]
     fn culprit_falls_back_to_callback_when_no_user_code() {
-        let stack = vec![f("sleep", "/usr/lib/python3.11/x.py"), f("cb", "/usr/lib/python3.11/y.py")];
+        let stack = vec![
+            f("sleep", "/usr/lib/python3.11/x.py"),
+            f("cb", "/usr/lib/python3.11/y.py"),
+        ];
         assert_eq!(culprit(&stack, &stack).unwrap().function, "cb");
     }
 }

@@ -5,10 +5,11 @@
 
 use std::collections::HashMap;
 
-use crate::analysis::classify::{kind_of_syscall, verdict};
+use crate::analysis::classify::{io_kind_of_source, kind_of_syscall, verdict};
 use crate::analysis::culprit::culprit;
-use crate::analysis::loop_state::{classify, Anchor, CallbackKey, LoopState};
-use crate::episode::{Episode, Location};
+use crate::analysis::loop_state::{classify, Anchor, CallbackKey, LoopState, GIL_WAIT_FUNCTION};
+use crate::episode::{Episode, GilHolder, Location};
+use crate::os::source_files::SourceFiles;
 use crate::sample::{Frame, ReadyQueue, Sample, ThreadSample};
 
 /// Settings of the detector.
@@ -22,10 +23,19 @@ pub struct DetectorConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// A stack of ordinary work (or idleness), `count` samples of it.
-    Stack { pid: u32, thread: String, frames: Vec<Frame>, idle: bool, count: u32 },
+    Stack {
+        pid: u32,
+        thread: String,
+        frames: Vec<Frame>,
+        idle: bool,
+        count: u32,
+    },
     /// A finished (or, at the end of a recording, unfinished) blocking episode with the stacks
     /// seen during it and how many samples each.
-    Episode { episode: Episode, stacks: Vec<(Vec<Frame>, u32)> },
+    Episode {
+        episode: Episode,
+        stacks: Vec<(Vec<Frame>, u32)>,
+    },
 }
 
 /// Consecutive samples of one loop thread inside one callback.
@@ -44,6 +54,10 @@ struct Run {
     kinds: HashMap<&'static str, u32>,
     /// The ready queue at the last sample of the run.
     ready: Option<ReadyQueue>,
+    /// Who held the GIL while the loop thread waited for it: (tid, name, stack) → samples.
+    holders: HashMap<(u32, Option<String>, Vec<Frame>), u32>,
+    /// The thread's (user, system) CPU ticks at the first and the last sample.
+    cpu: Option<((u64, u64), (u64, u64))>,
 }
 
 #[derive(Debug, Default)]
@@ -61,11 +75,24 @@ pub struct Detector {
     tracks: HashMap<(u32, u32), Track>,
     /// Every event-loop thread seen, with its last known name.
     seen: std::collections::BTreeMap<(u32, u32), Option<String>>,
+    /// Where to read the culprit's source line from, if anywhere.
+    sources: Option<SourceFiles>,
 }
 
 impl Detector {
     pub fn new(config: DetectorConfig) -> Detector {
-        Detector { config, tracks: HashMap::new(), seen: Default::default() }
+        Detector {
+            config,
+            tracks: HashMap::new(),
+            seen: Default::default(),
+            sources: None,
+        }
+    }
+
+    /// Read culprits' source lines from `files` to name calls made in C.
+    pub fn with_sources(mut self, files: SourceFiles) -> Detector {
+        self.sources = Some(files);
+        self
     }
 
     /// Process one sample and return what it completed.
@@ -111,7 +138,11 @@ impl Detector {
             .iter()
             .map(|((pid, tid), name)| {
                 let label = crate::sample::thread_label(name.as_deref(), *tid);
-                if pids.len() > 1 { format!("pid {pid} {label}") } else { label }
+                if pids.len() > 1 {
+                    format!("pid {pid} {label}")
+                } else {
+                    label
+                }
             })
             .collect()
     }
@@ -161,14 +192,20 @@ impl Detector {
         }
         // Same callback key, and the loop dispatched nothing in between (when its ready queue is
         // readable): a task step that yields and is stepped again is two callbacks.
-        let continues = matches!((&state, &track.run),
-            (LoopState::Callback { key: k, .. }, Some(run)) if run.key == *k
+        let state_is_idle = state == LoopState::Idle;
+        let current = match state {
+            LoopState::Callback { key, depth } => Some((key, depth)),
+            LoopState::GilWait => Some((gil_key(), 0)),
+            _ => None,
+        };
+        let continues = matches!((&current, &track.run),
+            (Some((k, _)), Some(run)) if run.key == *k
                 && !matches!((&run.ready, &thread.ready), (Some(a), Some(b)) if a.popped_before(b)));
         if !continues {
             self.close(key, &mut track, Some(sample.mono), events);
         }
-        match state {
-            LoopState::Callback { key: cb, depth } => {
+        match current {
+            Some((cb, depth)) => {
                 let run = track.run.get_or_insert_with(|| Run {
                     key: cb,
                     prev: track.last_seen,
@@ -179,22 +216,44 @@ impl Detector {
                     stacks: HashMap::new(),
                     kinds: HashMap::new(),
                     ready: None,
+                    holders: HashMap::new(),
+                    cpu: None,
                 });
+                if let Some(ticks) = thread.os.as_ref().and_then(|o| o.cpu_ticks) {
+                    run.cpu = Some((run.cpu.map_or(ticks, |c| c.0), ticks));
+                }
                 run.ready = thread.ready;
                 run.last = sample.mono;
                 run.samples += 1;
-                run.stacks.entry(thread.frames.clone()).or_insert((0, depth)).0 += 1;
+                run.stacks
+                    .entry(thread.frames.clone())
+                    .or_insert((0, depth))
+                    .0 += 1;
                 if let Some(os) = &thread.os {
-                    if let Some(sc) = &os.syscall {
-                        *run.kinds.entry(kind_of_syscall(sc, os.state)).or_insert(0) += 1;
+                    let kind = match &os.syscall {
+                        _ if os.gil_wait => Some("gil"),
+                        Some(sc) => Some(kind_of_syscall(sc, os.state)),
+                        None => None,
+                    };
+                    if let Some(kind) = kind {
+                        *run.kinds.entry(kind).or_insert(0) += 1;
+                    }
+                    if os.gil_wait {
+                        if let Some(h) =
+                            sample.threads.iter().find(|t| t.gil && t.tid != thread.tid)
+                        {
+                            *run.holders
+                                .entry((h.tid, h.name.clone(), h.frames.clone()))
+                                .or_insert(0) += 1;
+                        }
                     }
                 }
             }
-            other => events.push(Event::Stack {
+            None => events.push(Event::Stack {
                 pid: sample.pid,
                 thread: thread.label(),
                 frames: thread.frames.clone(),
-                idle: other == LoopState::Idle,
+                idle: state_is_idle,
                 count: 1,
             }),
         }
@@ -204,7 +263,13 @@ impl Detector {
 
     /// End the thread's current run, if any. `next` is the monotonic time of the first sample
     /// that saw the run over, or `None` when the recording stopped during it.
-    fn close(&self, key: (u32, u32), track: &mut Track, next: Option<f64>, events: &mut Vec<Event>) {
+    fn close(
+        &mut self,
+        key: (u32, u32),
+        track: &mut Track,
+        next: Option<f64>,
+        events: &mut Vec<Event>,
+    ) {
         let Some(run) = track.run.take() else { return };
         // Each boundary lies between two samples; take the middle of the gap, so the error is
         // at most half a gap on each side.
@@ -223,22 +288,54 @@ impl Detector {
         if duration < self.config.threshold || stacks.is_empty() {
             let thread = crate::sample::thread_label(track.name.as_deref(), key.1);
             for (frames, (count, _)) in stacks {
-                events.push(Event::Stack { pid: key.0, thread: thread.clone(), frames, idle: false, count });
+                events.push(Event::Stack {
+                    pid: key.0,
+                    thread: thread.clone(),
+                    frames,
+                    idle: false,
+                    count,
+                });
             }
             return;
         }
         let (top, (_, depth)) = &stacks[0];
-        let callback = &top[..(*depth).min(top.len())];
-        let blamed = culprit(callback, top);
+        let os_kind = dominant_kind(&run.kinds);
+        // GIL starvation: blame the holder's code, not the loop's.
+        let holder = (os_kind == Some("gil"))
+            .then(|| {
+                run.holders
+                    .iter()
+                    .max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)))
+            })
+            .flatten()
+            .map(|(h, _)| h.clone());
+        let (blame_stack, callback): (&[Frame], &[Frame]) = match &holder {
+            Some((_, _, frames)) => (frames, frames),
+            None => (top, &top[..(*depth).min(top.len())]),
+        };
+        let blamed = culprit(callback, blame_stack);
         let culprit_index = blamed
-            .and_then(|b| top.iter().position(|f| std::ptr::eq(f, b)))
+            .and_then(|b| blame_stack.iter().position(|f| std::ptr::eq(f, b)))
             .unwrap_or(0);
-        let os_kind = run
-            .kinds
-            .iter()
-            .max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)))
-            .map(|(k, _)| *k);
-        let v = verdict(os_kind, &top[..culprit_index]);
+        let line = match (blamed, self.sources.as_mut()) {
+            (Some(b), Some(files)) => files.file(&b.file).and_then(|lines| {
+                let text = lines.get((b.line as usize).checked_sub(1)?)?.clone();
+                Some((text, lines))
+            }),
+            _ => None,
+        };
+        let mut v = verdict(
+            os_kind,
+            &blame_stack[..culprit_index],
+            line.as_ref().map(|(t, l)| (t.as_str(), l.as_slice())),
+        );
+        // CPU spent mostly in the kernel on behalf of an I/O call (fsync, large writes) is that
+        // I/O, not computation.
+        if v.kind == "cpu" && kernel_bound(run.cpu) {
+            if let Some(io) = v.source.as_deref().and_then(io_kind_of_source) {
+                v.kind = io.to_string();
+            }
+        }
         let episode = Episode {
             pid: key.0,
             tid: key.1,
@@ -249,19 +346,64 @@ impl Detector {
             kind: v.kind,
             source: v.source,
             task: None,
-            coroutine: Some(run.key.function.clone()),
+            coroutine: (run.key != gil_key()).then(|| run.key.function.clone()),
             culprit: blamed.map(Location::from).unwrap_or_else(|| Location {
                 function: run.key.function.clone(),
                 file: run.key.file.clone(),
                 line: 0,
             }),
             stack: top.iter().map(Location::from).collect(),
-            gil_holder: None,
+            gil_holder: holder.map(|(tid, thread, frames)| GilHolder {
+                tid,
+                thread,
+                stack: frames.iter().map(Location::from).collect(),
+            }),
             advice: v.advice,
             complete: next.is_some(),
         };
         let stacks = stacks.into_iter().map(|(f, (c, _))| (f, c)).collect();
         events.push(Event::Episode { episode, stacks });
+    }
+}
+
+/// Whether the thread's CPU time over a run went mostly to the kernel (at least two ticks).
+fn kernel_bound(cpu: Option<((u64, u64), (u64, u64))>) -> bool {
+    match cpu {
+        Some(((u0, s0), (u1, s1))) => {
+            let (user, sys) = (u1.saturating_sub(u0), s1.saturating_sub(s0));
+            sys >= 2 && sys > user
+        }
+        None => false,
+    }
+}
+
+/// The kind most samples of an episode showed. Waiting kinds beat `cpu` from a quarter of the
+/// samples on: a write+fsync loop spends much of its time "running" in the kernel copying data,
+/// but the callback is blocked on file I/O.
+fn dominant_kind(kinds: &HashMap<&'static str, u32>) -> Option<&'static str> {
+    let total: u32 = kinds.values().sum();
+    let best = |filter: &dyn Fn(&str) -> bool| {
+        kinds
+            .iter()
+            .filter(|(k, _)| filter(k))
+            .max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)))
+            .map(|(k, n)| (*k, *n))
+    };
+    let top = best(&|_| true)?;
+    if top.0 == "cpu" {
+        if let Some((k, n)) = best(&|k| k != "cpu" && k != "unknown") {
+            if n * 4 >= total {
+                return Some(k);
+            }
+        }
+    }
+    Some(top.0)
+}
+
+fn gil_key() -> CallbackKey {
+    CallbackKey {
+        function: GIL_WAIT_FUNCTION.to_string(),
+        file: String::new(),
     }
 }
 

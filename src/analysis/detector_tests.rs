@@ -6,13 +6,25 @@ use crate::episode::Episode;
 use crate::sample::{Frame, OsState, ReadyQueue, Sample, ThreadSample};
 
 fn f(function: &str, file: &str, line: u32) -> Frame {
-    Frame { function: function.into(), file: file.into(), line }
+    Frame {
+        function: function.into(),
+        file: file.into(),
+        line,
+    }
 }
 
 fn loop_base() -> Vec<Frame> {
     vec![
-        f("BaseEventLoop._run_once", "/py/lib/python3.11/asyncio/base_events.py", 1922),
-        f("BaseEventLoop.run_forever", "/py/lib/python3.11/asyncio/base_events.py", 607),
+        f(
+            "BaseEventLoop._run_once",
+            "/py/lib/python3.11/asyncio/base_events.py",
+            1922,
+        ),
+        f(
+            "BaseEventLoop.run_forever",
+            "/py/lib/python3.11/asyncio/base_events.py",
+            607,
+        ),
         f("<module>", "/app/main.py", 50),
     ]
 }
@@ -26,7 +38,11 @@ enum Doing {
 
 fn thread(tid: u32, doing: Doing, ready_state: u64) -> ThreadSample {
     let mut frames = match doing {
-        Doing::Idle => vec![f("EpollSelector.select", "/py/lib/python3.11/selectors.py", 468)],
+        Doing::Idle => vec![f(
+            "EpollSelector.select",
+            "/py/lib/python3.11/selectors.py",
+            468,
+        )],
         Doing::Cb(name) => vec![
             f(name, "/app/handlers.py", 10),
             f("Handle._run", "/py/lib/python3.11/asyncio/events.py", 80),
@@ -43,14 +59,27 @@ fn thread(tid: u32, doing: Doing, ready_state: u64) -> ThreadSample {
         event_loop: Some("_UnixSelectorEventLoop".into()),
         gil: false,
         active: true,
-        os: Some(OsState { state: 'S', syscall: Some(syscall.into()) }),
-        ready: Some(ReadyQueue { len: 0, state: ready_state }),
+        os: Some(OsState {
+            state: 'S',
+            syscall: Some(syscall.into()),
+            gil_wait: false,
+            cpu_ticks: None,
+        }),
+        ready: Some(ReadyQueue {
+            len: 0,
+            state: ready_state,
+        }),
         frames,
     }
 }
 
 fn sample(t: f64, threads: Vec<ThreadSample>) -> Sample {
-    Sample { wall: 1000.0 + t, mono: t, pid: 7, threads }
+    Sample {
+        wall: 1000.0 + t,
+        mono: t,
+        pid: 7,
+        threads,
+    }
 }
 
 fn episodes(events: Vec<Event>) -> Vec<Episode> {
@@ -78,7 +107,12 @@ fn run(timeline: &[(f64, Doing, u64)], finish: bool) -> Vec<Episode> {
 
 /// Sample every `dt` from 0 to `end` a loop that runs `cb` from `from` to `to` and idles
 /// otherwise; the handle is popped (counter +1) when the callback starts.
-fn timeline(dt: f64, end: f64, spans: &[(&'static str, f64, f64)], jitter: impl Fn(usize) -> f64) -> Vec<(f64, Doing, u64)> {
+fn timeline(
+    dt: f64,
+    end: f64,
+    spans: &[(&'static str, f64, f64)],
+    jitter: impl Fn(usize) -> f64,
+) -> Vec<(f64, Doing, u64)> {
     let mut out = Vec::new();
     let mut i = 0;
     loop {
@@ -104,7 +138,10 @@ fn timeline(dt: f64, end: f64, spans: &[(&'static str, f64, f64)], jitter: impl 
 
 #[test]
 fn duration_within_one_interval() {
-    let eps = run(&timeline(0.01, 1.0, &[("handler", 0.103, 0.306)], |_| 0.0), true);
+    let eps = run(
+        &timeline(0.01, 1.0, &[("handler", 0.103, 0.306)], |_| 0.0),
+        true,
+    );
     assert_eq!(eps.len(), 1);
     let e = &eps[0];
     assert!((e.duration_ms - 203.0).abs() <= 10.0, "{}", e.duration_ms);
@@ -123,7 +160,11 @@ fn jitter_keeps_the_error_within_an_interval() {
     let jitter = |i: usize| ((i * 7919) % 9) as f64 * 0.001 - 0.004;
     let eps = run(&timeline(0.01, 1.0, &[("handler", 0.2, 0.5)], jitter), true);
     assert_eq!(eps.len(), 1);
-    assert!((eps[0].duration_ms - 300.0).abs() <= 10.0 + 4.0, "{}", eps[0].duration_ms);
+    assert!(
+        (eps[0].duration_ms - 300.0).abs() <= 10.0 + 4.0,
+        "{}",
+        eps[0].duration_ms
+    );
 }
 
 #[test]
@@ -136,18 +177,33 @@ fn a_gap_widens_only_its_own_boundary() {
     let eps = run(&tl, true);
     assert_eq!(eps.len(), 1);
     // True 300 ms; the end is taken mid-gap (0.30 .. 0.45 → 0.375).
-    assert!((eps[0].duration_ms - 275.0).abs() <= 6.0, "{}", eps[0].duration_ms);
+    assert!(
+        (eps[0].duration_ms - 275.0).abs() <= 6.0,
+        "{}",
+        eps[0].duration_ms
+    );
 }
 
 #[test]
 fn below_threshold_is_not_an_episode() {
-    let eps = run(&timeline(0.01, 1.0, &[("a", 0.1, 0.13), ("b", 0.3, 0.34)], |_| 0.0), true);
+    let eps = run(
+        &timeline(0.01, 1.0, &[("a", 0.1, 0.13), ("b", 0.3, 0.34)], |_| 0.0),
+        true,
+    );
     assert!(eps.is_empty(), "{eps:?}");
 }
 
 #[test]
 fn back_to_back_different_callbacks_are_two_episodes() {
-    let eps = run(&timeline(0.01, 1.0, &[("first", 0.1, 0.3), ("second", 0.3, 0.5)], |_| 0.0), true);
+    let eps = run(
+        &timeline(
+            0.01,
+            1.0,
+            &[("first", 0.1, 0.3), ("second", 0.3, 0.5)],
+            |_| 0.0,
+        ),
+        true,
+    );
     let names: Vec<_> = eps.iter().map(|e| e.culprit.function.as_str()).collect();
     assert_eq!(names, ["first", "second"]);
     assert!((eps[0].duration_ms - 200.0).abs() <= 10.0);
@@ -156,14 +212,24 @@ fn back_to_back_different_callbacks_are_two_episodes() {
 
 #[test]
 fn back_to_back_same_callback_split_by_ready_queue_pop() {
-    let eps = run(&timeline(0.01, 1.0, &[("handler", 0.1, 0.3), ("handler", 0.3, 0.5)], |_| 0.0), true);
+    let eps = run(
+        &timeline(
+            0.01,
+            1.0,
+            &[("handler", 0.1, 0.3), ("handler", 0.3, 0.5)],
+            |_| 0.0,
+        ),
+        true,
+    );
     assert_eq!(eps.len(), 2, "{eps:?}");
 }
 
 #[test]
 fn short_steps_of_one_task_are_not_merged() {
     // A task stepped every 5 ms for 2 ms each, never seen idle at 10 ms sampling.
-    let spans: Vec<(&'static str, f64, f64)> = (0..100).map(|i| ("stepper", i as f64 * 0.005, i as f64 * 0.005 + 0.0049)).collect();
+    let spans: Vec<(&'static str, f64, f64)> = (0..100)
+        .map(|i| ("stepper", i as f64 * 0.005, i as f64 * 0.005 + 0.0049))
+        .collect();
     let eps = run(&timeline(0.01, 0.5, &spans, |_| 0.0), true);
     assert!(eps.is_empty(), "{eps:?}");
 }
@@ -171,11 +237,18 @@ fn short_steps_of_one_task_are_not_merged() {
 #[test]
 fn recording_stopping_mid_episode_marks_it_incomplete() {
     let tl = timeline(0.01, 0.6, &[("handler", 0.4, 5.0)], |_| 0.0);
-    assert!(run(&tl, false).is_empty(), "nothing is final before the end");
+    assert!(
+        run(&tl, false).is_empty(),
+        "nothing is final before the end"
+    );
     let eps = run(&tl, true);
     assert_eq!(eps.len(), 1);
     assert!(!eps[0].complete);
-    assert!((eps[0].duration_ms - 200.0).abs() <= 10.0, "{}", eps[0].duration_ms);
+    assert!(
+        (eps[0].duration_ms - 200.0).abs() <= 10.0,
+        "{}",
+        eps[0].duration_ms
+    );
 }
 
 #[test]
@@ -186,14 +259,30 @@ fn a_thread_that_disappears_ends_its_episode() {
         let t = i as f64 * 0.01;
         let mut threads = vec![thread(8, Doing::Idle, 0)];
         if t < 0.2 {
-            threads.push(thread(7, if t >= 0.05 { Doing::Cb("handler") } else { Doing::Idle }, 1));
+            threads.push(thread(
+                7,
+                if t >= 0.05 {
+                    Doing::Cb("handler")
+                } else {
+                    Doing::Idle
+                },
+                1,
+            ));
         }
         eps.extend(episodes(d.feed(&sample(t, threads))));
     }
-    assert_eq!(eps.len(), 1, "ended when the thread vanished, not at finish");
+    assert_eq!(
+        eps.len(),
+        1,
+        "ended when the thread vanished, not at finish"
+    );
     assert_eq!(eps[0].tid, 7);
     assert!(eps[0].complete);
-    assert!((eps[0].duration_ms - 150.0).abs() <= 10.0, "{}", eps[0].duration_ms);
+    assert!(
+        (eps[0].duration_ms - 150.0).abs() <= 10.0,
+        "{}",
+        eps[0].duration_ms
+    );
     assert!(episodes(d.finish()).is_empty());
 }
 

@@ -13,9 +13,15 @@ pub enum LoopState {
     Callback { key: CallbackKey, depth: usize },
     /// Between callbacks: timer processing, the selector returning, bookkeeping.
     Machinery,
+    /// Ready to run but waiting for the GIL that another thread holds, while its stack still
+    /// shows the loop waiting in its selector (the selector call has returned in C).
+    GilWait,
     /// Not an event-loop thread.
     NotLoop,
 }
+
+/// The pseudo-callback of a loop starved of the GIL outside any callback.
+pub const GIL_WAIT_FUNCTION: &str = "<waiting for the GIL>";
 
 /// Identity of a callback as far as the stack can tell: its outermost frame's function and file.
 /// A task step is named by its coroutine, a `call_soon`/`call_later` callback by its function.
@@ -69,8 +75,14 @@ fn is_selector_wait(f: &Frame) -> bool {
 }
 
 fn is_epoll(thread: &ThreadSample) -> bool {
-    matches!(thread.os.as_ref().and_then(|o| o.syscall.as_deref()),
-             Some("epoll_wait" | "epoll_pwait" | "epoll_pwait2"))
+    matches!(
+        thread.os.as_ref().and_then(|o| o.syscall.as_deref()),
+        Some("epoll_wait" | "epoll_pwait" | "epoll_pwait2")
+    )
+}
+
+fn gil_wait(thread: &ThreadSample) -> bool {
+    thread.os.as_ref().is_some_and(|o| o.gil_wait)
 }
 
 fn key_of(frames: &[Frame]) -> Option<LoopState> {
@@ -81,7 +93,10 @@ fn key_of(frames: &[Frame]) -> Option<LoopState> {
     }
     let outer = frames[..end].last()?;
     Some(LoopState::Callback {
-        key: CallbackKey { function: outer.function.clone(), file: outer.file.clone() },
+        key: CallbackKey {
+            function: outer.function.clone(),
+            file: outer.file.clone(),
+        },
         depth: end,
     })
 }
@@ -101,7 +116,12 @@ impl Anchor {
     }
 
     fn learn(&mut self, frames: &[Frame]) {
-        self.frames = Some(frames.iter().map(|f| (f.function.clone(), f.file.clone())).collect());
+        self.frames = Some(
+            frames
+                .iter()
+                .map(|f| (f.function.clone(), f.file.clone()))
+                .collect(),
+        );
     }
 }
 
@@ -114,6 +134,7 @@ pub fn classify(thread: &ThreadSample, anchor: &mut Anchor) -> LoopState {
         // callback; without one the loop is selecting or doing its own bookkeeping.
         return match frames[..r].iter().rposition(is_handle_run) {
             Some(h) => key_of(&frames[..h]).unwrap_or(LoopState::Machinery),
+            None if gil_wait(thread) => LoopState::GilWait,
             None if frames[..r].iter().all(is_selector_wait) => LoopState::Idle,
             None => LoopState::Machinery,
         };
@@ -123,6 +144,9 @@ pub fn classify(thread: &ThreadSample, anchor: &mut Anchor) -> LoopState {
     }
     // A loop without Python machinery (uvloop): idle is the epoll wait, and callbacks sit on the
     // frames that started the loop.
+    if gil_wait(thread) && anchor.matches(frames).is_some_and(|start| start == 0) {
+        return LoopState::GilWait;
+    }
     if is_epoll(thread) {
         anchor.learn(frames);
         return LoopState::Idle;
@@ -142,7 +166,11 @@ mod tests {
     use crate::sample::OsState;
 
     fn f(function: &str, file: &str) -> Frame {
-        Frame { function: function.into(), file: file.into(), line: 1 }
+        Frame {
+            function: function.into(),
+            file: file.into(),
+            line: 1,
+        }
     }
 
     fn thread(frames: Vec<Frame>, event_loop: Option<&str>, syscall: Option<&str>) -> ThreadSample {
@@ -153,7 +181,12 @@ mod tests {
             gil: false,
             active: true,
             ready: None,
-            os: syscall.map(|s| OsState { state: 'S', syscall: Some(s.into()) }),
+            os: syscall.map(|s| OsState {
+                state: 'S',
+                syscall: Some(s.into()),
+                gil_wait: false,
+                cpu_ticks: None,
+            }),
             frames,
         }
     }
@@ -240,6 +273,15 @@ mod tests {
         let t = thread(frames, Some("Loop"), Some("clock_nanosleep"));
         assert!(matches!(classify(&t, &mut Anchor::default()),
             LoopState::Callback { key, .. } if key.function == "blocker"));
+    }
+
+    #[test]
+    fn gil_wait_in_the_selector_is_not_idle() {
+        let mut frames = vec![f("EpollSelector.select", "/py/selectors.py")];
+        frames.extend(base());
+        let mut t = thread(frames, Some("_UnixSelectorEventLoop"), Some("futex"));
+        t.os.as_mut().unwrap().gil_wait = true;
+        assert_eq!(classify(&t, &mut Anchor::default()), LoopState::GilWait);
     }
 
     #[test]

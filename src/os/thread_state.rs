@@ -23,15 +23,26 @@ impl ThreadProc {
     }
 
     /// Read the state now; `None` when the thread is gone or the files are unreadable.
-    pub fn read(&self) -> Option<OsState> {
+    /// `gil` is the address range of the interpreter's GIL: a futex wait inside it is a wait
+    /// for the GIL, anything else a lock.
+    pub fn read(&self, gil: Option<std::ops::Range<u64>>) -> Option<OsState> {
         let mut buf = [0u8; 512];
         let n = self.stat.as_ref()?.read_at(&mut buf, 0).ok()?;
-        let state = parse_stat_state(std::str::from_utf8(&buf[..n]).ok()?)?;
-        let syscall = self.syscall.as_ref().and_then(|f| {
+        let stat = std::str::from_utf8(&buf[..n]).ok()?;
+        let state = parse_stat_state(stat)?;
+        let cpu_ticks = parse_stat_cpu(stat);
+        let call = self.syscall.as_ref().and_then(|f| {
             let n = f.read_at(&mut buf, 0).ok()?;
             parse_syscall(std::str::from_utf8(&buf[..n]).ok()?)
         });
-        Some(OsState { state, syscall })
+        let gil_wait = matches!((&call, gil), (Some((name, Some(uaddr))), Some(range))
+            if name == "futex" && range.contains(uaddr));
+        Some(OsState {
+            state,
+            syscall: call.map(|(name, _)| name),
+            gil_wait,
+            cpu_ticks,
+        })
     }
 }
 
@@ -41,15 +52,28 @@ pub fn parse_stat_state(stat: &str) -> Option<char> {
     rest.trim_start().chars().next()
 }
 
-/// `running`, or the name of the syscall the thread is blocked in. A thread that is blocked
-/// outside any syscall reads `-1`, which we report as `None`.
-pub fn parse_syscall(text: &str) -> Option<String> {
-    let first = text.split_whitespace().next()?;
+/// User and system CPU ticks of a `stat` line (fields 14 and 15, counted from the pid).
+pub fn parse_stat_cpu(stat: &str) -> Option<(u64, u64)> {
+    let mut rest = stat[stat.rfind(')')? + 1..].split_whitespace();
+    // After the comm: state is field 3, so utime (14) is the 12th from here.
+    let utime = rest.nth(11)?.parse().ok()?;
+    let stime = rest.next()?.parse().ok()?;
+    Some((utime, stime))
+}
+
+/// `running`, or the name of the syscall the thread is blocked in with its first argument. A
+/// thread that is blocked outside any syscall reads `-1`, which we report as `None`.
+pub fn parse_syscall(text: &str) -> Option<(String, Option<u64>)> {
+    let mut fields = text.split_whitespace();
+    let first = fields.next()?;
     if first == "running" {
-        return Some("running".to_string());
+        return Some(("running".to_string(), None));
     }
     let nr: i64 = first.parse().ok()?;
-    (nr >= 0).then(|| super::syscalls::name(nr))
+    let arg0 = fields
+        .next()
+        .and_then(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).ok());
+    (nr >= 0).then(|| (super::syscalls::name(nr), arg0))
 }
 
 #[cfg(test)]
@@ -63,17 +87,27 @@ mod tests {
     }
 
     #[test]
+    fn stat_cpu_ticks() {
+        let line = "42 (a b) S 1 42 42 0 -1 4194560 100 0 0 0 17 5 0 0 20 0 1 0 100 0 0";
+        assert_eq!(parse_stat_cpu(line), Some((17, 5)));
+        assert_eq!(parse_stat_cpu("42 (x) S 1"), None);
+    }
+
+    #[test]
     fn syscall_lines() {
-        assert_eq!(parse_syscall("running\n").as_deref(), Some("running"));
+        assert_eq!(parse_syscall("running\n"), Some(("running".into(), None)));
         assert_eq!(parse_syscall("-1 0x7ffc 0x7f00\n"), None);
-        assert!(parse_syscall("202 0x1 0x2 0x3 0x4 0x5 0x6 0x7ffc 0x7f00\n").is_some());
+        let (_, arg0) = parse_syscall("202 0x7f12 0x2 0x3 0x4 0x5 0x6 0x7ffc 0x7f00\n").unwrap();
+        assert_eq!(arg0, Some(0x7f12));
         assert_eq!(parse_syscall(""), None);
     }
 
     #[test]
     fn reads_own_thread() {
         let me = std::process::id();
-        let st = ThreadProc::open(me, me).read().expect("own thread readable");
+        let st = ThreadProc::open(me, me)
+            .read(None)
+            .expect("own thread readable");
         assert!(st.state.is_ascii_uppercase());
     }
 }

@@ -15,7 +15,11 @@ pub struct AtomicFile {
 }
 
 fn output_error(path: &Path, e: impl std::fmt::Display) -> anyhow::Error {
-    UserError::Output { path: path.display().to_string(), reason: e.to_string() }.into()
+    UserError::Output {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    }
+    .into()
 }
 
 impl AtomicFile {
@@ -25,13 +29,19 @@ impl AtomicFile {
             Some(d) if !d.as_os_str().is_empty() => d,
             _ => Path::new("."),
         };
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let tmp = tempfile::Builder::new()
             .prefix(&format!(".{name}."))
             .suffix(".tmp")
             .tempfile_in(dir)
             .map_err(|e| output_error(path, e))?;
-        Ok(AtomicFile { path: path.to_path_buf(), file: BufWriter::new(tmp) })
+        Ok(AtomicFile {
+            path: path.to_path_buf(),
+            file: BufWriter::new(tmp),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -41,9 +51,13 @@ impl AtomicFile {
     /// Flush and move the file into place.
     pub fn commit(self) -> Result<()> {
         let path = self.path;
-        let tmp = self.file.into_inner().map_err(|e| output_error(&path, e.error()))?;
+        let tmp = self
+            .file
+            .into_inner()
+            .map_err(|e| output_error(&path, e.error()))?;
         tmp.as_file().sync_all().ok();
-        tmp.persist(&path).map_err(|e| output_error(&path, e.error))?;
+        tmp.persist(&path)
+            .map_err(|e| output_error(&path, e.error))?;
         Ok(())
     }
 }
@@ -78,7 +92,11 @@ mod tests {
 
     #[test]
     fn unwritable_directory_is_a_clear_error() {
-        let err = AtomicFile::create(Path::new("/nonexistent-dir/out.svg")).err().unwrap();
-        assert!(err.to_string().starts_with("cannot write /nonexistent-dir/out.svg"));
+        let err = AtomicFile::create(Path::new("/nonexistent-dir/out.svg"))
+            .err()
+            .unwrap();
+        assert!(err
+            .to_string()
+            .starts_with("cannot write /nonexistent-dir/out.svg"));
     }
 }

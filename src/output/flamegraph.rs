@@ -38,7 +38,12 @@ pub struct FlameGraph {
 
 fn frame_label(f: &Frame) -> String {
     let label = if f.line > 0 {
-        format!("{} ({}:{})", f.function, crate::sample::short_path(&f.file), f.line)
+        format!(
+            "{} ({}:{})",
+            f.function,
+            crate::sample::short_path(&f.file),
+            f.line
+        )
     } else {
         format!("{} ({})", f.function, crate::sample::short_path(&f.file))
     };
@@ -46,21 +51,35 @@ fn frame_label(f: &Frame) -> String {
 }
 
 fn folded(prefix: &[String], frames: &[Frame], tag: &str) -> String {
-    let mut parts: Vec<String> = prefix.iter().map(|p| format!("{}{tag}", p.replace(';', ":"))).collect();
-    parts.extend(frames.iter().rev().map(|f| format!("{}{tag}", frame_label(f))));
+    let mut parts: Vec<String> = prefix
+        .iter()
+        .map(|p| format!("{}{tag}", p.replace(';', ":")))
+        .collect();
+    parts.extend(
+        frames
+            .iter()
+            .rev()
+            .map(|f| format!("{}{tag}", frame_label(f))),
+    );
     parts.join(";")
 }
 
 impl FlameGraph {
     pub fn new(include_idle: bool) -> FlameGraph {
-        FlameGraph { include_idle, ..Default::default() }
+        FlameGraph {
+            include_idle,
+            ..Default::default()
+        }
     }
 
     pub fn add_stack(&mut self, thread: &str, frames: &[Frame], idle: bool, count: u32) {
         if idle && !self.include_idle {
             return;
         }
-        *self.normal.entry(folded(&[thread.to_string()], frames, NORMAL)).or_insert(0) += count as u64;
+        *self
+            .normal
+            .entry(folded(&[thread.to_string()], frames, NORMAL))
+            .or_insert(0) += count as u64;
     }
 
     pub fn add_episode(&mut self, episode: &Episode, stacks: Vec<(Vec<Frame>, u32)>) {
@@ -76,8 +95,16 @@ impl FlameGraph {
             groups.entry(group_key(ep)).or_default().push(i);
         }
         for (key, members) in &groups {
-            let worst = members.iter().map(|&i| self.episodes[i].0.duration_ms).fold(0.0, f64::max);
-            let root = format!("BLOCKED {key}: {} episode{}, worst {:.0} ms", members.len(), plural(members.len()), worst);
+            let worst = members
+                .iter()
+                .map(|&i| self.episodes[i].0.duration_ms)
+                .fold(0.0, f64::max);
+            let root = format!(
+                "BLOCKED {key}: {} episode{}, worst {:.0} ms",
+                members.len(),
+                plural(members.len()),
+                worst
+            );
             for &i in members {
                 let (ep, stacks) = &self.episodes[i];
                 let when = format!(
@@ -85,23 +112,36 @@ impl FlameGraph {
                     i + 1,
                     ep.duration_ms,
                     ep.start - start_wall,
-                    if ep.complete { "" } else { " (still running at the end)" }
+                    if ep.complete {
+                        ""
+                    } else {
+                        " (still running at the end)"
+                    }
                 );
                 let thread = crate::sample::thread_label(ep.thread.as_deref(), ep.tid);
                 for (frames, count) in stacks {
-                    let line = folded(&[root.clone(), when.clone(), thread.clone()], frames, BLOCKED);
+                    let line = folded(
+                        &[root.clone(), when.clone(), thread.clone()],
+                        frames,
+                        BLOCKED,
+                    );
                     *lines.entry(line).or_insert(0) += *count as u64;
                 }
             }
         }
-        lines.into_iter().map(|(stack, n)| format!("{stack} {n}")).collect()
+        lines
+            .into_iter()
+            .map(|(stack, n)| format!("{stack} {n}"))
+            .collect()
     }
 
     /// Draw the SVG.
     pub fn render(&self, ctx: &FlameContext, out: &mut dyn Write) -> Result<()> {
         let mut lines = self.folded_lines(ctx.start_wall);
         if lines.is_empty() {
-            lines.push(format!("no busy samples: the loop was idle (use --idle to draw idle stacks){NORMAL} 1"));
+            lines.push(format!(
+                "no busy samples: the loop was idle (use --idle to draw idle stacks){NORMAL} 1"
+            ));
         }
         let mut opts = Options::default();
         opts.title = title(&self.episodes);
@@ -129,13 +169,25 @@ fn group_key(ep: &Episode) -> String {
 }
 
 fn plural(n: usize) -> &'static str {
-    if n == 1 { "" } else { "s" }
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
 }
 
 fn title(episodes: &[(Episode, Vec<(Vec<Frame>, u32)>)]) -> String {
     if episodes.is_empty() {
         return "loopspy: no blocking episodes".to_string();
     }
-    let worst = episodes.iter().map(|(e, _)| e.duration_ms).fold(0.0, f64::max);
-    format!("loopspy: {} blocking episode{}, worst {:.0} ms", episodes.len(), plural(episodes.len()), worst)
+    let worst = episodes
+        .iter()
+        .map(|(e, _)| e.duration_ms)
+        .fold(0.0, f64::max);
+    format!(
+        "loopspy: {} blocking episode{}, worst {:.0} ms",
+        episodes.len(),
+        plural(episodes.len()),
+        worst
+    )
 }

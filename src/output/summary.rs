@@ -41,7 +41,11 @@ pub fn write(out: &mut dyn Write, s: &Summary) -> Result<()> {
         writeln!(out, "loopspy: event loops seen on {}", s.loops.join(", "))?;
     }
     if s.episodes.is_empty() {
-        writeln!(out, "loopspy: no blocking episodes (no callback ran {:.0} ms or more)", s.threshold_ms)?;
+        writeln!(
+            out,
+            "loopspy: no blocking episodes (no callback ran {:.0} ms or more)",
+            s.threshold_ms
+        )?;
     } else {
         let total: f64 = s.episodes.iter().map(|e| e.duration_ms).sum();
         writeln!(
@@ -54,7 +58,11 @@ pub fn write(out: &mut dyn Write, s: &Summary) -> Result<()> {
         )?;
         writeln!(out, "  worst:")?;
         let mut worst: Vec<&Episode> = s.episodes.iter().collect();
-        worst.sort_by(|a, b| b.duration_ms.total_cmp(&a.duration_ms).then(a.start.total_cmp(&b.start)));
+        worst.sort_by(|a, b| {
+            b.duration_ms
+                .total_cmp(&a.duration_ms)
+                .then(a.start.total_cmp(&b.start))
+        });
         for e in worst.iter().take(WORST_SHOWN) {
             writeln!(
                 out,
@@ -63,13 +71,19 @@ pub fn write(out: &mut dyn Write, s: &Summary) -> Result<()> {
                 e.culprit_label(),
                 why(e),
                 crate::sample::thread_label(e.thread.as_deref(), e.tid),
-                if e.complete { "" } else { "  (still running when the recording stopped)" }
+                if e.complete {
+                    ""
+                } else {
+                    "  (still running when the recording stopped)"
+                }
             )?;
         }
         writeln!(out, "  by culprit:")?;
         let mut by: BTreeMap<String, (usize, f64, f64, Option<String>)> = BTreeMap::new();
         for e in s.episodes {
-            let entry = by.entry(format!("{}  [{}]", e.culprit_label(), why(e))).or_insert((0, 0.0, 0.0, e.advice.clone()));
+            let entry = by
+                .entry(format!("{}  [{}]", e.culprit_label(), why(e)))
+                .or_insert((0, 0.0, 0.0, e.advice.clone()));
             entry.0 += 1;
             entry.1 += e.duration_ms;
             entry.2 = entry.2.max(e.duration_ms);
@@ -77,7 +91,10 @@ pub fn write(out: &mut dyn Write, s: &Summary) -> Result<()> {
         let mut by: Vec<_> = by.into_iter().collect();
         by.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1).then(a.0.cmp(&b.0)));
         for (label, (n, total, worst, advice)) in by.iter().take(CULPRITS_SHOWN) {
-            writeln!(out, "    {n:>4}x  total {total:>8.0} ms  worst {worst:>7.0} ms  {label}")?;
+            writeln!(
+                out,
+                "    {n:>4}x  total {total:>8.0} ms  worst {worst:>7.0} ms  {label}"
+            )?;
             if let Some(a) = advice {
                 writeln!(out, "           fix: {a}")?;
             }

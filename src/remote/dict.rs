@@ -31,6 +31,14 @@ impl KeyCache {
     }
 }
 
+/// A value found in a dict, with the address of the slot it was read from: re-reading the
+/// slot is a cheap check that the value is still the one stored under the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Found {
+    pub value: u64,
+    pub slot: u64,
+}
+
 /// Returns the value stored under `key` in the dict at `dict_addr`, or `None` when the
 /// key is absent, the value is NULL, or anything read does not look like a valid dict.
 pub fn lookup_str<M: ProcessMemory + ?Sized>(
@@ -40,6 +48,17 @@ pub fn lookup_str<M: ProcessMemory + ?Sized>(
     dict_addr: u64,
     key: &mut KeyCache,
 ) -> Option<u64> {
+    find_str(mem, layout, str_ascii_size, dict_addr, key).map(|f| f.value)
+}
+
+/// Like `lookup_str`, also giving the value's slot.
+pub fn find_str<M: ProcessMemory + ?Sized>(
+    mem: &M,
+    layout: DictLayout,
+    str_ascii_size: u64,
+    dict_addr: u64,
+    key: &mut KeyCache,
+) -> Option<Found> {
     if !plausible_obj(dict_addr) {
         return None;
     }
@@ -54,35 +73,60 @@ pub fn lookup_str<M: ProcessMemory + ?Sized>(
     if !plausible_obj(keys) || (values != 0 && !plausible_obj(values)) {
         return None;
     }
-    let t = EntryTable::read(mem, layout, keys)?;
-    for i in 0..t.nentries {
-        let base = i * t.entry_size;
-        let Some(k) = u64_at(&t.bytes, base + t.key_off) else {
-            break;
+    if values != 0 {
+        // Split table: values live outside the keys object.
+        let off = match layout {
+            DictLayout::Pre311 => 0,
+            DictLayout::Post311 { values_off } => values_off,
         };
-        if k == 0 || !key_matches(mem, str_ascii_size, k, key) {
-            continue;
-        }
-        let v = if values != 0 {
-            // Split table: values live outside the keys object.
-            let off = match layout {
-                DictLayout::Pre311 => 0,
-                DictLayout::Post311 { values_off } => values_off,
-            };
-            let slot = values.checked_add(off)?.checked_add(8 * i)?;
-            super::mem::read_u64(mem, slot)?
-        } else {
-            u64_at(&t.bytes, base + t.value_off)?
-        };
-        return if v == 0 { None } else { Some(v) };
+        return find_in_values(
+            mem,
+            layout,
+            str_ascii_size,
+            keys,
+            values.checked_add(off)?,
+            MAX_ENTRIES,
+            key,
+        );
     }
-    None
+    let t = EntryTable::read(mem, layout, keys)?;
+    let i = t.index_of(mem, str_ascii_size, key)?;
+    let v = u64_at(&t.bytes, i * t.entry_size + t.value_off)?;
+    let slot = keys.checked_add(t.entries_off + i * t.entry_size + t.value_off)?;
+    (v != 0).then_some(Found { value: v, slot })
+}
+
+/// Looks `key` up in a split table: the keys object `keys` (a type's shared
+/// `ht_cached_keys`, or a split dict's `ma_keys`) indexes the values array whose item 0 is at
+/// `values`; entries at index `capacity` or beyond have no value slot.
+pub fn find_in_values<M: ProcessMemory + ?Sized>(
+    mem: &M,
+    layout: DictLayout,
+    str_ascii_size: u64,
+    keys: u64,
+    values: u64,
+    capacity: u64,
+    key: &mut KeyCache,
+) -> Option<Found> {
+    if !plausible_obj(keys) || !plausible_obj(values) {
+        return None;
+    }
+    let t = EntryTable::read(mem, layout, keys)?;
+    let i = t.index_of(mem, str_ascii_size, key)?;
+    if i >= capacity {
+        return None;
+    }
+    let slot = values.checked_add(8 * i)?;
+    let v = super::mem::read_u64(mem, slot)?;
+    (v != 0).then_some(Found { value: v, slot })
 }
 
 /// The entry table of a dict-keys object, copied out of the target.
 struct EntryTable {
     /// Entry bytes, starting at entry 0.
     bytes: Vec<u8>,
+    /// Where entry 0 starts, from the start of the keys object.
+    entries_off: u64,
     nentries: u64,
     entry_size: u64,
     key_off: u64,
@@ -152,10 +196,26 @@ impl EntryTable {
         };
         Some(EntryTable {
             bytes,
+            entries_off,
             nentries,
             entry_size,
             key_off,
             value_off,
+        })
+    }
+}
+
+impl EntryTable {
+    /// Index of the entry whose key is `key`.
+    fn index_of<M: ProcessMemory + ?Sized>(
+        &self,
+        mem: &M,
+        str_ascii_size: u64,
+        key: &mut KeyCache,
+    ) -> Option<u64> {
+        (0..self.nentries).find(|i| {
+            u64_at(&self.bytes, i * self.entry_size + self.key_off)
+                .is_some_and(|k| k != 0 && key_matches(mem, str_ascii_size, k, key))
         })
     }
 }

@@ -75,6 +75,11 @@ pub fn u64_at(buf: &[u8], off: u64) -> Option<u64> {
     Some(u64::from_le_bytes(a))
 }
 
+/// Little-endian i64 at byte offset `off` of `buf`, bound-checked.
+pub fn i64_at(buf: &[u8], off: u64) -> Option<i64> {
+    u64_at(buf, off).map(|v| v as i64)
+}
+
 /// Little-endian u32 at byte offset `off` of `buf`, bound-checked.
 pub fn u32_at(buf: &[u8], off: u64) -> Option<u32> {
     let off = usize::try_from(off).ok()?;

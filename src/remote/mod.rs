@@ -15,12 +15,18 @@
 //! - 3.14: the offset given by the `_asyncio` module's `.AsyncioDebug` section.
 //!
 //! Only the main interpreter (py-spy's `interpreter_address`) is walked.
+//!
+//! For stdlib pure-Python loops the scan also finds the loop's ready queue (`loop._ready`,
+//! see `ready`), whose length and mutation counter the sampler re-reads every sample with
+//! [`ThreadScanner::read_ready`].
 
 mod asyncio_debug;
+mod attrs;
 mod dict;
 mod mem;
 mod objects;
 mod offsets;
+mod ready;
 mod threads;
 mod tid;
 
@@ -37,6 +43,7 @@ pub use offsets::{DictLayout, Layout, LoopSlot};
 use dict::KeyCache;
 use objects::TypeNames;
 use offsets::{HOLDER_LOOP, HOLDER_PID, OB_TYPE, RUNNING_LOOP_KEY};
+use ready::ReadyQueues;
 use threads::RawThread;
 use tid::PthreadTid;
 
@@ -61,6 +68,10 @@ pub struct RunningLoop {
     pub address: u64,
     /// ob_type->tp_name of the loop, e.g. "_UnixSelectorEventLoop" or uvloop's "Loop".
     pub type_name: String,
+    /// Address of the loop's ready queue (`loop._ready`, a `collections.deque`), for loops
+    /// derived from `asyncio.BaseEventLoop`; None for others (uvloop) or when unreadable.
+    /// Read it with [`ThreadScanner::read_ready`].
+    pub ready: Option<u64>,
 }
 
 /// Reads the target's thread states and their running loops. Built once per attach; keeps
@@ -75,6 +86,7 @@ pub struct ThreadScanner {
     tid: PthreadTid,
     key: KeyCache,
     names: TypeNames,
+    ready: ReadyQueues,
 }
 
 impl ThreadScanner {
@@ -116,6 +128,7 @@ impl ThreadScanner {
             tid: PthreadTid::default(),
             key: KeyCache::new(RUNNING_LOOP_KEY),
             names: TypeNames::default(),
+            ready: ReadyQueues::default(),
         };
         // A wrong layout shows up as an empty walk: the head's `interp` back-pointer would not
         // match. A live interpreter always has at least the thread that runs it.
@@ -178,14 +191,28 @@ impl ThreadScanner {
                 self.tid.calibrate(process, self.pid, &pts, &tids);
             }
         }
-        Ok(raw
+        let threads: Vec<PyThread> = raw
             .iter()
             .map(|t| PyThread {
                 pthread_id: t.pthread_id,
                 native_tid: self.native_tid(process, t, &tids),
                 running_loop: self.running_loop(process, t),
             })
-            .collect())
+            .collect();
+        let live: HashSet<u64> = threads
+            .iter()
+            .filter_map(|t| t.running_loop.as_ref().map(|l| l.address))
+            .collect();
+        self.ready.retain(&live);
+        Ok(threads)
+    }
+
+    /// `(len, state)` of a ready queue found by the last `scan` (`RunningLoop::ready`): its
+    /// length and its mutation counter, which grows by one on every append and every pop.
+    /// One `process_vm_readv` of 64 bytes; `None` when the read fails or the object there is
+    /// no longer that deque. Cheap enough for every sample.
+    pub fn read_ready<M: ProcessMemory + ?Sized>(&self, mem: &M, deque: u64) -> Option<(u64, u64)> {
+        self.ready.read(mem, deque)
     }
 
     fn native_tid<M: ProcessMemory + ?Sized>(
@@ -237,16 +264,24 @@ impl ThreadScanner {
         }
         let tp = TypeNames::type_of(mem, loop_addr)?;
         let type_name = self.names.of_type(mem, tp)?;
-        if type_name == "NoneType"
-            || !self
-                .names
-                .is_event_loop_type(mem, tp, self.layout.tuple_items)?
-        {
+        if type_name == "NoneType" {
             return None;
         }
+        let kind = self.names.loop_kind(mem, tp, self.layout.tuple_items)?;
+        if !kind.event_loop {
+            return None;
+        }
+        // Only the stdlib's pure-Python loops keep `_ready` in an instance dict we can read.
+        let ready = if kind.base_event_loop {
+            self.ready
+                .resolve(mem, &self.layout, &mut self.names, loop_addr, tp)
+        } else {
+            None
+        };
         Some(RunningLoop {
             address: loop_addr,
             type_name,
+            ready,
         })
     }
 

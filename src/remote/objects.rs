@@ -7,7 +7,8 @@
 //! running loop: the target frees a loop (and its holder) while we read, and the address is
 //! soon reused by some other object whose type reads fine ("cell", "Thread" were seen under
 //! churn). So a loop candidate's type must also have `AbstractEventLoop` in its MRO, which
-//! every asyncio loop (selector loops, uvloop's `Loop`, ...) has.
+//! every asyncio loop (selector loops, uvloop's `Loop`, ...) has. The same MRO scan tells
+//! whether the loop is a pure-Python `BaseEventLoop` (whose `__dict__` we know how to read).
 //!
 //! Entries are keyed by type address and remember the `tp_name` pointer they were read
 //! from: a repeat costs one small read (the type's `tp_name` pointer), and a changed pointer
@@ -28,12 +29,23 @@ const MAX_CACHED: usize = 1024;
 const MAX_MRO: u64 = 64;
 /// The base every asyncio event loop class derives from (its `tp_name`; a Python class).
 const LOOP_BASE: &str = "AbstractEventLoop";
+/// The base of the stdlib's pure-Python loops (selector and proactor loops), not of uvloop.
+const PY_LOOP_BASE: &str = "BaseEventLoop";
+
+/// What a type's MRO says about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoopKind {
+    /// `AbstractEventLoop` is in the MRO: an asyncio event loop.
+    pub event_loop: bool,
+    /// `BaseEventLoop` is in the MRO: a stdlib pure-Python loop (or a subclass).
+    pub base_event_loop: bool,
+}
 
 struct TypeInfo {
     name_ptr: u64,
     name: String,
-    /// Whether the MRO contains `AbstractEventLoop`; computed on first need.
-    is_loop: Option<bool>,
+    /// Computed on first need.
+    kind: Option<LoopKind>,
 }
 
 #[derive(Default)]
@@ -66,16 +78,17 @@ impl TypeNames {
         self.entry(mem, tp).map(|e| e.name.clone())
     }
 
-    /// Whether the type at `tp` is an asyncio event loop type (`AbstractEventLoop` in its
-    /// MRO). `tuple_items` is `PyTupleObject.ob_item` of the target version. `None` when
-    /// the type or its MRO cannot be read validly right now.
-    pub fn is_event_loop_type<M: ProcessMemory + ?Sized>(
+    /// What the MRO of the type at `tp` says about it: whether it is an asyncio event loop
+    /// type (`AbstractEventLoop` in its MRO) and a pure-Python one. `tuple_items` is
+    /// `PyTupleObject.ob_item` of the target version. `None` when the type or its MRO cannot
+    /// be read validly right now.
+    pub fn loop_kind<M: ProcessMemory + ?Sized>(
         &mut self,
         mem: &M,
         tp: u64,
         tuple_items: u64,
-    ) -> Option<bool> {
-        if let Some(known) = self.entry(mem, tp)?.is_loop {
+    ) -> Option<LoopKind> {
+        if let Some(known) = self.entry(mem, tp)?.kind {
             return Some(known);
         }
         let mro = read_u64(mem, tp.checked_add(TP_MRO)?)?;
@@ -94,18 +107,22 @@ impl TypeNames {
             Some(items) => items.to_vec(),
             None => super::mem::read_bytes(mem, mro.checked_add(tuple_items)?, items_len)?,
         };
-        let mut is_loop = false;
+        let mut kind = LoopKind {
+            event_loop: false,
+            base_event_loop: false,
+        };
         for i in 0..n {
             let base = u64_at(&items, i * 8)?;
-            if self.entry(mem, base)?.name == LOOP_BASE {
-                is_loop = true;
-                break;
+            match self.entry(mem, base)?.name.as_str() {
+                LOOP_BASE => kind.event_loop = true,
+                PY_LOOP_BASE => kind.base_event_loop = true,
+                _ => {}
             }
         }
         if let Some(e) = self.cache.get_mut(&tp) {
-            e.is_loop = Some(is_loop);
+            e.kind = Some(kind);
         }
-        Some(is_loop)
+        Some(kind)
     }
 
     /// The current cache entry of `tp`, (re)reading the name when the `tp_name` pointer
@@ -133,7 +150,7 @@ impl TypeNames {
                 TypeInfo {
                     name_ptr,
                     name,
-                    is_loop: None,
+                    kind: None,
                 },
             );
         }
@@ -204,28 +221,45 @@ mod tests {
     #[test]
     fn event_loop_types_are_recognised_by_mro() {
         let mut m = FakeMem::default();
-        // Loop type 0x20_0000, MRO (Loop, AbstractEventLoop, object); "cell" type 0x50_0000.
+        // uvloop-like 0x20_0000: MRO (Loop, AbstractEventLoop, object); "cell" 0x50_0000;
+        // selector-like 0x23_0000: MRO (_UnixSelectorEventLoop, BaseEventLoop,
+        // AbstractEventLoop, object).
         m.put(0x20_0000, ty(0x30_0000, 0x60_0000));
         m.put(0x21_0000, ty(0x31_0000, 0));
         m.put(0x22_0000, ty(0x32_0000, 0));
+        m.put(0x23_0000, ty(0x34_0000, 0x63_0000));
+        m.put(0x24_0000, ty(0x35_0000, 0));
         m.put(0x30_0000, name_page(b"Loop"));
         m.put(0x31_0000, name_page(b"AbstractEventLoop"));
         m.put(0x32_0000, name_page(b"object"));
+        m.put(0x34_0000, name_page(b"_UnixSelectorEventLoop"));
+        m.put(0x35_0000, name_page(b"BaseEventLoop"));
         m.put(0x60_0000, tuple(&[0x20_0000, 0x21_0000, 0x22_0000]));
+        m.put(
+            0x63_0000,
+            tuple(&[0x23_0000, 0x24_0000, 0x21_0000, 0x22_0000]),
+        );
         m.put(0x50_0000, ty(0x33_0000, 0x61_0000));
         m.put(0x33_0000, name_page(b"cell"));
         m.put(0x61_0000, tuple(&[0x50_0000, 0x22_0000]));
         let mut n = TypeNames::default();
-        assert_eq!(n.is_event_loop_type(&m, 0x20_0000, 24), Some(true));
-        assert_eq!(n.is_event_loop_type(&m, 0x50_0000, 24), Some(false));
+        let kind = |event_loop, base_event_loop| {
+            Some(LoopKind {
+                event_loop,
+                base_event_loop,
+            })
+        };
+        assert_eq!(n.loop_kind(&m, 0x20_0000, 24), kind(true, false));
+        assert_eq!(n.loop_kind(&m, 0x23_0000, 24), kind(true, true));
+        assert_eq!(n.loop_kind(&m, 0x50_0000, 24), kind(false, false));
         // Cached verdict survives the MRO tuple going away.
         m.regions.remove(&0x60_0000);
-        assert_eq!(n.is_event_loop_type(&m, 0x20_0000, 24), Some(true));
+        assert_eq!(n.loop_kind(&m, 0x20_0000, 24), kind(true, false));
         // Garbage MRO size: no verdict.
         m.put(0x51_0000, ty(0x33_0000, 0x62_0000));
         let mut t = tuple(&[0x50_0000]);
         t[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
         m.put(0x62_0000, t);
-        assert_eq!(n.is_event_loop_type(&m, 0x51_0000, 24), None);
+        assert_eq!(n.loop_kind(&m, 0x51_0000, 24), None);
     }
 }

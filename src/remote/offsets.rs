@@ -18,6 +18,16 @@ pub const TP_NAME: u64 = 24;
 pub const TP_MRO: u64 = 344;
 /// `PyVarObject.ob_size`.
 pub const OB_SIZE: u64 = 16;
+/// `PyTypeObject.tp_basicsize` / `.tp_flags` / `.tp_dictoffset` (gdb: 32/168/288 in 3.8–3.13).
+pub const TP_BASICSIZE: u64 = 32;
+pub const TP_FLAGS: u64 = 168;
+pub const TP_DICTOFFSET: u64 = 288;
+/// `Py_TPFLAGS_INLINE_VALUES` (3.13+) and `Py_TPFLAGS_MANAGED_DICT` (3.11+), from `object.h`.
+pub const TPFLAGS_INLINE_VALUES: u64 = 1 << 2;
+pub const TPFLAGS_MANAGED_DICT: u64 = 1 << 4;
+/// `dequeobject.state`, the mutation counter (gdb: 56 in 3.8–3.13; a 3.14-era
+/// `Modules/_collectionsmodule.c` keeps the same fields before it).
+pub const DEQUE_STATE: u64 = 56;
 /// `_RunningLoopHolder.rl_loop` / `.rl_pid` (3.8–3.11 `_asyncio`; gdb on each `_asyncio` .so).
 pub const HOLDER_LOOP: u64 = 16;
 pub const HOLDER_PID: u64 = 24;
@@ -37,6 +47,24 @@ pub enum LoopSlot {
     /// 3.14: the offset is in the `.AsyncioDebug` section of the `_asyncio` module, which
     /// only exists once asyncio is imported, so it is resolved lazily by the scanner.
     AsyncioDebug,
+}
+
+/// Where an instance keeps its `__dict__` (cpython-notes §2.2). `cached_keys` is
+/// `PyHeapTypeObject.ht_cached_keys` (gdb: 872 in 3.11, 880 in 3.12/3.13; 880 in 3.14 per
+/// the notes), the shared keys that inline/split values are indexed by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstanceDict {
+    /// 3.8–3.10: the dict pointer at `obj + tp_dictoffset`.
+    DictOffset,
+    /// 3.11 (`pycore_object.h`): `_PyObject_ValuesPointer` = obj-32 (values array, used
+    /// first when set), `_PyObject_ManagedDictPointer` = obj-24 (materialized dict).
+    ValuesOrDict { cached_keys: u64 },
+    /// 3.12: one `PyDictOrValues` word at obj-24; bit 0 set means values at `word + 1`.
+    Tagged { cached_keys: u64 },
+    /// 3.13+: the managed dict pointer at obj-24 (`MANAGED_DICT_OFFSET`); when NULL and the
+    /// type has inline values, `PyDictValues {capacity, size, embedded, valid: u8; values[]
+    /// @8}` sits at `obj + tp_basicsize`.
+    Inline { cached_keys: u64 },
 }
 
 /// Dict-keys layout (cpython-notes §2.3).
@@ -69,6 +97,7 @@ pub struct Layout {
     pub str_ascii_size: u64,
     /// `PyTupleObject.ob_item`: 24 up to 3.13 (gdb), 32 on 3.14 (a cached `ob_hash` precedes).
     pub tuple_items: u64,
+    pub instance_dict: InstanceDict,
 }
 
 impl Layout {
@@ -101,6 +130,11 @@ impl Layout {
             },
             str_ascii_size: if minor <= 11 { 48 } else { 40 },
             tuple_items: 24,
+            instance_dict: match minor {
+                8..=10 => InstanceDict::DictOffset,
+                11 => InstanceDict::ValuesOrDict { cached_keys: 872 },
+                _ => InstanceDict::Tagged { cached_keys: 880 },
+            },
         })
     }
 
@@ -132,6 +166,7 @@ impl Layout {
             dict: DictLayout::Post311 { values_off: 8 },
             str_ascii_size: 40,
             tuple_items: if minor >= 14 { 32 } else { 24 },
+            instance_dict: InstanceDict::Inline { cached_keys: 880 },
         })
     }
 

@@ -1,22 +1,41 @@
 //! Live tests: spawn `tests/py/remote_threads.py` under each pyenv interpreter, attach with
 //! py-spy (NonBlocking) and check every thread's OS tid, pthread id and running loop.
 //! The churn tests scan a target whose threads keep starting and ending loops, to exercise
-//! torn reads. A missing interpreter (or uvloop) skips its test with a message instead of
-//! failing.
+//! torn reads. The ready-queue tests (`ready`) hold handles in a loop's `_ready` deque and
+//! check its length and mutation counter. A missing interpreter (or uvloop) skips its test with a
+//! message instead of failing.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::{PyThread, ThreadScanner};
+
+mod ready;
 
 /// The child is ended when the test ends, also on a failed assertion: closing its stdin
 /// makes the script exit; kill (by our child's own handle) is the fallback.
 struct Target {
     child: Child,
+    /// The child's stdout, line by line.
+    lines: mpsc::Receiver<String>,
+}
+
+impl Target {
+    fn next_line(&self) -> String {
+        self.lines
+            .recv_timeout(Duration::from_secs(60))
+            .expect("no line from the target within 60 s")
+    }
+
+    fn send(&mut self, line: &str) {
+        let stdin = self.child.stdin.as_mut().unwrap();
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    }
 }
 
 impl Drop for Target {
@@ -75,16 +94,17 @@ fn spawn_script(py: &PathBuf, script: &str, args: &[&str]) -> (Target, String) {
         .spawn()
         .expect("spawn python");
     let stdout = child.stdout.take().unwrap();
-    let target = Target { child };
-    let (tx, rx) = mpsc::channel();
+    let (tx, lines) = mpsc::channel();
     std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
     });
-    let line = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("no READY line within 60 s");
+    let target = Target { child, lines };
+    let line = target.next_line();
     (target, line)
 }
 
@@ -138,6 +158,27 @@ fn check_threads(threads: &[PyThread], ids: &Ids, loop_type: &str) {
     );
 }
 
+/// Selector loops have a readable ready deque, idle here (len 0 or a few handles in flight);
+/// uvloop's loops have none.
+fn check_ready(
+    scanner: &ThreadScanner,
+    process: &remoteprocess::Process,
+    threads: &[PyThread],
+    loop_type: &str,
+) {
+    for l in threads.iter().filter_map(|t| t.running_loop.as_ref()) {
+        if loop_type == "Loop" {
+            assert_eq!(l.ready, None, "uvloop has no _ready we read: {l:?}");
+            continue;
+        }
+        let deque = l.ready.unwrap_or_else(|| panic!("no _ready for {l:?}"));
+        let (len, _) = scanner
+            .read_ready(process, deque)
+            .unwrap_or_else(|| panic!("read_ready failed for {l:?}"));
+        assert!(len < 100, "implausible ready length {len} for {l:?}");
+    }
+}
+
 fn live(version: &str, args: &[&str], loop_type: &str) {
     let Some(py) = python(version) else {
         eprintln!("skipping live test: ~/.pyenv/versions/{version}/bin/python3 not found");
@@ -157,13 +198,14 @@ fn live(version: &str, args: &[&str], loop_type: &str) {
     let spy = attach(target.child.id());
     let mut scanner = ThreadScanner::new(&spy).expect("ThreadScanner::new");
     // Several scans: results must be stable while the target keeps running.
-    let start = std::time::Instant::now();
+    let start = Instant::now();
     for i in 0..20 {
         let threads = scanner.scan(&spy.process).expect("scan");
         if i == 0 {
             eprintln!("{version} {args:?}: {threads:?}");
         }
         check_threads(&threads, &ids, loop_type);
+        check_ready(&scanner, &spy.process, &threads, loop_type);
     }
     eprintln!(
         "{version}: {:?} per scan of {} threads",

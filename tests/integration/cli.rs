@@ -5,7 +5,11 @@ use std::process::{Command, Output};
 use crate::support::loopspy;
 
 fn loopspy_in(dir: &std::path::Path, args: &[&str]) -> Output {
-    Command::new(loopspy()).current_dir(dir).args(args).output().unwrap()
+    Command::new(loopspy())
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 fn stderr(o: &Output) -> String {
@@ -14,15 +18,26 @@ fn stderr(o: &Output) -> String {
 
 fn assert_clean_failure(dir: &std::path::Path, o: &Output, code: i32, needle: &str) {
     assert_eq!(o.status.code(), Some(code), "{}", stderr(o));
-    assert!(stderr(o).contains(needle), "stderr lacks {needle:?}: {}", stderr(o));
-    let left: Vec<_> = std::fs::read_dir(dir).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(
+        stderr(o).contains(needle),
+        "stderr lacks {needle:?}: {}",
+        stderr(o)
+    );
+    let left: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
     assert!(left.is_empty(), "files left behind: {left:?}");
 }
 
 #[test]
 fn no_such_pid() {
     let dir = tempfile::tempdir().unwrap();
-    let o = loopspy_in(dir.path(), &["record", "--pid", "999999999", "--episodes", "e.jsonl"]);
+    let o = loopspy_in(
+        dir.path(),
+        &["record", "--pid", "999999999", "--episodes", "e.jsonl"],
+    );
     assert_clean_failure(dir.path(), &o, 1, "no process with PID 999999999");
     assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
 }
@@ -55,7 +70,10 @@ fn bad_flags_exit_2() {
 #[test]
 fn unwritable_output() {
     let dir = tempfile::tempdir().unwrap();
-    let o = loopspy_in(dir.path(), &["record", "--pid", "1", "-o", "/nonexistent-dir/x.svg"]);
+    let o = loopspy_in(
+        dir.path(),
+        &["record", "--pid", "1", "-o", "/nonexistent-dir/x.svg"],
+    );
     assert_clean_failure(dir.path(), &o, 1, "cannot write /nonexistent-dir/x.svg");
 }
 

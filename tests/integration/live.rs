@@ -19,24 +19,46 @@ fn script() -> PathBuf {
 }
 
 fn run(python: &Path, scenario: &str) -> Run {
-    let run = record_scenario(python, &script(), &[scenario], &["--rate", &RATE.to_string()]);
-    assert!(run.status.success(), "loopspy failed on {scenario}:\n{}", run.stderr);
+    let run = record_scenario(
+        python,
+        &script(),
+        &[scenario],
+        &["--rate", &RATE.to_string()],
+    );
+    assert!(
+        run.status.success(),
+        "loopspy failed on {scenario}:\n{}",
+        run.stderr
+    );
     run
 }
 
 fn s<'a>(v: &'a Value, key: &str) -> &'a str {
-    v[key].as_str().unwrap_or_else(|| panic!("{key} missing in {v}"))
+    v[key]
+        .as_str()
+        .unwrap_or_else(|| panic!("{key} missing in {v}"))
 }
 
 /// Every episode matches one blocking call of the target, in order, within tolerance.
 fn check_durations(run: &Run, label: &str) {
-    assert_eq!(run.episodes.len(), run.blocks.len(), "{label}: episodes {:#?}\nblocks {:#?}\n{}", run.episodes, run.blocks, run.stderr);
+    assert_eq!(
+        run.episodes.len(),
+        run.blocks.len(),
+        "{label}: episodes {:#?}\nblocks {:#?}\n{}",
+        run.episodes,
+        run.blocks,
+        run.stderr
+    );
     let tolerance = 1000.0 / RATE + SLACK_MS;
     for (ep, block) in run.episodes.iter().zip(&run.blocks) {
         let got = ep["duration_ms"].as_f64().unwrap();
         let want = block["ms"].as_f64().unwrap();
         assert!((got - want).abs() <= tolerance, "{label}: episode {got:.1} ms vs measured {want:.1} ms (tolerance {tolerance} ms)\n{ep}");
-        assert_eq!(ep["tid"].as_u64(), block["tid"].as_u64(), "{label}: wrong thread blamed\n{ep}");
+        assert_eq!(
+            ep["tid"].as_u64(),
+            block["tid"].as_u64(),
+            "{label}: wrong thread blamed\n{ep}"
+        );
         assert_eq!(ep["thread"].as_str(), block["thread"].as_str(), "{label}");
         assert_eq!(ep["complete"], Value::Bool(true), "{label}");
         assert_eq!(ep["samples"].as_u64().map(|n| n > 0), Some(true), "{label}");
@@ -46,9 +68,16 @@ fn check_durations(run: &Run, label: &str) {
 fn check_culprit(run: &Run, label: &str, function: &str, line: Option<u64>, kind: &str) {
     for ep in &run.episodes {
         assert_eq!(s(&ep["culprit"], "function"), function, "{label}: {ep}");
-        assert!(s(&ep["culprit"], "file").ends_with("scenarios.py"), "{label}: {ep}");
+        assert!(
+            s(&ep["culprit"], "file").ends_with("scenarios.py"),
+            "{label}: {ep}"
+        );
         if let Some(line) = line {
-            assert_eq!(ep["culprit"]["line"].as_u64(), Some(line), "{label}: culprit line\n{ep}");
+            assert_eq!(
+                ep["culprit"]["line"].as_u64(),
+                Some(line),
+                "{label}: culprit line\n{ep}"
+            );
         }
         assert_eq!(s(ep, "kind"), kind, "{label}: {ep}");
     }
@@ -64,12 +93,23 @@ fn time_sleep_in_a_task() {
         check_durations(&r, &label);
         check_culprit(&r, &label, "sleepy_handler", Some(line), "sleep");
         for ep in &r.episodes {
-            assert_eq!(s(ep, "coroutine"), "single_main", "{label}: the task's coroutine");
+            assert_eq!(
+                s(ep, "coroutine"),
+                "single_main",
+                "{label}: the task's coroutine"
+            );
             assert_eq!(s(ep, "source"), "time.sleep", "{label}");
             assert!(s(ep, "advice").contains("asyncio.sleep"), "{label}");
         }
-        assert!(r.svg.contains("BLOCKED in sleepy_handler"), "{label}: flame graph lacks the episode root");
-        assert!(r.stderr.contains("3 blocking episodes"), "{label}: {}", r.stderr);
+        assert!(
+            r.svg.contains("BLOCKED in sleepy_handler"),
+            "{label}: flame graph lacks the episode root"
+        );
+        assert!(
+            r.stderr.contains("3 blocking episodes"),
+            "{label}: {}",
+            r.stderr
+        );
     }
 }
 
@@ -84,7 +124,10 @@ fn pure_python_cpu_in_a_task() {
         // The sampled line is inside burn's loop: the loop header or its body.
         for ep in &r.episodes {
             let got = ep["culprit"]["line"].as_u64().unwrap();
-            assert!(got == line || got == line + 1, "{label}: line {got}, want {line}");
+            assert!(
+                got == line || got == line + 1,
+                "{label}: line {got}, want {line}"
+            );
         }
     }
 }
@@ -124,13 +167,25 @@ fn two_loops_only_one_blocks() {
         let label = format!("{v} two_loops");
         check_durations(&r, &label);
         let blocking = r.ready["threads"]["blocking-loop"].as_u64().unwrap();
-        assert!(r.episodes.iter().all(|ep| ep["tid"].as_u64() == Some(blocking)), "{label}");
-        assert!(r.stderr.contains("calm-loop"), "{label}: the calm loop was not seen:\n{}", r.stderr);
+        assert!(
+            r.episodes
+                .iter()
+                .all(|ep| ep["tid"].as_u64() == Some(blocking)),
+            "{label}"
+        );
+        assert!(
+            r.stderr.contains("calm-loop"),
+            "{label}: the calm loop was not seen:\n{}",
+            r.stderr
+        );
     }
 }
 
 fn has_uvloop(py: &Path) -> bool {
-    Command::new(py).args(["-c", "import uvloop"]).status().is_ok_and(|s| s.success())
+    Command::new(py)
+        .args(["-c", "import uvloop"])
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 #[test]
@@ -138,14 +193,21 @@ fn uvloop_task_blocking() {
     let line = marker_line(&script(), "sleep");
     for (v, py) in pythons() {
         if !has_uvloop(&py) {
-            eprintln!("SKIPPED: uvloop is not installed for CPython {v} ({} -m pip install uvloop)", py.display());
+            eprintln!(
+                "SKIPPED: uvloop is not installed for CPython {v} ({} -m pip install uvloop)",
+                py.display()
+            );
             continue;
         }
         let r = run(&py, "uvloop");
         let label = format!("{v} uvloop");
         check_durations(&r, &label);
         check_culprit(&r, &label, "sleepy_handler", Some(line), "sleep");
-        assert!(r.stderr.contains("event loops seen on MainThread"), "{label}: {}", r.stderr);
+        assert!(
+            r.stderr.contains("event loops seen on MainThread"),
+            "{label}: {}",
+            r.stderr
+        );
     }
 }
 
@@ -154,8 +216,16 @@ fn expect_no_episodes(scenario: &str) {
         let r = run(&py, scenario);
         let label = format!("{v} {scenario}");
         assert!(r.episodes.is_empty(), "{label}: {:#?}", r.episodes);
-        assert!(r.stderr.contains("no blocking episodes"), "{label}: {}", r.stderr);
-        assert!(r.stderr.contains("event loops seen on MainThread"), "{label}: {}", r.stderr);
+        assert!(
+            r.stderr.contains("no blocking episodes"),
+            "{label}: {}",
+            r.stderr
+        );
+        assert!(
+            r.stderr.contains("event loops seen on MainThread"),
+            "{label}: {}",
+            r.stderr
+        );
     }
 }
 
@@ -210,7 +280,10 @@ fn launch_a_command() {
     let mut line = String::new();
     while !line.starts_with("loopspy: sampling process") {
         line.clear();
-        assert!(err.read_line(&mut line).unwrap() > 0, "loopspy ended before sampling");
+        assert!(
+            err.read_line(&mut line).unwrap() > 0,
+            "loopspy ended before sampling"
+        );
     }
     let pid: u32 = line.split_whitespace().nth(3).unwrap().parse().unwrap();
     // The target's stdin is loopspy's: tell it to go.
@@ -220,10 +293,17 @@ fn launch_a_command() {
     std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
     assert!(out.status.success(), "{rest}");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(stdout.matches("BLOCK ").count(), 3, "the target's stdout passes through: {stdout}");
+    assert_eq!(
+        stdout.matches("BLOCK ").count(),
+        3,
+        "the target's stdout passes through: {stdout}"
+    );
     let episodes = std::fs::read_to_string(dir.path().join("e.jsonl")).unwrap();
     assert_eq!(episodes.lines().count(), 3, "{episodes}\n{rest}");
-    assert!(dir.path().join(format!("loopspy-{pid}.svg")).exists(), "default output name carries the pid");
+    assert!(
+        dir.path().join(format!("loopspy-{pid}.svg")).exists(),
+        "default output name carries the pid"
+    );
 }
 
 /// Ctrl-C ends a recording and still writes every output, with the open episode incomplete.
@@ -236,7 +316,15 @@ fn ctrl_c_writes_complete_outputs() {
     let mut target = crate::support::Target::start(&py, &script(), &["long_block"]);
     let mut spy = Command::new(crate::support::loopspy())
         .current_dir(dir.path())
-        .args(["record", "--pid", &target.pid().to_string(), "-o", "out.svg", "--episodes", "e.jsonl"])
+        .args([
+            "record",
+            "--pid",
+            &target.pid().to_string(),
+            "-o",
+            "out.svg",
+            "--episodes",
+            "e.jsonl",
+        ])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -265,5 +353,8 @@ fn ctrl_c_writes_complete_outputs() {
     assert_eq!(ep["complete"], Value::Bool(false));
     assert!(ep["duration_ms"].as_f64().unwrap() >= 1000.0);
     let svg = std::fs::read_to_string(dir.path().join("out.svg")).unwrap();
-    assert!(svg.ends_with("</svg>\n") || svg.trim_end().ends_with("</svg>"), "SVG is whole");
+    assert!(
+        svg.ends_with("</svg>\n") || svg.trim_end().ends_with("</svg>"),
+        "SVG is whole"
+    );
 }

@@ -2,6 +2,7 @@
 //! `offline` replays recorded samples through the detector and renderers against golden files;
 //! `cli` checks bad input and exit codes.
 
+mod causes;
 mod cli;
 mod live;
 mod offline;

@@ -26,15 +26,23 @@ fn replay_fixture(name: &str, threshold_ms: f64) -> Replayed {
     let sinks = Sinks {
         flamegraph: Some(AtomicFile::create(&svg).unwrap()),
         raw: None,
-        episodes: Some((EpisodeLog::new(LogTarget::Atomic(AtomicFile::create(&jsonl).unwrap())), "episodes.jsonl".into())),
+        episodes: Some((
+            EpisodeLog::new(LogTarget::Atomic(AtomicFile::create(&jsonl).unwrap())),
+            "episodes.jsonl".into(),
+        )),
         live_hangs: false,
     };
     let mut summary = Vec::new();
     let fixture = repo().join("tests/fixtures").join(format!("{name}.jsonl"));
-    let episodes = replay(&fixture, threshold_ms, false, sinks, &mut summary).unwrap();
+    let episodes = replay(&fixture, threshold_ms, false, sinks, None, &mut summary).unwrap();
     let summary = String::from_utf8(summary).unwrap();
     // The list of files written names temporary paths: keep the summary machine-independent.
-    let summary = summary.lines().filter(|l| !l.starts_with("loopspy: wrote")).collect::<Vec<_>>().join("\n") + "\n";
+    let summary = summary
+        .lines()
+        .filter(|l| !l.starts_with("loopspy: wrote"))
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n";
     Replayed {
         episodes,
         jsonl: std::fs::read_to_string(jsonl).unwrap(),
@@ -49,12 +57,23 @@ fn golden(path: &Path, actual: &str) {
         std::fs::write(path, actual).unwrap();
         return;
     }
-    let expected = std::fs::read_to_string(path)
-        .unwrap_or_else(|_| panic!("missing golden file {} (run with LOOPSPY_BLESS=1)", path.display()));
+    let expected = std::fs::read_to_string(path).unwrap_or_else(|_| {
+        panic!(
+            "missing golden file {} (run with LOOPSPY_BLESS=1)",
+            path.display()
+        )
+    });
     if expected != actual {
-        let wrote = path.with_extension(format!("{}.actual", path.extension().unwrap().to_string_lossy()));
+        let wrote = path.with_extension(format!(
+            "{}.actual",
+            path.extension().unwrap().to_string_lossy()
+        ));
         std::fs::write(&wrote, actual).unwrap();
-        panic!("{} differs from the golden file; actual output in {} (LOOPSPY_BLESS=1 to accept)", path.display(), wrote.display());
+        panic!(
+            "{} differs from the golden file; actual output in {} (LOOPSPY_BLESS=1 to accept)",
+            path.display(),
+            wrote.display()
+        );
     }
 }
 
@@ -107,7 +126,10 @@ fn jitter_and_gaps() {
 fn two_loops_blame_the_right_thread() {
     let r = replay_fixture("two_loops", 50.0);
     assert_eq!(r.episodes.len(), 3);
-    assert!(r.episodes.iter().all(|e| e.thread.as_deref() == Some("blocking-loop")));
+    assert!(r
+        .episodes
+        .iter()
+        .all(|e| e.thread.as_deref() == Some("blocking-loop")));
     assert!(r.summary.contains("calm-loop"), "{}", r.summary);
     check_goldens("two_loops", &r);
 }
@@ -115,8 +137,17 @@ fn two_loops_blame_the_right_thread() {
 #[test]
 fn back_to_back_callbacks_are_separate_episodes() {
     let r = replay_fixture("back_to_back", 50.0);
-    let names: Vec<_> = r.episodes.iter().map(|e| e.culprit.function.as_str()).collect();
-    assert_eq!(names, ["first_callback", "second_callback", "twin", "twin"], "{:?}", durations(&r));
+    let names: Vec<_> = r
+        .episodes
+        .iter()
+        .map(|e| e.culprit.function.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["first_callback", "second_callback", "twin", "twin"],
+        "{:?}",
+        durations(&r)
+    );
     for e in &r.episodes {
         assert!((e.duration_ms - 100.0).abs() <= 5.0, "{:?}", durations(&r));
     }
@@ -127,7 +158,10 @@ fn back_to_back_callbacks_are_separate_episodes() {
 fn a_thread_that_disappears() {
     let r = replay_fixture("thread_ends", 50.0);
     assert_eq!(r.episodes.len(), 3);
-    assert!(r.episodes.iter().all(|e| e.complete && e.thread.as_deref() == Some("short-lived-loop")));
+    assert!(r
+        .episodes
+        .iter()
+        .all(|e| e.complete && e.thread.as_deref() == Some("short-lived-loop")));
     check_goldens("thread_ends", &r);
 }
 
@@ -139,8 +173,17 @@ fn process_exiting_mid_episode() {
     assert!(!e.complete, "the block was cut by the exit");
     assert_eq!(e.culprit.function, "exit_mid_block_main");
     // The process lived ~300 ms after the block began.
-    assert!(e.duration_ms > 250.0 && e.duration_ms < 320.0, "{}", e.duration_ms);
-    assert!(r.summary.contains("still running when the recording stopped"), "{}", r.summary);
+    assert!(
+        e.duration_ms > 250.0 && e.duration_ms < 320.0,
+        "{}",
+        e.duration_ms
+    );
+    assert!(
+        r.summary
+            .contains("still running when the recording stopped"),
+        "{}",
+        r.summary
+    );
     check_goldens("exit_mid_block", &r);
 }
 
@@ -148,6 +191,9 @@ fn process_exiting_mid_episode() {
 fn uvloop_recording() {
     let r = replay_fixture("uvloop", 50.0);
     assert_eq!(r.episodes.len(), 3, "{:?}", durations(&r));
-    assert!(r.episodes.iter().all(|e| e.culprit.function == "sleepy_handler"));
+    assert!(r
+        .episodes
+        .iter()
+        .all(|e| e.culprit.function == "sleepy_handler"));
     check_goldens("uvloop", &r);
 }

@@ -26,9 +26,11 @@ pub fn pythons() -> Vec<(String, PathBuf)> {
         Ok(v) if !v.is_empty() => v.split(',').map(|s| s.trim().to_string()).collect(),
         _ => VERSIONS.iter().map(|s| s.to_string()).collect(),
     };
-    let root = std::env::var("PYENV_ROOT").map(PathBuf::from).unwrap_or_else(|_| {
-        PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".pyenv")
-    });
+    let root = std::env::var("PYENV_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".pyenv")
+        });
     let mut found = Vec::new();
     for minor in wanted {
         let mut candidates: Vec<PathBuf> = std::fs::read_dir(root.join("versions"))
@@ -38,7 +40,8 @@ pub fn pythons() -> Vec<(String, PathBuf)> {
             .map(|e| e.path())
             .filter(|p| {
                 let name = p.file_name().unwrap().to_string_lossy().to_string();
-                name.strip_prefix(&format!("{minor}.")).is_some_and(|rest| rest.chars().all(|c| c.is_ascii_digit()))
+                name.strip_prefix(&format!("{minor}."))
+                    .is_some_and(|rest| rest.chars().all(|c| c.is_ascii_digit()))
             })
             .collect();
         candidates.sort();
@@ -47,7 +50,11 @@ pub fn pythons() -> Vec<(String, PathBuf)> {
             None => eprintln!("SKIPPED: CPython {minor} is not installed (pyenv install {minor}) — live tests skip it"),
         }
     }
-    assert!(!found.is_empty(), "no CPython 3.8-3.13 found under {}", root.display());
+    assert!(
+        !found.is_empty(),
+        "no CPython 3.8-3.13 found under {}",
+        root.display()
+    );
     found
 }
 
@@ -60,7 +67,8 @@ pub struct Target {
 }
 
 pub fn tagged(line: &str, tag: &str) -> Option<Value> {
-    line.strip_prefix(tag).and_then(|rest| serde_json::from_str(rest.trim()).ok())
+    line.strip_prefix(tag)
+        .and_then(|rest| serde_json::from_str(rest.trim()).ok())
 }
 
 impl Target {
@@ -88,7 +96,12 @@ impl Target {
             }
         };
         let stdin = child.stdin.take();
-        Target { child, stdin, lines: rx, ready }
+        Target {
+            child,
+            stdin,
+            lines: rx,
+            ready,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -104,7 +117,10 @@ impl Target {
     /// Wait for the target to exit; return its BLOCK lines.
     pub fn finish(mut self) -> Vec<Value> {
         self.child.wait().unwrap();
-        self.lines.iter().filter_map(|l| tagged(&l, "BLOCK")).collect()
+        self.lines
+            .iter()
+            .filter_map(|l| tagged(&l, "BLOCK"))
+            .collect()
     }
 }
 
@@ -167,12 +183,22 @@ pub fn record_scenario(python: &Path, script: &Path, args: &[&str], extra: &[&st
         .map(|l| serde_json::from_str(l).expect("episode line is JSON"))
         .collect();
     let svg = std::fs::read_to_string(&svg).unwrap_or_default();
-    Run { episodes, blocks, stderr, svg, status, ready }
+    Run {
+        episodes,
+        blocks,
+        stderr,
+        svg,
+        status,
+        ready,
+    }
 }
 
 /// The line number of the `# BLOCK-LINE name` marker in a script.
 pub fn marker_line(script: &Path, name: &str) -> u64 {
     let text = std::fs::read_to_string(script).unwrap();
     let marker = format!("# BLOCK-LINE {name}");
-    text.lines().position(|l| l.trim_end().ends_with(&marker)).expect("marker") as u64 + 1
+    text.lines()
+        .position(|l| l.trim_end().ends_with(&marker))
+        .expect("marker") as u64
+        + 1
 }
