@@ -108,6 +108,17 @@ fn spawn_script(py: &PathBuf, script: &str, args: &[&str]) -> (Target, String) {
     (target, line)
 }
 
+/// Starts a script whose READY line is `READY <tid>`.
+fn spawn_with_tid(py: &PathBuf, script: &str, args: &[&str]) -> (Target, u32) {
+    let (target, line) = spawn_script(py, script, args);
+    let tid = line
+        .trim()
+        .strip_prefix("READY ")
+        .and_then(|s| s.parse().ok())
+        .expect("READY <tid>");
+    (target, tid)
+}
+
 fn spawn(py: &PathBuf, args: &[&str]) -> (Target, Ids) {
     let (target, line) = spawn_script(py, "remote_threads.py", args);
     (target, parse_ready(&line))
@@ -277,12 +288,7 @@ fn churn(version: &str) {
         eprintln!("skipping churn test: ~/.pyenv/versions/{version}/bin/python3 not found");
         return;
     };
-    let (target, line) = spawn_script(&py, "remote_churn.py", &[]);
-    let main_tid: u32 = line
-        .trim()
-        .strip_prefix("READY ")
-        .and_then(|s| s.parse().ok())
-        .expect("READY <tid>");
+    let (target, main_tid) = spawn_with_tid(&py, "remote_churn.py", &[]);
     let spy = attach(target.child.id());
     let mut scanner = ThreadScanner::new(&spy).expect("ThreadScanner::new");
     let (mut max_threads, mut max_loops) = (0, 0);

@@ -7,7 +7,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::support::{marker_line, pythons, record_scenario, repo, Run};
+use crate::support::{marker_line, pythons, record_scenario, repo, wait_for_sampling, Run};
 
 /// Sampling rate of the live tests; durations must be within one interval (plus scheduling
 /// slack on this 2-core machine, where target, sampler and the other test share the CPUs).
@@ -261,7 +261,7 @@ fn threshold_separates_20ms_from_70ms() {
 /// `record -- CMD`: loopspy launches the target (whose stdio passes through) and ends with it.
 #[test]
 fn launch_a_command() {
-    use std::io::{BufRead, BufReader, Write};
+    use std::io::{BufReader, Write};
     use std::process::Stdio;
     let (_, py) = pythons().pop().unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -277,14 +277,7 @@ fn launch_a_command() {
         .spawn()
         .unwrap();
     let mut err = BufReader::new(spy.stderr.take().unwrap());
-    let mut line = String::new();
-    while !line.starts_with("loopspy: sampling process") {
-        line.clear();
-        assert!(
-            err.read_line(&mut line).unwrap() > 0,
-            "loopspy ended before sampling"
-        );
-    }
+    let line = wait_for_sampling(&mut err);
     let pid: u32 = line.split_whitespace().nth(3).unwrap().parse().unwrap();
     // The target's stdin is loopspy's: tell it to go.
     spy.stdin.take().unwrap().write_all(b"go\n").unwrap();
@@ -329,11 +322,7 @@ fn ctrl_c_writes_complete_outputs() {
         .spawn()
         .unwrap();
     let mut err = BufReader::new(spy.stderr.take().unwrap());
-    let mut line = String::new();
-    while !line.starts_with("loopspy: sampling process") {
-        line.clear();
-        assert!(err.read_line(&mut line).unwrap() > 0);
-    }
+    let mut line = wait_for_sampling(&mut err);
     target.go();
     // Interrupt once the block is long under way: loopspy reports it passing one second.
     while !line.contains("blocked for 1 s so far") {

@@ -202,3 +202,16 @@ pub fn marker_line(script: &Path, name: &str) -> u64 {
         .expect("marker") as u64
         + 1
 }
+
+/// Read loopspy's stderr up to its "sampling process" line (its own READY) and return that line.
+pub fn wait_for_sampling(err: &mut impl BufRead) -> String {
+    let mut line = String::new();
+    while !line.starts_with("loopspy: sampling process") {
+        line.clear();
+        assert!(
+            err.read_line(&mut line).unwrap() > 0,
+            "loopspy ended before sampling"
+        );
+    }
+    line
+}

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use super::{attach, by_tid, python, spawn_script};
+use super::{attach, by_tid, python, spawn_with_tid};
 use crate::remote::ThreadScanner;
 
 /// A loop blocked in a callback with 5 handles queued: `_ready` has length 5; after the loop
@@ -16,12 +16,7 @@ fn ready_queue(version: &str, args: &[&str]) {
         eprintln!("skipping ready test: ~/.pyenv/versions/{version}/bin/python3 not found");
         return;
     };
-    let (mut target, line) = spawn_script(&py, "remote_ready.py", args);
-    let tid: u32 = line
-        .trim()
-        .strip_prefix("READY ")
-        .and_then(|s| s.parse().ok())
-        .expect("READY <tid>");
+    let (mut target, tid) = spawn_with_tid(&py, "remote_ready.py", args);
     let spy = attach(target.child.id());
     let mut scanner = ThreadScanner::new(&spy).expect("ThreadScanner::new");
     let ready_of = |scanner: &mut ThreadScanner| {
