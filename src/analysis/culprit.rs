@@ -36,13 +36,35 @@ fn is_stdlib_path(file: &str) -> bool {
     })
 }
 
+/// Anonymous code objects that are part of the function that defines them.
+fn is_anonymous(f: &Frame) -> bool {
+    [
+        "<genexpr>",
+        "<listcomp>",
+        "<dictcomp>",
+        "<setcomp>",
+        "<lambda>",
+    ]
+    .iter()
+    .any(|a| f.function.ends_with(a))
+}
+
+/// The innermost user frame of `frames`; a generator expression or lambda is blamed on the
+/// function that encloses it (the next frame, same file), so one culprit is named one way.
+fn innermost_user(frames: &[Frame]) -> Option<&Frame> {
+    let i = frames.iter().position(|f| origin(f) == Origin::User)?;
+    let mut i = i;
+    while is_anonymous(&frames[i]) && frames.get(i + 1).is_some_and(|n| n.file == frames[i].file) {
+        i += 1;
+    }
+    Some(&frames[i])
+}
+
 /// Pick the frame to blame in `callback` (the callback's part of the stack, innermost first),
 /// falling back to the rest of the stack and finally to the innermost frame.
 pub fn culprit<'a>(callback: &'a [Frame], whole: &'a [Frame]) -> Option<&'a Frame> {
-    callback
-        .iter()
-        .find(|f| origin(f) == Origin::User)
-        .or_else(|| whole.iter().find(|f| origin(f) == Origin::User))
+    innermost_user(callback)
+        .or_else(|| innermost_user(whole))
         .or_else(|| callback.last())
         .or_else(|| whole.first())
 }
@@ -95,6 +117,16 @@ mod tests {
             f("handler", "/srv/app/main.py"),
         ];
         assert_eq!(culprit(&stack, &stack).unwrap().function, "fetch");
+    }
+
+    #[test]
+    fn generator_expressions_are_blamed_on_their_function() {
+        let stack = vec![
+            f("render.<locals>.<genexpr>", "/srv/app/report.py"),
+            f("render", "/srv/app/report.py"),
+            f("handler", "/srv/app/main.py"),
+        ];
+        assert_eq!(culprit(&stack, &stack).unwrap().function, "render");
     }
 
     #[test]

@@ -55,6 +55,11 @@ impl AtomicFile {
             .file
             .into_inner()
             .map_err(|e| output_error(&path, e.error()))?;
+        // Temporary files are private (0600); the result is an ordinary output file.
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))
+            .ok();
         tmp.as_file().sync_all().ok();
         tmp.persist(&path)
             .map_err(|e| output_error(&path, e.error))?;
