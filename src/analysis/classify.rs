@@ -90,6 +90,16 @@ pub const LINE_RULES: &[LineRule] = &[
         kind: "network",
     },
     LineRule {
+        needles: &[" np.", "(np.", "=np.", "[np.", "numpy."],
+        source: "numpy",
+        kind: "cpu",
+    },
+    LineRule {
+        needles: &[" torch.", "(torch.", "=torch.", "[torch."],
+        source: "torch",
+        kind: "cpu",
+    },
+    LineRule {
         needles: &["time.sleep(", "sleep("],
         source: "time.sleep",
         kind: "sleep",
@@ -378,6 +388,137 @@ mod tests {
             ("gil", Some("numpy"))
         );
         assert!(v.advice.unwrap().contains("GIL"));
+    }
+
+    /// One constructed frame per rule, at the path a real install has.
+    #[test]
+    fn every_source_rule_matches_its_library() {
+        for rule in SOURCE_RULES {
+            let file = if rule.file.ends_with(".py") {
+                format!("/usr/lib/python3.11{}", rule.file)
+            } else {
+                format!("/venv/lib/python3.11/site-packages{}core.py", rule.file)
+            };
+            let v = verdict(None, &[f("call", &file)], None);
+            assert_eq!(v.source.as_deref(), Some(rule.source), "{file}");
+            assert_eq!(v.kind, rule.kind, "{file}");
+            assert_eq!(v.advice.as_deref(), Some(rule.advice), "{file}");
+        }
+    }
+
+    #[test]
+    fn every_line_rule_matches_its_call() {
+        let file = lines("import sqlite3");
+        for rule in LINE_RULES {
+            for needle in rule.needles {
+                let line = format!("    x = {needle}arg)");
+                let (source, _) = line_rule(&line, &file).unwrap_or_else(|| panic!("{line}"));
+                // The first rule with a needle in the line wins (`time.sleep(` before `sleep(`).
+                let first = LINE_RULES
+                    .iter()
+                    .find(|r| r.needles.iter().any(|n| line.contains(n)))
+                    .unwrap();
+                let want = if first.source == DATABASE {
+                    "sqlite3"
+                } else {
+                    first.source
+                };
+                assert_eq!(source, want, "{line}");
+            }
+        }
+    }
+
+    /// Stacks shaped like the third-party libraries' own, for those that need a server to run:
+    /// (frames inside the user's call, the culprit line and the file's import, source, advice).
+    #[test]
+    fn third_party_stacks() {
+        let sp = "/venv/lib/python3.11/site-packages";
+        let p = |rest: &str| format!("{sp}/{rest}");
+        let cases: Vec<(Vec<Frame>, Option<(&str, &str)>, &str, &str)> = vec![
+            // SQLAlchemy sync session → engine → the DBAPI driver.
+            (
+                vec![
+                    f("do_execute", &p("sqlalchemy/engine/default.py")),
+                    f("Session.execute", &p("sqlalchemy/orm/session.py")),
+                ],
+                None,
+                "sqlalchemy",
+                "AsyncSession",
+            ),
+            // redis-py: command → connection → socket.
+            (
+                vec![
+                    f("SocketBuffer._read_from_socket", &p("redis/connection.py")),
+                    f("Redis.get", &p("redis/commands/core.py")),
+                ],
+                None,
+                "redis",
+                "redis.asyncio",
+            ),
+            // boto3 → botocore → urllib3.
+            (
+                vec![
+                    f(
+                        "HTTPConnectionPool.urlopen",
+                        &p("urllib3/connectionpool.py"),
+                    ),
+                    f("Endpoint._send", &p("botocore/endpoint.py")),
+                    f(
+                        "ServiceResource.put_object",
+                        &p("boto3/resources/factory.py"),
+                    ),
+                ],
+                None,
+                "boto3",
+                "aioboto3",
+            ),
+            // celery: AsyncResult.get waits on the result backend.
+            (
+                vec![
+                    f("BaseBackend.wait_for", &p("celery/backends/base.py")),
+                    f("AsyncResult.get", &p("celery/result.py")),
+                ],
+                None,
+                "celery",
+                "apply_async",
+            ),
+            // numpy: a Python-level wrapper over C.
+            (
+                vec![f("solve", &p("numpy/linalg/linalg.py"))],
+                None,
+                "numpy",
+                "to_thread",
+            ),
+            // psycopg2, pymysql and numpy's C functions leave no frame: the line and imports name them.
+            (
+                vec![],
+                Some(("cur.execute(sql)", "import psycopg2")),
+                "psycopg2",
+                "asyncpg",
+            ),
+            (
+                vec![],
+                Some(("cur.execute(sql)", "import pymysql")),
+                "pymysql",
+                "aiomysql",
+            ),
+            (
+                vec![],
+                Some(("total = np.dot(a, b)", "import numpy as np")),
+                "numpy",
+                "to_thread",
+            ),
+        ];
+        for (frames, line, source, advice) in cases {
+            let file = line.map(|(_, import)| lines(import)).unwrap_or_default();
+            let v = verdict(None, &frames, line.map(|(l, _)| (l, file.as_slice())));
+            assert_eq!(v.source.as_deref(), Some(source), "{frames:?} {line:?}");
+            assert!(
+                v.advice.as_deref().unwrap_or("").contains(advice),
+                "{source}: {:?}",
+                v.advice
+            );
+        }
     }
 
     #[test]
