@@ -9,10 +9,10 @@ cargo build --release --quiet
 out=tests/fixtures
 mkdir -p "$out"
 
-record() { # name scenario rate
-  local name=$1 scenario=$2 rate=$3 fifo dir
+record() { # name scenario rate [script]
+  local name=$1 scenario=$2 rate=$3 script=${4:-tests/py/scenarios.py} fifo dir
   dir=$(mktemp -d); fifo="$dir/go"; mkfifo "$fifo"
-  "$python" tests/py/scenarios.py "$scenario" <"$fifo" >"$dir/target.out" &
+  "$python" "$script" "$scenario" <"$fifo" >"$dir/target.out" &
   local target=$!
   exec 7>"$fifo"
   # Wait for the target's READY line, attach, wait for loopspy's first sample, then say go.
@@ -33,4 +33,5 @@ record back_to_back back_to_back 200
 record thread_ends thread_ends 200
 record exit_mid_block exit_mid_block 200
 record uvloop uvloop 200
+record gil gil 200 tests/py/causes.py
 "$python" scripts/derive_fixture.py "$out/sleep_task.jsonl" "$out/jitter_gaps.jsonl"

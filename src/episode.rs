@@ -22,6 +22,16 @@ impl From<&Frame> for Location {
     }
 }
 
+impl From<&Location> for Frame {
+    fn from(l: &Location) -> Self {
+        Frame {
+            function: l.function.clone(),
+            file: l.file.clone(),
+            line: l.line,
+        }
+    }
+}
+
 /// The thread that held the GIL while the loop thread waited for it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GilHolder {

@@ -119,6 +119,17 @@ impl FlameGraph {
                     }
                 );
                 let thread = crate::sample::thread_label(ep.thread.as_deref(), ep.tid);
+                // A starved loop was waiting, not working: draw what the GIL holder ran.
+                if let Some(holder) = &ep.gil_holder {
+                    let held = format!(
+                        "GIL held by {}",
+                        crate::sample::thread_label(holder.thread.as_deref(), holder.tid)
+                    );
+                    let frames: Vec<Frame> = holder.stack.iter().map(Frame::from).collect();
+                    let line = folded(&[root.clone(), when.clone(), held], &frames, BLOCKED);
+                    *lines.entry(line).or_insert(0) += ep.samples as u64;
+                    continue;
+                }
                 for (frames, count) in stacks {
                     let line = folded(
                         &[root.clone(), when.clone(), thread.clone()],

@@ -66,11 +66,18 @@ pub fn write(out: &mut dyn Write, s: &Summary) -> Result<()> {
         for e in worst.iter().take(WORST_SHOWN) {
             writeln!(
                 out,
-                "    {:>8.1} ms  {}  [{}]  on {}{}",
+                "    {:>8.1} ms  {}  [{}]  on {}{}{}",
                 e.duration_ms,
                 e.culprit_label(),
                 why(e),
                 crate::sample::thread_label(e.thread.as_deref(), e.tid),
+                match &e.gil_holder {
+                    Some(h) => format!(
+                        ", GIL held by {}",
+                        crate::sample::thread_label(h.thread.as_deref(), h.tid)
+                    ),
+                    None => String::new(),
+                },
                 if e.complete {
                     ""
                 } else {

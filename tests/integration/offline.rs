@@ -197,3 +197,17 @@ fn uvloop_recording() {
         .all(|e| e.culprit.function == "sleepy_handler"));
     check_goldens("uvloop", &r);
 }
+
+#[test]
+fn gil_starvation_recording() {
+    let r = replay_fixture("gil", 50.0);
+    assert_eq!(r.episodes.len(), 2, "{:?}", durations(&r));
+    for e in &r.episodes {
+        assert_eq!(e.kind, "gil");
+        assert_eq!(e.culprit.function, "gil_hog");
+        assert_eq!(e.gil_holder.as_ref().and_then(|h| h.thread.as_deref()), Some("gil-hog"));
+    }
+    assert!(r.svg.contains("GIL held by gil-hog"));
+    assert!(r.summary.contains("GIL held by gil-hog"), "{}", r.summary);
+    check_goldens("gil", &r);
+}
