@@ -87,6 +87,8 @@ pub struct ThreadScanner {
     key: KeyCache,
     names: TypeNames,
     ready: ReadyQueues,
+    /// pthread id of the main thread (native tid == pid), once seen: every whole walk has it.
+    main_pthread: Option<u64>,
 }
 
 impl ThreadScanner {
@@ -129,10 +131,17 @@ impl ThreadScanner {
             key: KeyCache::new(RUNNING_LOOP_KEY),
             names: TypeNames::default(),
             ready: ReadyQueues::default(),
+            main_pthread: None,
         };
         // A wrong layout shows up as an empty walk: the head's `interp` back-pointer would not
         // match. A live interpreter always has at least the thread that runs it.
-        let raw = threads::walk(&spy.process, &scanner.layout, interp, scanner.slot_off)?;
+        let raw = threads::walk(
+            &spy.process,
+            &scanner.layout,
+            interp,
+            scanner.slot_off,
+            None,
+        )?;
         if raw.is_empty() {
             bail!(
                 "no thread states found for CPython {}.{}.{} at interpreter 0x{interp:x} (unexpected layout?)",
@@ -177,7 +186,13 @@ impl ThreadScanner {
         if self.layout.slot == LoopSlot::AsyncioDebug && self.slot_off.is_none() {
             self.slot_off = asyncio_debug::running_loop_offset(self.pid)?;
         }
-        let raw = threads::walk(process, &self.layout, self.interp, self.slot_off)?;
+        let raw = threads::walk(
+            process,
+            &self.layout,
+            self.interp,
+            self.slot_off,
+            self.main_pthread,
+        )?;
         let tids = tid::os_tids(self.pid).with_context(|| {
             format!(
                 "cannot list /proc/{}/task (has the process exited?)",
@@ -199,6 +214,13 @@ impl ThreadScanner {
                 running_loop: self.running_loop(process, t),
             })
             .collect();
+        if self.main_pthread.is_none() {
+            let pid = self.pid as u32;
+            self.main_pthread = threads
+                .iter()
+                .find(|t| t.native_tid == Some(pid))
+                .map(|t| t.pthread_id);
+        }
         let live: HashSet<u64> = threads
             .iter()
             .filter_map(|t| t.running_loop.as_ref().map(|l| l.address))

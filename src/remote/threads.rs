@@ -39,7 +39,7 @@ const WALK_ATTEMPTS: usize = 4;
 /// the walk was cut short by a node that no longer validates: a thread exiting while we
 /// read frees its state, and the walk would otherwise silently miss every thread behind it.
 /// `slot_off` is the offset of the running-loop pointer inside the thread state, when the
-/// version keeps it there.
+/// version keeps it there; `main_pthread`, once known, is a thread every whole walk contains.
 ///
 /// Errors only when the list head itself cannot be read (the process is gone or the
 /// interpreter address is wrong); a list that stays damaged yields the longest walk.
@@ -48,11 +48,15 @@ pub fn walk<M: ProcessMemory + ?Sized>(
     layout: &Layout,
     interp: u64,
     slot_off: Option<u64>,
+    main_pthread: Option<u64>,
 ) -> Result<Vec<RawThread>> {
     let mut best: Vec<RawThread> = Vec::new();
     for _ in 0..WALK_ATTEMPTS {
         let (threads, clean) = walk_once(mem, layout, interp, slot_off)?;
-        if clean {
+        // A freed node can also end in a NULL `next`: a walk that misses the main thread (the
+        // oldest, so the list's tail) was cut short too.
+        let whole = main_pthread.is_none_or(|p| threads.iter().any(|t| t.pthread_id == p));
+        if clean && whole {
             return Ok(threads);
         }
         if threads.len() > best.len() {
@@ -127,18 +131,18 @@ mod tests {
         // a -> b -> a (cycle)
         m.put(0x200_0000, tstate(&l, 0x300_0000, interp, 1));
         m.put(0x300_0000, tstate(&l, 0x200_0000, interp, 2));
-        let t = walk(&m, &l, interp, None).unwrap();
+        let t = walk(&m, &l, interp, None, None).unwrap();
         assert_eq!(
             t.iter().map(|t| t.pthread_id).collect::<Vec<_>>(),
             vec![1, 2]
         );
         // b belongs to another interpreter: the walk stops before it.
         m.put(0x300_0000, tstate(&l, 0, 0x999_0000, 2));
-        assert_eq!(walk(&m, &l, interp, None).unwrap().len(), 1);
+        assert_eq!(walk(&m, &l, interp, None, None).unwrap().len(), 1);
         // b unmapped
         m.regions.remove(&0x300_0000);
-        assert_eq!(walk(&m, &l, interp, None).unwrap().len(), 1);
+        assert_eq!(walk(&m, &l, interp, None, None).unwrap().len(), 1);
         // head unreadable: error
-        assert!(walk(&m, &l, 0x700_0000, None).is_err());
+        assert!(walk(&m, &l, 0x700_0000, None, None).is_err());
     }
 }

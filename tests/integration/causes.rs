@@ -227,7 +227,10 @@ fn gil_starvation_blames_the_holder() {
             assert_eq!(ep["culprit"]["line"].as_u64(), Some(line), "{label}: {ep}");
             assert!(ep["advice"].as_str().unwrap().contains("GIL"), "{label}");
         }
-        assert!(r.svg.contains("GIL held by gil-hog"), "{label}: the flame graph shows the holder");
+        assert!(
+            r.svg.contains("GIL held by gil-hog"),
+            "{label}: the flame graph shows the holder"
+        );
     }
 }
 

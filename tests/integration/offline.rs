@@ -205,7 +205,10 @@ fn gil_starvation_recording() {
     for e in &r.episodes {
         assert_eq!(e.kind, "gil");
         assert_eq!(e.culprit.function, "gil_hog");
-        assert_eq!(e.gil_holder.as_ref().and_then(|h| h.thread.as_deref()), Some("gil-hog"));
+        assert_eq!(
+            e.gil_holder.as_ref().and_then(|h| h.thread.as_deref()),
+            Some("gil-hog")
+        );
     }
     assert!(r.svg.contains("GIL held by gil-hog"));
     assert!(r.summary.contains("GIL held by gil-hog"), "{}", r.summary);
