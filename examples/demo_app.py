@@ -5,7 +5,8 @@ shows everything. Three handlers block the event loop the way real services do:
 
 - /user   calls a "legacy" synchronous client that sleeps (think requests.get or a sync DB driver);
 - /report renders a report in pure Python (CPU-bound work on the loop);
-- /audit  appends to an audit file and fsyncs it, from a `call_soon` callback.
+- /audit  appends to an audit file and fsyncs it, from a `call_soon` callback;
+- /export compresses an export with an external tool through `subprocess.run` (a 1.2 s hang).
 
 The other endpoints are healthy. It stops by itself after --seconds (default 8).
 
@@ -15,6 +16,7 @@ import argparse
 import asyncio
 import os
 import random
+import subprocess
 import tempfile
 import time
 
@@ -31,6 +33,12 @@ def render_report(rows):
     for i in range(rows):
         total += sum(j * j for j in range(60))
     return str(total)
+
+
+def compress_export():
+    """A blocking call to an external tool: the loop hangs until it exits."""
+    subprocess.run(["sleep", "1.2"], check=True)
+    return "exported"
 
 
 AUDIT = tempfile.NamedTemporaryFile(prefix="loopspy-demo-audit-", delete=False)
@@ -52,6 +60,8 @@ async def handle(reader, writer):
         body = str(legacy_user_lookup(random.randint(1, 1000)))
     elif path.startswith("/report"):
         body = render_report(60000)
+    elif path.startswith("/export"):
+        body = compress_export()
     elif path.startswith("/audit"):
         asyncio.get_running_loop().call_soon(write_audit, "audit %f" % time.time())
         body = "queued"
@@ -76,7 +86,9 @@ async def load(port, seconds):
     end = time.monotonic() + seconds
     i = 0
     while time.monotonic() < end:
-        await get(port, paths[i % len(paths)])
+        # One export every 30 requests, starting with the 12th.
+        path = "/export" if i % 30 == 11 else paths[i % len(paths)]
+        await get(port, path)
         i += 1
         await asyncio.sleep(0.05)
 

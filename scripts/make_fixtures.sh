@@ -34,4 +34,7 @@ record thread_ends thread_ends 200
 record exit_mid_block exit_mid_block 200
 record uvloop uvloop 200
 record gil gil 200 tests/py/causes.py
+record idle idle 100
 "$python" scripts/derive_fixture.py "$out/sleep_task.jsonl" "$out/jitter_gaps.jsonl"
+# The demo service for 5 s at 100 Hz: many culprits and a 1.2 s hang (top view goldens).
+target/release/loopspy record --rate 100 --format raw -o "$out/demo.jsonl" -- "$python" examples/demo_app.py --seconds 5 >/dev/null

@@ -17,7 +17,8 @@ const LAUNCH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// An attached target.
 pub struct Target {
-    pub spy: Spy,
+    /// The sampling handle; `top` moves it to its sampling thread.
+    pub spy: Option<Spy>,
     pub pid: u32,
     /// The target's command line, for titles and summaries.
     pub command: String,
@@ -117,7 +118,7 @@ fn finish(pid: u32, spy: PythonSpy, child: Option<Child>) -> Result<Target> {
     let (spy, notice) = Spy::new(spy);
     Ok(Target {
         python_version: spy.python_version(),
-        spy,
+        spy: Some(spy),
         pid,
         command: cmdline(pid),
         child,
@@ -133,18 +134,22 @@ pub fn attach(pid: u32) -> Result<Target> {
     finish(pid, spy, None)
 }
 
-/// Launch `command` (its stdio passes through) and attach once its interpreter is readable.
-pub fn launch(command: &[String]) -> Result<Target> {
+/// Launch `command` and attach once its interpreter is readable.
+/// With `quiet`, the command's stdout and stderr go to /dev/null (a full-screen view owns the
+/// terminal); its stdin is never touched.
+pub fn launch(command: &[String], quiet: bool) -> Result<Target> {
     let shown = command.join(" ");
     let (program, args) = command.split_first().context("no command given after --")?;
-    let mut child =
-        Command::new(program)
-            .args(args)
-            .spawn()
-            .map_err(|e| UserError::LaunchFailed {
-                command: shown.clone(),
-                reason: e.to_string(),
-            })?;
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    if quiet {
+        cmd.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+    }
+    let mut child = cmd.spawn().map_err(|e| UserError::LaunchFailed {
+        command: shown.clone(),
+        reason: e.to_string(),
+    })?;
     let pid = child.id();
     let started = Instant::now();
     let config = spy_config();

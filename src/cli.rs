@@ -25,6 +25,8 @@ pub enum Command {
     Record(RecordArgs),
     /// Re-render a raw recording (made with `record --format raw`) through the same analysis.
     Report(ReportArgs),
+    /// A live view of each event loop: what it runs now, hangs as they happen, the worst culprits.
+    Top(TopArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -70,6 +72,23 @@ pub struct RecordArgs {
     #[command(flatten)]
     pub analysis: AnalysisArgs,
     /// The command to launch and record, after `--`.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("target").required(true).args(["pid", "command"]))]
+pub struct TopArgs {
+    /// PID of the Python process to attach to.
+    #[arg(short, long)]
+    pub pid: Option<u32>,
+    /// Samples per second.
+    #[arg(short, long, default_value = DEFAULT_RATE, value_parser = positive_f64)]
+    pub rate: f64,
+    /// A callback running at least this many milliseconds is a blocking episode.
+    #[arg(long, default_value = "50", value_parser = positive_f64)]
+    pub threshold: f64,
+    /// The command to launch and watch, after `--` (its output is discarded while the view runs).
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
 }

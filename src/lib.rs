@@ -19,3 +19,4 @@ pub mod report;
 pub mod sample;
 pub mod sampler;
 pub mod spy;
+pub mod top;

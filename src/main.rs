@@ -11,6 +11,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Record(args) => loopspy::record::run(args),
         Command::Report(args) => loopspy::report::run(args),
+        Command::Top(args) => loopspy::top::terminal::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::attach::{attach, launch, Target};
 use crate::cli::{Format, RecordArgs};
@@ -71,7 +71,7 @@ pub fn run(args: &RecordArgs) -> Result<()> {
     }
     let mut target: Target = match args.pid {
         Some(pid) => attach(pid)?,
-        None => launch(&args.command)?,
+        None => launch(&args.command, false)?,
     };
     // With a launched target the default file name can now carry its pid.
     let out_file = if args.output.is_none() && args.pid.is_none() {
@@ -126,7 +126,11 @@ pub fn run(args: &RecordArgs) -> Result<()> {
         target.pid, target.python_version, args.rate
     );
     let mut announced = false;
-    let result = sampler::run(&mut target.spy, &limits, &mut |s| {
+    let mut spy = target
+        .spy
+        .take()
+        .context("the target was already being sampled")?;
+    let result = sampler::run(&mut spy, &limits, &mut |s, _| {
         // Said once the first sample is in, so scripts (and our tests) can wait for it.
         if !announced {
             announced = true;

@@ -59,12 +59,12 @@ pub struct Limits<'a> {
 /// Give up when this many reads in a row failed while the target still runs.
 const MAX_CONSECUTIVE_ERRORS: u64 = 500;
 
-/// Run the loop, handing each sample to `sink`. Returns the stats; errors only when sampling
-/// keeps failing on a live target or the sink fails.
+/// Run the loop, handing each sample to `sink` with the stats so far. Returns the stats;
+/// errors only when sampling keeps failing on a live target or the sink fails.
 pub fn run(
     source: &mut dyn SampleSource,
     limits: &Limits,
-    sink: &mut dyn FnMut(Sample) -> Result<()>,
+    sink: &mut dyn FnMut(Sample, &SamplerStats) -> Result<()>,
 ) -> Result<SamplerStats> {
     let interval = Duration::from_secs_f64(1.0 / limits.rate);
     let start = Instant::now();
@@ -106,12 +106,13 @@ pub fn run(
                 consecutive = 0;
                 stats.samples += 1;
                 stats.elapsed = mono;
-                sink(Sample {
+                let sample = Sample {
                     wall,
                     mono,
                     pid: source.pid(),
                     threads,
-                })?;
+                };
+                sink(sample, &stats)?;
             }
             Err(e) => {
                 stats.errors += 1;
@@ -176,7 +177,7 @@ mod tests {
                 duration: None,
                 stop: &stop,
             },
-            &mut |s| {
+            &mut |s, _| {
                 got.push(s);
                 Ok(())
             },
@@ -204,7 +205,7 @@ mod tests {
             duration: Some(Duration::from_millis(100)),
             stop: &stop,
         };
-        let stats = run(&mut src, &limits, &mut |_| Ok(())).unwrap();
+        let stats = run(&mut src, &limits, &mut |_, _| Ok(())).unwrap();
         assert_eq!(stats.end, "duration");
         assert!(
             stats.samples >= 10 && stats.samples <= 22,

@@ -58,6 +58,8 @@ struct Run {
     holders: HashMap<(u32, Option<String>, Vec<Frame>), u32>,
     /// The thread's (user, system) CPU ticks at the first and the last sample.
     cpu: Option<((u64, u64), (u64, u64))>,
+    /// The latest stack and its callback depth, for live views.
+    latest: Option<(Vec<Frame>, usize)>,
 }
 
 #[derive(Debug, Default)]
@@ -66,6 +68,35 @@ struct Track {
     name: Option<String>,
     last_seen: Option<f64>,
     run: Option<Run>,
+    /// What the last sample showed, for live views.
+    idle: bool,
+    loop_type: Option<String>,
+    ready_len: Option<u64>,
+}
+
+/// What one loop thread is doing now, for live views (`loopspy top`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoopView {
+    pub pid: u32,
+    pub tid: u32,
+    pub thread: Option<String>,
+    pub loop_type: Option<String>,
+    pub ready_len: Option<u64>,
+    pub state: ViewState,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ViewState {
+    Idle,
+    /// Between callbacks, in the loop's own code.
+    Machinery,
+    /// Inside one callback for `secs` so far; past the threshold this is a hang in progress.
+    Running {
+        callback: String,
+        secs: f64,
+        culprit: Option<Location>,
+        kind: Option<String>,
+    },
 }
 
 /// The detector. Feed it samples in time order, then call [`Detector::finish`].
@@ -150,18 +181,55 @@ impl Detector {
     /// Runs in progress whose length already passes the threshold, as of `now` (monotonic):
     /// `(pid, tid, thread name, callback, seconds so far)`. For live progress reports.
     pub fn ongoing(&self, now: f64) -> Vec<(u32, u32, Option<String>, String, f64)> {
-        let mut out: Vec<_> = self
+        self.loops(now)
+            .into_iter()
+            .filter_map(|v| match v.state {
+                ViewState::Running { callback, secs, .. } if secs >= self.config.threshold => {
+                    Some((v.pid, v.tid, v.thread, callback, secs))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Every loop thread being followed and what it is doing as of `now` (monotonic), sorted
+    /// by (pid, tid).
+    pub fn loops(&self, now: f64) -> Vec<LoopView> {
+        let mut out: Vec<LoopView> = self
             .tracks
             .iter()
-            .filter_map(|((pid, tid), t)| {
-                let run = t.run.as_ref()?;
-                let secs = now - run.first;
-                (secs >= self.config.threshold)
-                    .then(|| (*pid, *tid, t.name.clone(), run.key.function.clone(), secs))
+            .filter(|(k, _)| self.seen.contains_key(k))
+            .map(|((pid, tid), t)| {
+                let state = match &t.run {
+                    Some(run) => ViewState::Running {
+                        callback: run.key.function.clone(),
+                        secs: (now - run.first).max(0.0),
+                        culprit: run.latest.as_ref().and_then(|(frames, depth)| {
+                            culprit(&frames[..(*depth).min(frames.len())], frames)
+                                .map(Location::from)
+                        }),
+                        kind: dominant_kind(&run.kinds).map(String::from),
+                    },
+                    None if t.idle => ViewState::Idle,
+                    None => ViewState::Machinery,
+                };
+                LoopView {
+                    pid: *pid,
+                    tid: *tid,
+                    thread: t.name.clone(),
+                    loop_type: t.loop_type.clone(),
+                    ready_len: t.ready_len,
+                    state,
+                }
             })
             .collect();
-        out.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        out.sort_by_key(|v| (v.pid, v.tid));
         out
+    }
+
+    /// The threshold in seconds.
+    pub fn threshold(&self) -> f64 {
+        self.config.threshold
     }
 
     fn feed_thread(&mut self, sample: &Sample, thread: &ThreadSample, events: &mut Vec<Event>) {
@@ -193,6 +261,11 @@ impl Detector {
         // Same callback key, and the loop dispatched nothing in between (when its ready queue is
         // readable): a task step that yields and is stepped again is two callbacks.
         let state_is_idle = state == LoopState::Idle;
+        track.idle = state_is_idle;
+        if thread.event_loop.is_some() {
+            track.loop_type.clone_from(&thread.event_loop);
+        }
+        track.ready_len = thread.ready.map(|r| r.len);
         let current = match state {
             LoopState::Callback { key, depth } => Some((key, depth)),
             LoopState::GilWait => Some((gil_key(), 0)),
@@ -218,7 +291,9 @@ impl Detector {
                     ready: None,
                     holders: HashMap::new(),
                     cpu: None,
+                    latest: None,
                 });
+                run.latest = Some((thread.frames.clone(), depth));
                 if let Some(ticks) = thread.os.as_ref().and_then(|o| o.cpu_ticks) {
                     run.cpu = Some((run.cpu.map_or(ticks, |c| c.0), ticks));
                 }

@@ -7,3 +7,4 @@ mod cli;
 mod live;
 mod offline;
 mod support;
+mod top;

@@ -1,0 +1,305 @@
+//! Drawing the top view: a pure function of the model and the frame size. `to_text` renders
+//! into an off-screen buffer, for golden tests and for the plain-text mode.
+
+use ratatui::backend::TestBackend;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Cell, Paragraph, Row, Table, Wrap};
+use ratatui::{Frame, Terminal};
+
+use crate::analysis::detector::{LoopView, ViewState};
+use crate::sample::{short_path, thread_label};
+use crate::top::model::TopModel;
+
+const BLOCKED: Style = Style::new().fg(Color::Red).add_modifier(Modifier::BOLD);
+const TITLE: Style = Style::new().add_modifier(Modifier::BOLD);
+const DIM: Style = Style::new().fg(Color::DarkGray);
+
+fn loc(l: &crate::episode::Location) -> String {
+    format!("{}:{}", short_path(&l.file), l.line)
+}
+
+/// What a loop is doing now, as one styled line.
+fn state_line(view: &LoopView, threshold_ms: f64) -> Span<'static> {
+    match &view.state {
+        ViewState::Idle => Span::raw("idle"),
+        ViewState::Machinery => Span::raw("in the loop"),
+        ViewState::Running {
+            callback,
+            secs,
+            culprit,
+            kind,
+        } if *secs * 1000.0 >= threshold_ms => {
+            let at = culprit
+                .as_ref()
+                .map(|c| format!("{} ({})", c.function, loc(c)))
+                .unwrap_or_else(|| callback.clone());
+            let kind = kind
+                .as_deref()
+                .map(|k| format!(" [{k}]"))
+                .unwrap_or_default();
+            Span::styled(format!("BLOCKED for {secs:.1} s in {at}{kind}"), BLOCKED)
+        }
+        ViewState::Running { callback, .. } => Span::raw(format!("running {callback}")),
+    }
+}
+
+fn header(m: &TopModel, paused: bool) -> Paragraph<'static> {
+    let st = &m.stats;
+    let attempts = st.samples + st.errors;
+    let errors = if attempts > 0 {
+        100.0 * st.errors as f64 / attempts as f64
+    } else {
+        0.0
+    };
+    let mut first = vec![
+        Span::styled(format!("loopspy top  pid {}", m.pid), TITLE),
+        Span::raw(format!("  Python {}  {}", m.python_version, m.command)),
+    ];
+    if paused {
+        first.push(Span::styled("  [paused]", BLOCKED));
+    }
+    let second = Line::from(format!(
+        "sampling {:.0} Hz of {:.0}, {:.1}% errors, threshold {:.0} ms, {:.0} s",
+        st.achieved_rate(),
+        st.rate,
+        errors,
+        m.threshold_ms,
+        m.now
+    ));
+    Paragraph::new(vec![Line::from(first), second])
+}
+
+fn loops_table(m: &TopModel) -> Table<'static> {
+    let rows = m.loops.iter().map(|r| {
+        let v = &r.view;
+        Row::new(vec![
+            Cell::from(thread_label(v.thread.as_deref(), v.tid)),
+            Cell::from(state_line(v, m.threshold_ms)),
+            Cell::from(format!("{:>3.0}%", r.busy_share * 100.0)),
+            Cell::from(format!("{:>4}", r.episodes_last_minute)),
+            Cell::from(if r.worst_ms > 0.0 {
+                format!("{:>6.0}", r.worst_ms)
+            } else {
+                "     -".into()
+            }),
+            Cell::from(
+                v.ready_len
+                    .map(|n| format!("{n:>5}"))
+                    .unwrap_or_else(|| "    -".into()),
+            ),
+        ])
+    });
+    let header =
+        Row::new(vec!["loop thread", "now", "busy", "/min", "worst", "ready"]).style(TITLE);
+    Table::new(
+        rows,
+        [
+            Constraint::Length(18),
+            Constraint::Fill(1),
+            Constraint::Length(4),
+            Constraint::Length(4),
+            Constraint::Length(6),
+            Constraint::Length(5),
+        ],
+    )
+    .header(header)
+}
+
+fn culprits_table(m: &TopModel, height: u16) -> Table<'static> {
+    let rows: Vec<Row> = m
+        .culprits()
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let row = Row::new(vec![
+                Cell::from(c.culprit.function.clone()),
+                Cell::from(loc(&c.culprit)),
+                Cell::from(c.why.clone()),
+                Cell::from(format!("{:>5}", c.count)),
+                Cell::from(format!("{:>8.0}", c.total_ms)),
+                Cell::from(format!("{:>6.0}", c.worst_ms)),
+            ]);
+            if i == m.selected {
+                row.style(Style::new().add_modifier(Modifier::REVERSED))
+            } else {
+                row
+            }
+        })
+        .collect();
+    // Keep the selected row on screen.
+    let visible = height.saturating_sub(2) as usize;
+    let skip = m.selected.saturating_sub(visible.saturating_sub(1));
+    let header = Row::new(vec![
+        "culprit",
+        "where",
+        "kind/source",
+        "count",
+        "total ms",
+        "worst",
+    ])
+    .style(TITLE);
+    Table::new(
+        rows.into_iter().skip(skip),
+        [
+            Constraint::Fill(2),
+            Constraint::Fill(2),
+            Constraint::Max(22),
+            Constraint::Length(5),
+            Constraint::Length(8),
+            Constraint::Length(6),
+        ],
+    )
+    .header(header)
+}
+
+fn detail(m: &TopModel) -> Paragraph<'static> {
+    let culprits = m.culprits();
+    let Some(c) = culprits.get(m.selected) else {
+        let msg = if m.ended.is_some() {
+            "no blocking episodes were seen"
+        } else {
+            "no blocking episodes yet"
+        };
+        return Paragraph::new(Line::styled(msg, DIM));
+    };
+    let mut lines = vec![];
+    if let Some(a) = &c.advice {
+        lines.push(Line::from(vec![
+            Span::styled("fix: ", TITLE),
+            Span::raw(a.clone()),
+        ]));
+    }
+    for f in c
+        .stack
+        .iter()
+        .filter(|f| !f.file.contains("/asyncio/"))
+        .take(6)
+    {
+        lines.push(Line::from(format!("  {} ({})", f.function, loc(f))));
+    }
+    Paragraph::new(lines).wrap(Wrap { trim: false })
+}
+
+fn recent(m: &TopModel) -> Paragraph<'static> {
+    let lines: Vec<Line> = m
+        .recent
+        .iter()
+        .map(|e| {
+            Line::from(format!(
+                "{:>7.0} ms  {} ({})  {}  on {}",
+                e.duration_ms,
+                e.culprit.function,
+                loc(&e.culprit),
+                match &e.source {
+                    Some(s) => format!("{}/{s}", e.kind),
+                    None => e.kind.clone(),
+                },
+                thread_label(e.thread.as_deref(), e.tid)
+            ))
+        })
+        .collect();
+    Paragraph::new(lines)
+}
+
+fn footer(m: &TopModel) -> Line<'static> {
+    match &m.ended {
+        Some(why) => Line::styled(
+            format!("sampling ended: {why}. The last state stays on screen; q quits."),
+            BLOCKED,
+        ),
+        None => Line::styled(
+            format!(
+                "q quit  p pause  s sort ({})  ↑↓ select  ? help",
+                m.sort.label()
+            ),
+            DIM,
+        ),
+    }
+}
+
+fn help() -> Paragraph<'static> {
+    Paragraph::new(vec![
+        Line::styled("keys", TITLE),
+        Line::from("  q, Ctrl-C   quit (the terminal is restored)"),
+        Line::from("  p           pause the display; sampling goes on"),
+        Line::from("  s           sort culprits: total time, count, worst, most recent"),
+        Line::from("  ↑ ↓         select a culprit: its stack and fix show below"),
+        Line::from("  ?           this help"),
+        Line::from(""),
+        Line::from("A loop is BLOCKED when one callback has run longer than the threshold."),
+        Line::from(
+            "busy: share of the last 10 s spent in callbacks; /min: episodes in the last minute.",
+        ),
+    ])
+}
+
+/// Draw the whole view.
+pub fn draw(f: &mut Frame, m: &TopModel, paused: bool) {
+    let area = f.area();
+    if m.help {
+        f.render_widget(help(), area);
+        return;
+    }
+    let loops_h = (m.loops.len().max(1) as u16 + 1).min(area.height / 4 + 1);
+    let [head, _, loops, _, culprits, detail_area, recent_area, foot] = Layout::vertical([
+        Constraint::Length(2),
+        Constraint::Length(1),
+        Constraint::Length(loops_h),
+        Constraint::Length(1),
+        Constraint::Min(3),
+        Constraint::Length(5),
+        Constraint::Length(recent_height(area)),
+        Constraint::Length(1),
+    ])
+    .areas(area);
+    f.render_widget(header(m, paused), head);
+    if m.loops.is_empty() {
+        f.render_widget(
+            Paragraph::new(Line::styled("no asyncio event loop seen yet", DIM)),
+            loops,
+        );
+    } else {
+        f.render_widget(loops_table(m), loops);
+    }
+    f.render_widget(culprits_table(m, culprits.height), culprits);
+    f.render_widget(detail(m), detail_area);
+    f.render_widget(section("recent episodes", recent(m)), recent_area);
+    f.render_widget(footer(m), foot);
+}
+
+fn recent_height(area: Rect) -> u16 {
+    if area.height >= 36 {
+        8
+    } else {
+        4
+    }
+}
+
+fn section(title: &'static str, body: Paragraph<'static>) -> Paragraph<'static> {
+    body.block(ratatui::widgets::Block::new().title(Line::styled(title, TITLE)))
+}
+
+/// Render into an off-screen buffer of `width`×`height` and return its text, one line per row
+/// with trailing spaces trimmed.
+pub fn to_text(m: &TopModel, width: u16, height: u16, paused: bool) -> String {
+    let mut term = match Terminal::new(TestBackend::new(width, height)) {
+        Ok(t) => t,
+        Err(_) => return String::new(),
+    };
+    if term.draw(|f| draw(f, m, paused)).is_err() {
+        return String::new();
+    }
+    let buf = term.backend().buffer();
+    let mut out = String::new();
+    for y in 0..buf.area.height {
+        let mut line = String::new();
+        for x in 0..buf.area.width {
+            line.push_str(buf[(x, y)].symbol());
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
