@@ -134,7 +134,11 @@ impl SampleSource for Spy {
             }
             // py-spy caches names by pthread id, which a new thread can reuse: a pthread id now
             // on another OS thread means its cached name is stale.
-            let mut name = trace.thread_name.clone();
+            // py-spy learns names from `threading` and retries unnamed threads only once a
+            // second: until then the main thread (tid == pid) is called what CPython calls it.
+            let mut name = trace.thread_name.clone().or_else(|| {
+                (tid == self.spy.pid as u32).then(|| "MainThread".to_string())
+            });
             if tid != 0
                 && self
                     .tid_of
