@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
-"""Sampler cost: loopspy vs py-spy recording the same 50-frame-deep asyncio target.
+"""Sampler cost: loopspy vs py-spy recording the same asyncio target, in one run.
 
-For each rate (loopspy's default and 1 kHz) and each tool, start a fresh target
-(tests/py/deep.py), record it for --seconds, and print the tool's CPU use (user+sys of the
-tool's process, as a share of one core) and the sampling rate it achieved.
+For each target (tests/py/deep.py: a loop whose task runs 50 frames deep, "busy" alternating
+40 ms blocks and 10 ms awaits, or "idle") and each rate, start a fresh target, record it for
+--seconds with each tool, and print the tool's CPU use (user+sys of its process, % of one core)
+and the rate it achieved. Then the cost of one full stack sample of the 50-frame stack:
+loopspy with every tick a stack read (--stack-rate = --rate) vs py-spy, CPU per sample.
 
     python3 scripts/bench_overhead.py [--seconds 10] [--rates 100,1000]
 
@@ -23,8 +25,8 @@ LOOPSPY = os.path.join(ROOT, "target", "release", "loopspy")
 TARGET = os.path.join(ROOT, "tests", "py", "deep.py")
 
 
-def start_target(python):
-    p = subprocess.Popen([python, TARGET], stdout=subprocess.PIPE, text=True)
+def start_target(python, mode):
+    p = subprocess.Popen([python, TARGET, "1e9", mode], stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "READY"
     return p
 
@@ -41,12 +43,12 @@ def measure(cmd):
     return ru.ru_utime + ru.ru_stime, wall, out
 
 
-def run_loopspy(pid, rate, seconds, tmp):
+def run_loopspy(pid, rate, seconds, tmp, extra=()):
     cpu, wall, out = measure([LOOPSPY, "record", "--pid", str(pid), "--rate", str(rate),
-                              "--duration", str(seconds), "-o", os.path.join(tmp, "l.svg")])
+                              "--duration", str(seconds), "-o", os.path.join(tmp, "l.svg"), *extra])
     m = re.search(r"(\d+) samples in ([\d.]+) s", out)
     samples, elapsed = int(m.group(1)), float(m.group(2))
-    return cpu / wall, samples / elapsed, samples
+    return cpu, wall, samples / elapsed, samples
 
 
 def run_pyspy(pid, rate, seconds, tmp):
@@ -57,7 +59,7 @@ def run_pyspy(pid, rate, seconds, tmp):
                               "--format", "raw", "-o", os.path.join(tmp, "p.txt")])
     m = re.search(r"Samples: (\d+)", out)
     samples = int(m.group(1)) if m else 0
-    return cpu / wall, samples / wall, samples
+    return cpu, wall, samples / wall, samples
 
 
 def main():
@@ -68,24 +70,41 @@ def main():
     args = ap.parse_args()
     if not os.path.exists(LOOPSPY):
         sys.exit("build first: cargo build --release")
-    tools = [("loopspy", run_loopspy)]
-    if shutil.which("py-spy"):
-        tools.append(("py-spy", run_pyspy))
-    else:
+    has_pyspy = shutil.which("py-spy") is not None
+    if not has_pyspy:
         print("py-spy not found (python3 -m pip install py-spy): measuring loopspy only")
-    print("target: %s, 50-frame stack, %s; %d s per run; %d cores"
+    print("target: %s (50-frame stack), %s; %d s per run; %d cores"
           % (os.path.basename(TARGET), args.python, args.seconds, os.cpu_count()))
-    print("%-8s %8s %12s %14s %9s" % ("tool", "rate Hz", "CPU % core", "achieved Hz", "samples"))
+    print("%-8s %-5s %8s %12s %14s %9s" % ("tool", "load", "rate Hz", "CPU % core", "achieved Hz", "samples"))
+    stack_cost = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for rate in [int(r) for r in args.rates.split(",")]:
-            for name, fn in tools:
-                target = start_target(args.python)
-                try:
-                    cpu, achieved, samples = fn(target.pid, rate, args.seconds, tmp)
-                finally:
-                    target.kill()
-                    target.wait()
-                print("%-8s %8d %11.1f%% %14.0f %9d" % (name, rate, cpu * 100, achieved, samples))
+        for mode in ("idle", "busy"):
+            for rate in [int(r) for r in args.rates.split(",")]:
+                tools = [("loopspy", lambda pid: run_loopspy(pid, rate, args.seconds, tmp))]
+                if has_pyspy:
+                    tools.append(("py-spy", lambda pid: run_pyspy(pid, rate, args.seconds, tmp)))
+                for name, fn in tools:
+                    target = start_target(args.python, mode)
+                    try:
+                        cpu, wall, achieved, samples = fn(target.pid)
+                    finally:
+                        target.kill()
+                        target.wait()
+                    print("%-8s %-5s %8d %11.2f%% %14.0f %9d" % (name, mode, rate, 100 * cpu / wall, achieved, samples))
+                    if name == "py-spy" and mode == "busy":
+                        stack_cost["py-spy"] = 1e6 * cpu / max(samples, 1)
+        # One full stack sample: loopspy reading a stack at every tick.
+        target = start_target(args.python, "busy")
+        try:
+            cpu, wall, achieved, samples = run_loopspy(target.pid, 1000, args.seconds, tmp, ("--stack-rate", "1000"))
+        finally:
+            target.kill()
+            target.wait()
+        stack_cost["loopspy"] = 1e6 * cpu / max(samples, 1)
+    print()
+    print("cost of one full stack sample of the 50-frame stack (CPU per sample, busy target, 1 kHz):")
+    for name, us in stack_cost.items():
+        print("  %-8s %7.0f us" % (name, us))
 
 
 if __name__ == "__main__":

@@ -5,8 +5,10 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-/// Default sampling rate in Hz (see README: "Choosing the rate").
-pub const DEFAULT_RATE: &str = "100";
+/// Default tick rate in Hz (see README: "Choosing the rate").
+pub const DEFAULT_RATE: &str = "1000";
+/// Default rate of background full-stack samples, in Hz.
+pub const DEFAULT_STACK_RATE: &str = "10";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -27,6 +29,9 @@ pub enum Command {
     Report(ReportArgs),
     /// A live view of each event loop: what it runs now, hangs as they happen, the worst culprits.
     Top(TopArgs),
+    /// Print every thread's stack, every event loop's state and every asyncio task with its
+    /// await chain, from one read of a running process.
+    Dump(DumpArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -60,9 +65,14 @@ pub struct RecordArgs {
     /// Stop after this many seconds (default: until Ctrl-C or the target exits).
     #[arg(short, long, value_parser = positive_f64)]
     pub duration: Option<f64>,
-    /// Samples per second.
+    /// Ticks per second: each reads the event-loop threads' state (a few microseconds), which
+    /// times episodes to one tick.
     #[arg(short, long, default_value = DEFAULT_RATE, value_parser = positive_f64)]
     pub rate: f64,
+    /// Full stack samples per second in the background, for the flame graph of ordinary work.
+    /// Stacks are also read every 10 ms while a callback runs past the threshold.
+    #[arg(long, default_value = DEFAULT_STACK_RATE, value_parser = positive_f64)]
+    pub stack_rate: f64,
     /// Output file (default loopspy-PID.svg, or loopspy-PID.jsonl with --format raw).
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
@@ -82,9 +92,14 @@ pub struct TopArgs {
     /// PID of the Python process to attach to.
     #[arg(short, long)]
     pub pid: Option<u32>,
-    /// Samples per second.
+    /// Ticks per second: each reads the event-loop threads' state (a few microseconds), which
+    /// times episodes to one tick.
     #[arg(short, long, default_value = DEFAULT_RATE, value_parser = positive_f64)]
     pub rate: f64,
+    /// Full stack samples per second in the background, for the flame graph of ordinary work.
+    /// Stacks are also read every 10 ms while a callback runs past the threshold.
+    #[arg(long, default_value = DEFAULT_STACK_RATE, value_parser = positive_f64)]
+    pub stack_rate: f64,
     /// A callback running at least this many milliseconds is a blocking episode.
     #[arg(long, default_value = "50", value_parser = positive_f64)]
     pub threshold: f64,
@@ -102,6 +117,16 @@ pub struct ReportArgs {
     pub output: Option<PathBuf>,
     #[command(flatten)]
     pub analysis: AnalysisArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DumpArgs {
+    /// PID of the Python process to read.
+    #[arg(short, long)]
+    pub pid: u32,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 fn positive_f64(s: &str) -> Result<f64, String> {

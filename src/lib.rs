@@ -7,6 +7,7 @@
 pub mod analysis;
 pub mod attach;
 pub mod cli;
+pub mod dump;
 pub mod episode;
 pub mod error;
 pub mod os;

@@ -12,6 +12,7 @@ fn main() -> ExitCode {
         Command::Record(args) => loopspy::record::run(args),
         Command::Report(args) => loopspy::report::run(args),
         Command::Top(args) => loopspy::top::terminal::run(args),
+        Command::Dump(args) => loopspy::dump::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

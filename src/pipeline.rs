@@ -63,6 +63,13 @@ impl Pipeline {
         }
     }
 
+    /// The sampler's tick rate (Hz): bounds how far an episode's ends may reach past its
+    /// samples.
+    pub fn with_tick_rate(mut self, rate: f64) -> Pipeline {
+        self.detector = self.detector.with_interval(1.0 / rate);
+        self
+    }
+
     pub fn on_sample(&mut self, sample: &Sample) -> Result<()> {
         if let Some(raw) = self.sinks.raw.as_mut() {
             raw.write(sample)?;

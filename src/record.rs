@@ -115,9 +115,12 @@ pub fn run(args: &RecordArgs) -> Result<()> {
         args.analysis.idle,
         sinks,
         Some(sources),
-    );
+    )
+    .with_tick_rate(args.rate);
     let limits = Limits {
         rate: args.rate,
+        stack_rate: args.stack_rate,
+        threshold: args.analysis.threshold / 1000.0,
         duration: args.duration.map(Duration::from_secs_f64),
         stop: &stop,
     };

@@ -145,6 +145,7 @@ mod tests {
     #[test]
     fn round_trip_and_cut_short() {
         let sample = Sample {
+            probe: false,
             wall: 1000.5,
             mono: 0.5,
             pid: 7,
@@ -156,6 +157,9 @@ mod tests {
                 active: true,
                 os: None,
                 ready: None,
+                task: None,
+                coroutine: None,
+                timers: None,
                 frames: vec![Frame {
                     function: "f".into(),
                     file: "a.py".into(),

@@ -37,7 +37,8 @@ pub fn replay(
     let file = File::open(path).map_err(|e| recording_error(path, e))?;
     let mut reader = RecordingReader::new(BufReader::new(file))
         .map_err(|e| recording_error(path, format!("{e:#}")))?;
-    let mut pipeline = Pipeline::new(threshold_ms, idle, sinks, sources);
+    let mut pipeline =
+        Pipeline::new(threshold_ms, idle, sinks, sources).with_tick_rate(reader.header.rate);
     let mut count = 0u64;
     let mut last = 0.0f64;
     for sample in reader.by_ref() {

@@ -73,6 +73,17 @@ pub struct ThreadSample {
     /// The loop's ready queue (`loop._ready`), when it could be read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready: Option<ReadyQueue>,
+    /// The asyncio Task the loop was stepping (its name: `Task-3`, or the name given to
+    /// `create_task`), from asyncio's own current-task record; `None` when the loop was idle or
+    /// in a plain callback, or the task could not be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
+    /// The qualified name of that task's coroutine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coroutine: Option<String>,
+    /// The loop's pending timers (`len(loop._scheduled)`), when readable (not on uvloop).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timers: Option<u64>,
     /// Innermost frame first.
     pub frames: Vec<Frame>,
 }
@@ -85,6 +96,9 @@ pub struct Sample {
     /// Monotonic seconds since the recording started: all durations come from this.
     pub mono: f64,
     pub pid: u32,
+    /// A probe tick: only the event-loop threads' OS state and ready queues, no frames.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub probe: bool,
     pub threads: Vec<ThreadSample>,
 }
 

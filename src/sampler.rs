@@ -8,13 +8,20 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::sample::{Sample, ThreadSample};
+use std::collections::HashMap;
+
+use crate::sample::{ReadyQueue, Sample, ThreadSample};
 
 /// Something that can be sampled: the live target, or a fake in tests.
 pub trait SampleSource {
     fn pid(&self) -> u32;
     /// Read every thread once.
     fn sample(&mut self) -> Result<Vec<ThreadSample>>;
+    /// The cheap tick: only the event-loop threads' OS state and ready queues, no stacks.
+    /// `None` when this source cannot probe (then every tick reads stacks).
+    fn probe(&mut self) -> Option<Result<Vec<ThreadSample>>> {
+        None
+    }
     /// Whether the target still runs (checked after a failed read).
     fn alive(&mut self) -> bool;
 }
@@ -33,6 +40,9 @@ pub struct SamplerStats {
     pub elapsed: f64,
     /// Why the recording ended: `duration`, `interrupted` or `target exited`.
     pub end: String,
+    /// How many of the samples read full stacks (the rest were probe ticks).
+    #[serde(default)]
+    pub stacks: u64,
     /// The last read error, if any, for the summary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
@@ -49,15 +59,63 @@ impl SamplerStats {
     }
 }
 
-/// When to stop sampling.
+/// What to sample, how often, and when to stop.
 pub struct Limits<'a> {
+    /// Ticks per second. A tick is a cheap probe of the loop threads; full stacks are read at
+    /// `stack_rate`, and more often while a callback runs past the threshold.
     pub rate: f64,
+    /// Full stacks per second in the background (for the flame graph of ordinary work).
+    pub stack_rate: f64,
+    /// Seconds: while a loop thread's callback has run this long, stacks are read every
+    /// `BURST` so the episode's culprit and stack are known.
+    pub threshold: f64,
     pub duration: Option<Duration>,
     pub stop: &'a AtomicBool,
 }
 
 /// Give up when this many reads in a row failed while the target still runs.
 const MAX_CONSECUTIVE_ERRORS: u64 = 500;
+/// Stack interval while a callback runs past the threshold.
+const BURST: Duration = Duration::from_millis(10);
+/// The tick rate when the source cannot probe and every tick reads full stacks.
+pub const STACK_ONLY_MAX_RATE: f64 = 100.0;
+
+/// Per loop thread: since when it has been inside one callback, as the ticks see it.
+#[derive(Default)]
+struct RunClock {
+    busy_since: Option<Instant>,
+    ready: Option<ReadyQueue>,
+}
+
+fn in_epoll(t: &ThreadSample) -> bool {
+    matches!(
+        t.os.as_ref().and_then(|o| o.syscall.as_deref()),
+        Some("epoll_wait" | "epoll_pwait" | "epoll_pwait2")
+    )
+}
+
+/// Follow the loop threads of one tick; true when one of them has been in one callback for
+/// at least `threshold`.
+fn track_runs(
+    clocks: &mut HashMap<u32, RunClock>,
+    threads: &[ThreadSample],
+    now: Instant,
+    threshold: Duration,
+) -> bool {
+    let mut long = false;
+    for t in threads.iter().filter(|t| t.event_loop.is_some()) {
+        let c = clocks.entry(t.tid).or_default();
+        let popped = matches!((&c.ready, &t.ready), (Some(a), Some(b)) if a.popped_before(b));
+        c.ready = t.ready;
+        if in_epoll(t) || t.os.is_none() {
+            c.busy_since = None;
+        } else if popped || c.busy_since.is_none() {
+            c.busy_since = Some(now);
+        }
+        long |= c.busy_since.is_some_and(|since| now - since >= threshold);
+    }
+    long
+}
 
 /// Run the loop, handing each sample to `sink` with the stats so far. Returns the stats;
 /// errors only when sampling keeps failing on a live target or the sink fails.
@@ -67,6 +125,9 @@ pub fn run(
     sink: &mut dyn FnMut(Sample, &SamplerStats) -> Result<()>,
 ) -> Result<SamplerStats> {
     let interval = Duration::from_secs_f64(1.0 / limits.rate);
+    let stack_only = Duration::from_secs_f64(1.0 / STACK_ONLY_MAX_RATE);
+    let stack_interval = Duration::from_secs_f64(1.0 / limits.stack_rate.min(limits.rate));
+    let threshold = Duration::from_secs_f64(limits.threshold);
     let start = Instant::now();
     let mut stats = SamplerStats {
         rate: limits.rate,
@@ -74,6 +135,9 @@ pub fn run(
     };
     let mut next = start;
     let mut consecutive = 0u64;
+    let mut last_stack: Option<Instant> = None;
+    let mut long_run = false;
+    let mut clocks: HashMap<u32, RunClock> = HashMap::new();
     loop {
         if limits.stop.load(Ordering::Relaxed) {
             stats.end = "interrupted".into();
@@ -101,15 +165,43 @@ pub fn run(
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
         let mono = tick.duration_since(start).as_secs_f64();
-        match source.sample() {
+        let stack_due = last_stack.is_none_or(|t| {
+            let since = tick - t;
+            since >= stack_interval || (long_run && since >= BURST)
+        });
+        let mut probe = false;
+        let read = if stack_due {
+            last_stack = Some(tick);
+            source.sample()
+        } else {
+            match source.probe() {
+                Some(r) => {
+                    probe = true;
+                    r
+                }
+                // No cheap path for now (no loop known yet, or a layout we cannot read): read
+                // stacks instead, but no faster than a stack read can keep up with.
+                None if last_stack.is_none_or(|t| tick - t >= stack_only) => {
+                    last_stack = Some(tick);
+                    source.sample()
+                }
+                None => continue,
+            }
+        };
+        match read {
             Ok(threads) => {
                 consecutive = 0;
                 stats.samples += 1;
+                if !probe {
+                    stats.stacks += 1;
+                }
                 stats.elapsed = mono;
+                long_run = track_runs(&mut clocks, &threads, tick, threshold);
                 let sample = Sample {
                     wall,
                     mono,
                     pid: source.pid(),
+                    probe,
                     threads,
                 };
                 sink(sample, &stats)?;
@@ -174,6 +266,8 @@ mod tests {
             &mut src,
             &Limits {
                 rate: 1000.0,
+                stack_rate: 1000.0,
+                threshold: 0.05,
                 duration: None,
                 stop: &stop,
             },
@@ -202,6 +296,8 @@ mod tests {
         };
         let limits = Limits {
             rate: 200.0,
+            stack_rate: 200.0,
+            threshold: 0.05,
             duration: Some(Duration::from_millis(100)),
             stop: &stop,
         };

@@ -9,7 +9,7 @@ use anyhow::Result;
 use py_spy::PythonSpy;
 
 use crate::os::thread_state::{parse_stat_state, ThreadProc};
-use crate::remote::{PyThread, ThreadScanner};
+use crate::remote::{AsyncioReader, PyThread, ThreadScanner};
 use crate::sample::{Frame, ReadyQueue, ThreadSample};
 use crate::sampler::SampleSource;
 
@@ -26,8 +26,14 @@ pub struct Spy {
     procs: HashMap<u32, ThreadProc>,
     /// The OS thread each pthread id was last seen on.
     tid_of: HashMap<u64, u32>,
+    /// Probe ticks so far.
+    probes: u64,
+    /// Last known Python name of each OS thread, for probe ticks (which read no names).
+    names: HashMap<u32, String>,
     /// Address range of the GIL's state: a futex wait inside it is a wait for the GIL.
     gil: Option<std::ops::Range<u64>>,
+    /// Our reader of asyncio's own state (current tasks, timers), when the layout is known.
+    asyncio: Option<AsyncioReader>,
 }
 
 impl Spy {
@@ -44,7 +50,11 @@ impl Spy {
             ),
         };
         let gil = gil_range(&spy);
+        let asyncio = scanner
+            .as_ref()
+            .and_then(|s| AsyncioReader::new(&spy, s.layout()).ok());
         let spy = Spy {
+            asyncio,
             spy,
             scanner,
             threads: HashMap::new(),
@@ -52,6 +62,8 @@ impl Spy {
             procs: HashMap::new(),
             gil,
             tid_of: HashMap::new(),
+            names: HashMap::new(),
+            probes: 0,
         };
         (spy, notice)
     }
@@ -69,7 +81,44 @@ impl Spy {
         if let Ok(found) = scanner.scan(&self.spy.process) {
             self.threads = found.into_iter().map(|t| (t.pthread_id, t)).collect();
         }
+        if let Some(a) = self.asyncio.as_mut() {
+            a.refresh(&self.spy.process);
+        }
         self.last_scan = Some(Instant::now());
+    }
+
+    /// For the thread `pthread`, when it runs a loop: the task that loop is stepping (name and
+    /// coroutine) and the loop's timer count. About 7 `process_vm_readv` calls.
+    fn loop_tasks(&mut self, pthread: u64) -> (Option<String>, Option<String>, Option<u64>) {
+        let (Some(a), Some(t)) = (self.asyncio.as_mut(), self.threads.get(&pthread)) else {
+            return (None, None, None);
+        };
+        let Some(l) = t.running_loop.as_ref() else {
+            return (None, None, None);
+        };
+        let mem = &self.spy.process;
+        let timers = a.timers(mem, l.address);
+        match a.current_task(mem, t.tstate, l.address) {
+            Some(c) => (c.name, c.coroutine, timers),
+            None => (None, None, timers),
+        }
+    }
+
+    /// Map the threads and their loops now rather than at the next sample, for a one-shot read
+    /// (`loopspy dump`).
+    pub fn prepare(&mut self) {
+        self.rescan();
+    }
+
+    /// The attached process and our asyncio reader, for `loopspy dump`.
+    pub fn asyncio_parts(
+        &mut self,
+    ) -> (
+        &remoteprocess::Process,
+        &HashMap<u64, PyThread>,
+        Option<&mut AsyncioReader>,
+    ) {
+        (&self.spy.process, &self.threads, self.asyncio.as_mut())
     }
 
     /// pthread id → the ready queue of the loop it runs, for the loops the last scan found.
@@ -85,13 +134,66 @@ impl Spy {
         self.threads.iter().filter_map(read).collect()
     }
 
-    fn os_state(&mut self, tid: u32) -> Option<crate::sample::OsState> {
+    /// The cheap tick: for each loop thread the last scan found, its ready queue and its OS
+    /// state, no stack. A few microseconds per loop.
+    fn probe_loops(&mut self) -> Option<Vec<ThreadSample>> {
+        self.scanner.as_ref()?;
+        // No loop known yet (the program has not started one): look again, often, since a
+        // scan is a handful of reads; until one runs, ticks read stacks instead.
+        let no_loop = !self.threads.values().any(|t| t.running_loop.is_some());
+        if no_loop
+            && self
+                .last_scan
+                .is_none_or(|t| t.elapsed() >= Duration::from_millis(100))
+        {
+            self.rescan();
+        }
+        if !self.threads.values().any(|t| t.running_loop.is_some()) {
+            return None;
+        }
+        let scanner = self.scanner.as_ref()?;
+        let mut loops: Vec<(u32, String, Option<ReadyQueue>)> = Vec::new();
+        for t in self.threads.values() {
+            let (Some(tid), Some(lp)) = (t.native_tid, t.running_loop.as_ref()) else {
+                continue;
+            };
+            let ready = lp
+                .ready
+                .and_then(|d| scanner.read_ready(&self.spy.process, d))
+                .map(|(len, state)| ReadyQueue { len, state });
+            loops.push((tid, lp.type_name.clone(), ready));
+        }
+        loops.sort_by_key(|l| l.0);
+        let mut out = Vec::with_capacity(loops.len());
+        // `stat` (scheduler state, CPU times) on one tick in ten; the syscall on every tick.
+        self.probes += 1;
+        let with_stat = self.probes % 10 == 0;
+        for (tid, event_loop, ready) in loops {
+            let os = self.os_state(tid, with_stat);
+            out.push(ThreadSample {
+                tid,
+                name: self.names.get(&tid).cloned(),
+                event_loop: Some(event_loop),
+                gil: false,
+                active: true,
+                os,
+                ready,
+                task: None,
+                coroutine: None,
+                timers: None,
+                frames: Vec::new(),
+            });
+        }
+        Some(out)
+    }
+
+    fn os_state(&mut self, tid: u32, with_stat: bool) -> Option<crate::sample::OsState> {
         let pid = self.spy.pid as u32;
         let proc_ = self
             .procs
             .entry(tid)
             .or_insert_with(|| ThreadProc::open(pid, tid));
-        proc_.read(self.gil.clone())
+        proc_.read(self.gil.clone(), with_stat)
     }
 }
 
@@ -126,7 +228,11 @@ impl SampleSource for Spy {
             let event_loop = scanned
                 .and_then(|s| s.running_loop.as_ref())
                 .map(|l| l.type_name.clone());
-            let os = if tid != 0 { self.os_state(tid) } else { None };
+            let os = if tid != 0 {
+                self.os_state(tid, true)
+            } else {
+                None
+            };
             if tid != 0 && os.is_none() {
                 // The thread id came from a scan that predates a thread exiting and its pthread
                 // id being reused: map the threads again at the next sample.
@@ -136,9 +242,10 @@ impl SampleSource for Spy {
             // on another OS thread means its cached name is stale.
             // py-spy learns names from `threading` and retries unnamed threads only once a
             // second: until then the main thread (tid == pid) is called what CPython calls it.
-            let mut name = trace.thread_name.clone().or_else(|| {
-                (tid == self.spy.pid as u32).then(|| "MainThread".to_string())
-            });
+            let mut name = trace
+                .thread_name
+                .clone()
+                .or_else(|| (tid == self.spy.pid as u32).then(|| "MainThread".to_string()));
             if tid != 0
                 && self
                     .tid_of
@@ -149,7 +256,16 @@ impl SampleSource for Spy {
                 self.spy.python_thread_ids.clear();
                 name = None;
             }
+            if let Some(n) = &name {
+                if tid != 0 && self.names.get(&tid) != Some(n) {
+                    self.names.insert(tid, n.clone());
+                }
+            }
+            let (task, coroutine, timers) = self.loop_tasks(trace.thread_id);
             out.push(ThreadSample {
+                task,
+                coroutine,
+                timers,
                 tid,
                 name,
                 event_loop,
@@ -169,6 +285,10 @@ impl SampleSource for Spy {
                 .retain(|tid, _| out.iter().any(|t| t.tid == *tid));
         }
         Ok(out)
+    }
+
+    fn probe(&mut self) -> Option<Result<Vec<ThreadSample>>> {
+        self.probe_loops().map(Ok)
     }
 
     fn alive(&mut self) -> bool {

@@ -131,6 +131,7 @@ pub const LINE_RULES: &[LineRule] = &[
         needles: &[
             "open(",
             ".write(",
+            ".flush(",
             ".read(",
             ".readlines(",
             "read_text(",

@@ -5,12 +5,13 @@
 
 use std::collections::HashMap;
 
-use crate::analysis::classify::{io_kind_of_source, kind_of_syscall, verdict};
+use crate::analysis::classify::{io_kind_of_source, verdict};
 use crate::analysis::culprit::culprit;
 use crate::analysis::loop_state::{classify, Anchor, CallbackKey, LoopState, GIL_WAIT_FUNCTION};
+use crate::analysis::run::Run;
 use crate::episode::{Episode, GilHolder, Location};
 use crate::os::source_files::SourceFiles;
-use crate::sample::{Frame, ReadyQueue, Sample, ThreadSample};
+use crate::sample::{Frame, Sample, ThreadSample};
 
 /// Settings of the detector.
 #[derive(Debug, Clone, Copy)]
@@ -36,30 +37,6 @@ pub enum Event {
         episode: Episode,
         stacks: Vec<(Vec<Frame>, u32)>,
     },
-}
-
-/// Consecutive samples of one loop thread inside one callback.
-#[derive(Debug)]
-struct Run {
-    key: CallbackKey,
-    /// Monotonic time of the sample before the first one that saw this run.
-    prev: Option<f64>,
-    first: f64,
-    /// Wall minus monotonic time at the first sample, to convert the start to wall-clock time.
-    wall_offset: f64,
-    last: f64,
-    samples: u32,
-    /// Distinct stacks: (count, depth of the callback's part of the stack).
-    stacks: HashMap<Vec<Frame>, (u32, usize)>,
-    kinds: HashMap<&'static str, u32>,
-    /// The ready queue at the last sample of the run.
-    ready: Option<ReadyQueue>,
-    /// Who held the GIL while the loop thread waited for it: (tid, name, stack) → samples.
-    holders: HashMap<(u32, Option<String>, Vec<Frame>), u32>,
-    /// The thread's (user, system) CPU ticks at the first and the last sample.
-    cpu: Option<((u64, u64), (u64, u64))>,
-    /// The latest stack and its callback depth, for live views.
-    latest: Option<(Vec<Frame>, usize)>,
 }
 
 #[derive(Debug, Default)]
@@ -108,6 +85,10 @@ pub struct Detector {
     seen: std::collections::BTreeMap<(u32, u32), Option<String>>,
     /// Where to read the culprit's source line from, if anywhere.
     sources: Option<SourceFiles>,
+    /// Monotonic time of the last full (stack) sample.
+    last_full: Option<f64>,
+    /// The sampler's tick interval, when known.
+    interval: Option<f64>,
 }
 
 impl Detector {
@@ -117,7 +98,17 @@ impl Detector {
             tracks: HashMap::new(),
             seen: Default::default(),
             sources: None,
+            last_full: None,
+            interval: None,
         }
+    }
+
+    /// The sampler's tick interval (seconds). A boundary is then placed at most two intervals
+    /// beyond the last sample that saw the run, even across a longer gap (a stalled sampler):
+    /// an episode is never made much longer than its samples show.
+    pub fn with_interval(mut self, interval: f64) -> Detector {
+        self.interval = Some(interval).filter(|i| *i > 0.0 && i.is_finite());
+        self
     }
 
     /// Read culprits' source lines from `files` to name calls made in C.
@@ -129,8 +120,19 @@ impl Detector {
     /// Process one sample and return what it completed.
     pub fn feed(&mut self, sample: &Sample) -> Vec<Event> {
         let mut events = Vec::new();
+        if sample.probe {
+            for thread in &sample.threads {
+                self.feed_probe(sample, thread, &mut events);
+            }
+            return events;
+        }
+        // Each stack stands for the time since the previous one (probe ticks read none).
+        let weight = match self.last_full.replace(sample.mono) {
+            Some(prev) => ((sample.mono - prev) * 1000.0).round().clamp(1.0, 1000.0) as u32,
+            None => 1,
+        };
         for thread in &sample.threads {
-            self.feed_thread(sample, thread, &mut events);
+            self.feed_thread(sample, thread, weight, &mut events);
         }
         // A loop thread that is gone ended whatever it was running when it was last seen.
         let gone: Vec<(u32, u32)> = self
@@ -202,7 +204,7 @@ impl Detector {
             .map(|((pid, tid), t)| {
                 let state = match &t.run {
                     Some(run) => ViewState::Running {
-                        callback: run.key.function.clone(),
+                        callback: run.callback_name(),
                         secs: (now - run.first).max(0.0),
                         culprit: run.latest.as_ref().and_then(|(frames, depth)| {
                             culprit(&frames[..(*depth).min(frames.len())], frames)
@@ -232,7 +234,45 @@ impl Detector {
         self.config.threshold
     }
 
-    fn feed_thread(&mut self, sample: &Sample, thread: &ThreadSample, events: &mut Vec<Event>) {
+    /// A probe tick: no frames, only the loop thread's OS state and ready queue. Idle in epoll
+    /// ends a run; a dispatch (a pop from the ready queue) ends it and starts the next one,
+    /// whose callback the next stack sample names.
+    fn feed_probe(&mut self, sample: &Sample, thread: &ThreadSample, events: &mut Vec<Event>) {
+        let key = (sample.pid, thread.tid);
+        let Some(os) = &thread.os else { return };
+        let mut track = self.tracks.remove(&key).unwrap_or_default();
+        self.seen.entry(key).or_insert_with(|| thread.name.clone());
+        if thread.name.is_some() {
+            track.name.clone_from(&thread.name);
+        }
+        track.ready_len = thread.ready.map(|r| r.len);
+        let idle = !os.gil_wait && in_epoll(thread);
+        let popped = track
+            .run
+            .as_ref()
+            .is_some_and(|r| r.popped(thread.ready.as_ref()));
+        if idle || popped {
+            self.close(key, &mut track, Some(sample.mono), events);
+        }
+        track.idle = idle;
+        if !idle {
+            let prev = track.last_seen;
+            track
+                .run
+                .get_or_insert_with(|| Run::start(None, prev, sample))
+                .observe(sample, thread);
+        }
+        track.last_seen = Some(sample.mono);
+        self.tracks.insert(key, track);
+    }
+
+    fn feed_thread(
+        &mut self,
+        sample: &Sample,
+        thread: &ThreadSample,
+        weight: u32,
+        events: &mut Vec<Event>,
+    ) {
         let key = (sample.pid, thread.tid);
         let mut track = self.tracks.remove(&key).unwrap_or_default();
         let state = classify(thread, &mut track.anchor);
@@ -242,7 +282,7 @@ impl Detector {
                 thread: thread.label(),
                 frames: thread.frames.clone(),
                 idle: !is_active(thread),
-                count: 1,
+                count: weight,
             });
             // Keep tracking only threads that have been seen running a loop.
             if track.last_seen.is_some() {
@@ -258,8 +298,6 @@ impl Detector {
         if state != LoopState::NotLoop {
             self.seen.insert(key, track.name.clone());
         }
-        // Same callback key, and the loop dispatched nothing in between (when its ready queue is
-        // readable): a task step that yields and is stepped again is two callbacks.
         let state_is_idle = state == LoopState::Idle;
         track.idle = state_is_idle;
         if thread.event_loop.is_some() {
@@ -271,65 +309,30 @@ impl Detector {
             LoopState::GilWait => Some((gil_key(), 0)),
             _ => None,
         };
+        // Same callback (a run a probe tick started has no name yet and takes this one), and
+        // the loop dispatched nothing in between: a task stepped twice is two callbacks.
         let continues = matches!((&current, &track.run),
-            (Some((k, _)), Some(run)) if run.key == *k
-                && !matches!((&run.ready, &thread.ready), (Some(a), Some(b)) if a.popped_before(b)));
+            (Some((k, _)), Some(run)) if run.key.as_ref().is_none_or(|rk| rk == k)
+                && !run.popped(thread.ready.as_ref()));
         if !continues {
             self.close(key, &mut track, Some(sample.mono), events);
         }
         match current {
             Some((cb, depth)) => {
-                let run = track.run.get_or_insert_with(|| Run {
-                    key: cb,
-                    prev: track.last_seen,
-                    first: sample.mono,
-                    wall_offset: sample.wall - sample.mono,
-                    last: sample.mono,
-                    samples: 0,
-                    stacks: HashMap::new(),
-                    kinds: HashMap::new(),
-                    ready: None,
-                    holders: HashMap::new(),
-                    cpu: None,
-                    latest: None,
-                });
-                run.latest = Some((thread.frames.clone(), depth));
-                if let Some(ticks) = thread.os.as_ref().and_then(|o| o.cpu_ticks) {
-                    run.cpu = Some((run.cpu.map_or(ticks, |c| c.0), ticks));
-                }
-                run.ready = thread.ready;
-                run.last = sample.mono;
-                run.samples += 1;
-                run.stacks
-                    .entry(thread.frames.clone())
-                    .or_insert((0, depth))
-                    .0 += 1;
-                if let Some(os) = &thread.os {
-                    let kind = match &os.syscall {
-                        _ if os.gil_wait => Some("gil"),
-                        Some(sc) => Some(kind_of_syscall(sc, os.state)),
-                        None => None,
-                    };
-                    if let Some(kind) = kind {
-                        *run.kinds.entry(kind).or_insert(0) += 1;
-                    }
-                    if os.gil_wait {
-                        if let Some(h) =
-                            sample.threads.iter().find(|t| t.gil && t.tid != thread.tid)
-                        {
-                            *run.holders
-                                .entry((h.tid, h.name.clone(), h.frames.clone()))
-                                .or_insert(0) += 1;
-                        }
-                    }
-                }
+                let prev = track.last_seen;
+                let run = track
+                    .run
+                    .get_or_insert_with(|| Run::start(Some(cb.clone()), prev, sample));
+                run.key.get_or_insert(cb);
+                run.observe(sample, thread);
+                run.observe_stack(&thread.frames, depth, weight);
             }
             None => events.push(Event::Stack {
                 pid: sample.pid,
                 thread: thread.label(),
                 frames: thread.frames.clone(),
                 idle: state_is_idle,
-                count: 1,
+                count: weight,
             }),
         }
         track.last_seen = Some(sample.mono);
@@ -348,19 +351,28 @@ impl Detector {
         let Some(run) = track.run.take() else { return };
         // Each boundary lies between two samples; take the middle of the gap, so the error is
         // at most half a gap on each side.
+        // Each boundary lies between two samples: take the middle of the gap, but no further
+        // than half a tick interval from the samples that saw the run.
+        let half = |gap: f64| match self.interval {
+            Some(i) => gap.min(4.0 * i) / 2.0,
+            None => gap / 2.0,
+        };
         let start = match run.prev {
-            Some(prev) => run.first - (run.first - prev) / 2.0,
+            Some(prev) => run.first - half(run.first - prev),
             None => run.first,
         };
         let end = match next {
-            Some(next) => run.last + (next - run.last) / 2.0,
+            Some(next) => run.last + half(next - run.last),
             None => run.last,
         };
         let duration = (end - start).max(0.0);
+        let task = run.task();
         let mut stacks: Vec<(Vec<Frame>, (u32, usize))> = run.stacks.into_iter().collect();
         // Most frequent first; ties broken by the stack itself so output is deterministic.
         stacks.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then_with(|| a.0.cmp(&b.0)));
-        if duration < self.config.threshold || stacks.is_empty() {
+        // A run no stack sample ever named (probe ticks alone, e.g. an interpreter shutting
+        // down after its loop stopped) is not known to be a callback: no episode.
+        if duration < self.config.threshold || run.key.is_none() {
             let thread = crate::sample::thread_label(track.name.as_deref(), key.1);
             for (frames, (count, _)) in stacks {
                 events.push(Event::Stack {
@@ -373,7 +385,10 @@ impl Detector {
             }
             return;
         }
-        let (top, (_, depth)) = &stacks[0];
+        // A run past the threshold normally has stacks (the sampler reads them every 10 ms
+        // then); without any, the episode still stands, with the callback unknown.
+        let empty: Vec<Frame> = Vec::new();
+        let (top, depth) = stacks.first().map_or((&empty, &0), |(f, (_, d))| (f, d));
         let os_kind = dominant_kind(&run.kinds);
         // GIL starvation: blame the holder's code, not the loop's.
         let holder = (os_kind == Some("gil"))
@@ -420,11 +435,20 @@ impl Detector {
             samples: run.samples,
             kind: v.kind,
             source: v.source,
-            task: None,
-            coroutine: (run.key != gil_key()).then(|| run.key.function.clone()),
+            // The task's own coroutine names the callback better than its outermost frame.
+            coroutine: task.as_ref().and_then(|t| t.1.clone()).or_else(|| {
+                run.key
+                    .as_ref()
+                    .filter(|k| **k != gil_key())
+                    .map(|k| k.function.clone())
+            }),
+            task: task.map(|t| t.0),
             culprit: blamed.map(Location::from).unwrap_or_else(|| Location {
-                function: run.key.function.clone(),
-                file: run.key.file.clone(),
+                function: run
+                    .key
+                    .as_ref()
+                    .map_or_else(|| "<unknown callback>".into(), |k| k.function.clone()),
+                file: run.key.as_ref().map(|k| k.file.clone()).unwrap_or_default(),
                 line: 0,
             }),
             stack: top.iter().map(Location::from).collect(),
@@ -480,6 +504,14 @@ fn gil_key() -> CallbackKey {
         function: GIL_WAIT_FUNCTION.to_string(),
         file: String::new(),
     }
+}
+
+/// Whether the thread waits in the event loop's epoll call.
+fn in_epoll(t: &ThreadSample) -> bool {
+    matches!(
+        t.os.as_ref().and_then(|o| o.syscall.as_deref()),
+        Some("epoll_wait" | "epoll_pwait" | "epoll_pwait2")
+    )
 }
 
 /// Whether a thread that runs no loop was doing work (for the flame graph's idle filter).

@@ -69,12 +69,16 @@ fn thread(tid: u32, doing: Doing, ready_state: u64) -> ThreadSample {
             len: 0,
             state: ready_state,
         }),
+        task: None,
+        coroutine: None,
+        timers: None,
         frames,
     }
 }
 
 fn sample(t: f64, threads: Vec<ThreadSample>) -> Sample {
     Sample {
+        probe: false,
         wall: 1000.0 + t,
         mono: t,
         pid: 7,
@@ -296,4 +300,81 @@ fn ongoing_reports_a_hang_in_progress() {
     assert_eq!(now.len(), 1);
     assert_eq!(now[0].3, "handler");
     assert!((now[0].4 - 1.3).abs() < 0.011);
+}
+
+/// The probe's view: ticks every `dt` with only OS state and the ready counter; a full stack
+/// sample every `stack_every` ticks, and every 10 ticks once a run passes 50 ms.
+fn probe_timeline(
+    dt: f64,
+    end: f64,
+    spans: &[(&'static str, f64, f64)],
+    stack_every: usize,
+) -> Vec<Sample> {
+    let mut out = Vec::new();
+    let mut run_start: Option<f64> = None;
+    let mut since_stack = usize::MAX / 2;
+    for (i, (t, doing, q)) in timeline(dt, end, spans, |_| 0.0).into_iter().enumerate() {
+        run_start = match doing {
+            Doing::Idle => None,
+            Doing::Cb(_) => run_start.or(Some(t)),
+        };
+        let long = run_start.is_some_and(|s| t - s >= 0.05);
+        let full = i % stack_every == 0 || (long && since_stack >= 10);
+        let mut th = thread(7, doing, q);
+        since_stack += 1;
+        if full {
+            since_stack = 0;
+        } else {
+            th.frames.clear();
+        }
+        let mut s = sample(t, vec![th]);
+        s.probe = !full;
+        out.push(s);
+    }
+    out
+}
+
+fn run_samples(samples: &[Sample]) -> Vec<Episode> {
+    let mut d = Detector::new(DetectorConfig { threshold: 0.05 });
+    let mut out: Vec<Episode> = samples.iter().flat_map(|s| episodes(d.feed(s))).collect();
+    out.extend(episodes(d.finish()));
+    out
+}
+
+#[test]
+fn probe_ticks_time_episodes_to_one_tick() {
+    let samples = probe_timeline(0.001, 1.0, &[("handler", 0.1034, 0.3061)], 100);
+    let eps = run_samples(&samples);
+    assert_eq!(eps.len(), 1, "{eps:?}");
+    assert!(
+        (eps[0].duration_ms - 202.7).abs() <= 1.0,
+        "{}",
+        eps[0].duration_ms
+    );
+    assert_eq!(
+        eps[0].culprit.function, "handler",
+        "named by the burst stacks"
+    );
+    assert_eq!(eps[0].samples, 203);
+}
+
+#[test]
+fn probe_ticks_split_back_to_back_callbacks() {
+    let samples = probe_timeline(
+        0.001,
+        1.0,
+        &[("first", 0.1, 0.2), ("second", 0.2, 0.3)],
+        100,
+    );
+    let names: Vec<_> = run_samples(&samples)
+        .iter()
+        .map(|e| e.culprit.function.clone())
+        .collect();
+    assert_eq!(names, ["first", "second"]);
+}
+
+#[test]
+fn short_runs_between_stacks_make_no_episode() {
+    let samples = probe_timeline(0.001, 1.0, &[("a", 0.1, 0.13), ("b", 0.5, 0.54)], 100);
+    assert!(run_samples(&samples).is_empty());
 }

@@ -181,6 +181,9 @@ mod tests {
             gil: false,
             active: true,
             ready: None,
+            task: None,
+            coroutine: None,
+            timers: None,
             os: syscall.map(|s| OsState {
                 state: 'S',
                 syscall: Some(s.into()),

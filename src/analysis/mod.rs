@@ -6,6 +6,9 @@ pub mod classify;
 pub mod culprit;
 pub mod detector;
 pub mod loop_state;
+pub mod run;
 
+#[cfg(test)]
+mod detector_task_tests;
 #[cfg(test)]
 mod detector_tests;

@@ -11,6 +11,8 @@ use crate::sample::OsState;
 pub struct ThreadProc {
     stat: Option<File>,
     syscall: Option<File>,
+    /// The scheduler state at the last `stat` read.
+    last_state: Option<char>,
 }
 
 impl ThreadProc {
@@ -19,24 +21,37 @@ impl ThreadProc {
         ThreadProc {
             stat: File::open(format!("{dir}/stat")).ok(),
             syscall: File::open(format!("{dir}/syscall")).ok(),
+            last_state: None,
         }
     }
 
     /// Read the state now; `None` when the thread is gone or the files are unreadable.
     /// `gil` is the address range of the interpreter's GIL: a futex wait inside it is a wait
-    /// for the GIL, anything else a lock.
-    pub fn read(&self, gil: Option<std::ops::Range<u64>>) -> Option<OsState> {
+    /// for the GIL, anything else a lock. Without `with_stat` only the syscall is read (the
+    /// cheapest file, for fast ticks): the scheduler state is then inferred (`running` is R)
+    /// or carried over, and CPU times are not reported.
+    pub fn read(&mut self, gil: Option<std::ops::Range<u64>>, with_stat: bool) -> Option<OsState> {
         let mut buf = [0u8; 512];
-        let n = self.stat.as_ref()?.read_at(&mut buf, 0).ok()?;
-        let stat = std::str::from_utf8(&buf[..n]).ok()?;
-        let state = parse_stat_state(stat)?;
-        let cpu_ticks = parse_stat_cpu(stat);
-        let call = self.syscall.as_ref().and_then(|f| {
-            let n = f.read_at(&mut buf, 0).ok()?;
-            parse_syscall(std::str::from_utf8(&buf[..n]).ok()?)
-        });
+        let mut cpu_ticks = None;
+        if with_stat || self.last_state.is_none() {
+            let n = self.stat.as_ref()?.read_at(&mut buf, 0).ok()?;
+            let stat = std::str::from_utf8(&buf[..n]).ok()?;
+            self.last_state = Some(parse_stat_state(stat)?);
+            cpu_ticks = parse_stat_cpu(stat);
+        }
+        let call = match &self.syscall {
+            Some(f) => {
+                let n = f.read_at(&mut buf, 0).ok()?;
+                parse_syscall(std::str::from_utf8(&buf[..n]).ok()?)
+            }
+            None => None,
+        };
         let gil_wait = matches!((&call, gil), (Some((name, Some(uaddr))), Some(range))
             if name == "futex" && range.contains(uaddr));
+        let state = match &call {
+            Some((name, _)) if name == "running" => 'R',
+            _ => self.last_state.unwrap_or('S'),
+        };
         Some(OsState {
             state,
             syscall: call.map(|(name, _)| name),
@@ -106,7 +121,7 @@ mod tests {
     fn reads_own_thread() {
         let me = std::process::id();
         let st = ThreadProc::open(me, me)
-            .read(None)
+            .read(None, true)
             .expect("own thread readable");
         assert!(st.state.is_ascii_uppercase());
     }

@@ -30,6 +30,67 @@ const SECTION_MIN: usize = 13 * 8;
 /// imported: no thread can be running a loop); an error when `_asyncio` is mapped but the
 /// offsets cannot be read.
 pub fn running_loop_offset(pid: i32) -> Result<Option<u64>> {
+    match section(pid)? {
+        Some((path, bytes)) => parse(&bytes)
+            .map(Some)
+            .with_context(|| format!("{SECTION} of {path}")),
+        None => Ok(None),
+    }
+}
+
+/// Every field of `Py_AsyncioModuleDebugOffsets`, for the task reader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AsyncioOffsets {
+    pub task_size: u64,
+    pub task_name: u64,
+    pub task_coro: u64,
+    pub task_node: u64,
+    pub interp_tasks_head: u64,
+    pub running_task: u64,
+    pub thread_tasks_head: u64,
+}
+
+/// The task offsets of the target's `.AsyncioDebug` section, like [`running_loop_offset`].
+pub fn asyncio_offsets(pid: i32) -> Result<Option<AsyncioOffsets>> {
+    let Some((path, sec)) = section(pid)? else {
+        return Ok(None);
+    };
+    parse_offsets(&sec)
+        .map(Some)
+        .with_context(|| format!("{SECTION} of {path}"))
+}
+
+/// Validates the section and returns its task offsets.
+pub fn parse_offsets(sec: &[u8]) -> Result<AsyncioOffsets> {
+    parse(sec)?;
+    let w = |i: u64| u64_at(sec, i * 8).unwrap_or(0);
+    let o = AsyncioOffsets {
+        task_size: w(0),
+        task_name: w(1),
+        task_coro: w(5),
+        task_node: w(6),
+        interp_tasks_head: w(8),
+        running_task: w(11),
+        thread_tasks_head: w(12),
+    };
+    // Inside their structs, 8-aligned; the name follows the coroutine (as in every TaskObj).
+    let inside =
+        |off: u64, size: u64| off >= 16 && off.is_multiple_of(8) && off.saturating_add(8) <= size;
+    if !inside(o.task_coro, o.task_size)
+        || o.task_name != o.task_coro + 8
+        || !inside(o.task_node, o.task_size)
+        || !inside(o.running_task, w(9))
+        || !inside(o.thread_tasks_head, w(9))
+        || !inside(o.interp_tasks_head, w(7))
+    {
+        bail!("implausible task offsets: {o:?}");
+    }
+    Ok(o)
+}
+
+/// The path and bytes of the first mapped image with a `.AsyncioDebug` section; `Ok(None)` when
+/// `_asyncio` is not loaded yet; an error when it is but has no such section.
+fn section(pid: i32) -> Result<Option<(String, Vec<u8>)>> {
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
         .with_context(|| format!("cannot read /proc/{pid}/maps"))?;
     let mut paths: Vec<&str> = Vec::new();
@@ -56,12 +117,9 @@ pub fn running_loop_offset(pid: i32) -> Result<Option<u64>> {
         f.starts_with("python") || f.starts_with("libpython")
     }));
     for path in candidates {
-        let Some(bytes) = read_section(pid, path, SECTION)? else {
-            continue;
-        };
-        return parse(&bytes)
-            .map(Some)
-            .with_context(|| format!("{SECTION} of {path}"));
+        if let Some(bytes) = read_section(pid, path, SECTION)? {
+            return Ok(Some((path.to_string(), bytes)));
+        }
     }
     if asyncio_so.is_empty() {
         return Ok(None);
@@ -181,6 +239,19 @@ mod tests {
         assert!(parse(&bad).is_err());
         bad[80..88].copy_from_slice(&u64::MAX.to_le_bytes()); // must not overflow
         assert!(parse(&bad).is_err());
+    }
+
+    #[test]
+    fn parses_task_offsets() {
+        let o = parse_offsets(&section_314()).unwrap();
+        assert_eq!(
+            (o.task_name, o.task_coro, o.task_node, o.running_task),
+            (136, 128, 152, 872)
+        );
+        assert_eq!((o.thread_tasks_head, o.interp_tasks_head), (880, 10880));
+        let mut bad = section_314();
+        bad[8..16].copy_from_slice(&200u64.to_le_bytes()); // task_name past the TaskObj
+        assert!(parse_offsets(&bad).is_err());
     }
 
     #[test]

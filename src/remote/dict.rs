@@ -122,19 +122,19 @@ pub fn find_in_values<M: ProcessMemory + ?Sized>(
 }
 
 /// The entry table of a dict-keys object, copied out of the target.
-struct EntryTable {
+pub(super) struct EntryTable {
     /// Entry bytes, starting at entry 0.
-    bytes: Vec<u8>,
+    pub(super) bytes: Vec<u8>,
     /// Where entry 0 starts, from the start of the keys object.
-    entries_off: u64,
-    nentries: u64,
-    entry_size: u64,
-    key_off: u64,
-    value_off: u64,
+    pub(super) entries_off: u64,
+    pub(super) nentries: u64,
+    pub(super) entry_size: u64,
+    pub(super) key_off: u64,
+    pub(super) value_off: u64,
 }
 
 impl EntryTable {
-    fn read<M: ProcessMemory + ?Sized>(
+    pub(super) fn read<M: ProcessMemory + ?Sized>(
         mem: &M,
         layout: DictLayout,
         keys: u64,

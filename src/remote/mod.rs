@@ -19,14 +19,26 @@
 //! For stdlib pure-Python loops the scan also finds the loop's ready queue (`loop._ready`,
 //! see `ready`), whose length and mutation counter the sampler re-reads every sample with
 //! [`ThreadScanner::read_ready`].
+//!
+//! [`AsyncioReader`] (`asyncio`, `tasks`, `coro`, `task_sets`) reads asyncio's own state: the
+//! task each running loop is stepping, every task with its await chain, and timer counts.
 
+mod async_offsets;
+mod asyncio;
 mod asyncio_debug;
 mod attrs;
+mod code;
+mod collections;
+mod coro;
 mod dict;
+mod kinds;
 mod mem;
 mod objects;
 mod offsets;
 mod ready;
+mod strings;
+mod task_sets;
+mod tasks;
 mod threads;
 mod tid;
 
@@ -38,7 +50,11 @@ use std::collections::HashSet;
 use anyhow::{anyhow, bail, Context, Result};
 use remoteprocess::ProcessMemory;
 
+pub use async_offsets::TaskOffsets;
+pub use asyncio::{AsyncioReader, AwaitTarget, CurrentTask, TaskInfo};
+pub use coro::{CoroState, Link};
 pub use offsets::{DictLayout, Layout, LoopSlot};
+pub use tasks::TaskState;
 
 use dict::KeyCache;
 use objects::TypeNames;
@@ -50,6 +66,8 @@ use tid::PthreadTid;
 /// One Python thread state of the target, as read at one moment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PyThread {
+    /// Address of the thread's `PyThreadState` (3.14 keeps its current task and task list there).
+    pub tstate: u64,
     /// pthread_t of the thread (PyThreadState.thread_id) — the same value py-spy puts in
     /// StackTrace.thread_id.
     pub pthread_id: u64,
@@ -209,6 +227,7 @@ impl ThreadScanner {
         let threads: Vec<PyThread> = raw
             .iter()
             .map(|t| PyThread {
+                tstate: t.tstate,
                 pthread_id: t.pthread_id,
                 native_tid: self.native_tid(process, t, &tids),
                 running_loop: self.running_loop(process, t),

@@ -15,6 +15,15 @@ use std::time::{Duration, Instant};
 use super::{PyThread, ThreadScanner};
 
 mod ready;
+mod tasks;
+
+/// Whether `py` can import `module`.
+fn has_module(py: &PathBuf, module: &str) -> bool {
+    Command::new(py)
+        .args(["-c", &format!("import {module}")])
+        .status()
+        .is_ok_and(|s| s.success())
+}
 
 /// The child is ended when the test ends, also on a failed assertion: closing its stdin
 /// makes the script exit; kill (by our child's own handle) is the fallback.

@@ -89,11 +89,13 @@ pub fn run(args: &TopArgs) -> Result<()> {
         .spy
         .take()
         .context("the target was already being sampled")?;
-    let rate = args.rate;
+    let (rate, stack_rate, threshold) = (args.rate, args.stack_rate, args.threshold / 1000.0);
     let stop_sampler = stop.clone();
     let sampler = std::thread::spawn(move || {
         let limits = Limits {
             rate,
+            stack_rate,
+            threshold,
             duration: None,
             stop: &stop_sampler,
         };
@@ -106,7 +108,8 @@ pub fn run(args: &TopArgs) -> Result<()> {
     let detector = Detector::new(DetectorConfig {
         threshold: args.threshold / 1000.0,
     })
-    .with_sources(SourceFiles::for_pid(target.pid));
+    .with_sources(SourceFiles::for_pid(target.pid))
+    .with_interval(1.0 / args.rate);
     let model = TopModel::new(
         target.pid,
         &target.command,

@@ -1,0 +1,119 @@
+//! A run: consecutive samples of one loop thread inside one callback. The detector opens one
+//! when a callback starts, feeds it every sample that sees the callback still running, and
+//! turns it into an episode when it ends after at least the threshold.
+
+use std::collections::HashMap;
+
+use crate::analysis::classify::kind_of_syscall;
+use crate::analysis::loop_state::CallbackKey;
+use crate::sample::{Frame, ReadyQueue, Sample, ThreadSample};
+
+#[derive(Debug)]
+pub struct Run {
+    /// The callback, once a stack sample has named it (a probe tick only sees that one began).
+    pub key: Option<CallbackKey>,
+    /// Monotonic time of the sample before the first one that saw this run.
+    pub prev: Option<f64>,
+    pub first: f64,
+    /// Wall minus monotonic time at the first sample, to convert the start to wall-clock time.
+    pub wall_offset: f64,
+    pub last: f64,
+    pub samples: u32,
+    /// Distinct stacks: (weight in ms, depth of the callback's part of the stack).
+    pub stacks: HashMap<Vec<Frame>, (u32, usize)>,
+    /// Samples per kind of wait.
+    pub kinds: HashMap<&'static str, u32>,
+    /// The ready queue at the last sample of the run.
+    pub ready: Option<ReadyQueue>,
+    /// Who held the GIL while the loop thread waited for it: (tid, name, stack) → samples.
+    pub holders: HashMap<(u32, Option<String>, Vec<Frame>), u32>,
+    /// The thread's (user, system) CPU ticks at the first and the last sample.
+    pub cpu: Option<((u64, u64), (u64, u64))>,
+    /// The latest stack and its callback depth, for live views.
+    pub latest: Option<(Vec<Frame>, usize)>,
+    /// The asyncio task (name, coroutine) each stack sample saw the loop stepping, `None` for
+    /// none: how many samples each.
+    pub tasks: HashMap<Option<(String, Option<String>)>, u32>,
+}
+
+impl Run {
+    pub fn start(key: Option<CallbackKey>, prev: Option<f64>, sample: &Sample) -> Run {
+        Run {
+            key,
+            prev,
+            first: sample.mono,
+            wall_offset: sample.wall - sample.mono,
+            last: sample.mono,
+            samples: 0,
+            stacks: HashMap::new(),
+            kinds: HashMap::new(),
+            ready: None,
+            holders: HashMap::new(),
+            cpu: None,
+            latest: None,
+            tasks: HashMap::new(),
+        }
+    }
+
+    /// The task most stack samples of the run saw (a plain callback's samples see none, so a
+    /// task read that raced the callback's start or end does not win), with its coroutine.
+    pub fn task(&self) -> Option<(String, Option<String>)> {
+        self.tasks
+            .iter()
+            .max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)))
+            .and_then(|(t, _)| t.clone())
+    }
+
+    /// The callback's name for live views.
+    pub fn callback_name(&self) -> String {
+        self.key
+            .as_ref()
+            .map_or_else(|| "a callback".to_string(), |k| k.function.clone())
+    }
+
+    /// Whether the loop dispatched a handle between the run's last sample and `now`.
+    pub fn popped(&self, now: Option<&ReadyQueue>) -> bool {
+        matches!((&self.ready, now), (Some(a), Some(b)) if a.popped_before(b))
+    }
+
+    /// One more sample (probe or full) saw the run going on.
+    pub fn observe(&mut self, sample: &Sample, thread: &ThreadSample) {
+        // Probe ticks do not read the current task.
+        if !sample.probe {
+            let task = thread
+                .task
+                .as_ref()
+                .map(|t| (t.clone(), thread.coroutine.clone()));
+            *self.tasks.entry(task).or_insert(0) += 1;
+        }
+        self.last = sample.mono;
+        self.samples += 1;
+        self.ready = thread.ready;
+        let Some(os) = &thread.os else { return };
+        if let Some(ticks) = os.cpu_ticks {
+            self.cpu = Some((self.cpu.map_or(ticks, |c| c.0), ticks));
+        }
+        let kind = match &os.syscall {
+            _ if os.gil_wait => Some("gil"),
+            Some(sc) => Some(kind_of_syscall(sc, os.state)),
+            None => None,
+        };
+        if let Some(kind) = kind {
+            *self.kinds.entry(kind).or_insert(0) += 1;
+        }
+        if os.gil_wait {
+            if let Some(h) = sample.threads.iter().find(|t| t.gil && t.tid != thread.tid) {
+                *self
+                    .holders
+                    .entry((h.tid, h.name.clone(), h.frames.clone()))
+                    .or_insert(0) += 1;
+            }
+        }
+    }
+
+    /// A stack sample of the run, standing for `weight` ms.
+    pub fn observe_stack(&mut self, frames: &[Frame], depth: usize, weight: u32) {
+        self.latest = Some((frames.to_vec(), depth));
+        self.stacks.entry(frames.to_vec()).or_insert((0, depth)).0 += weight;
+    }
+}

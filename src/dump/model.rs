@@ -1,0 +1,111 @@
+//! What `loopspy dump` shows, as plain serializable data: the JSON output is this model, and
+//! the text renderer reads only this model, so both are tested without a live process.
+
+use serde::{Deserialize, Serialize};
+
+use crate::sample::Frame;
+
+/// One read of the whole target.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Dump {
+    pub pid: u32,
+    pub python_version: String,
+    /// The target's command line.
+    pub command: String,
+    pub threads: Vec<ThreadDump>,
+    pub loops: Vec<LoopDump>,
+    pub tasks: Vec<TaskDump>,
+    /// What could not be read, one line each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ThreadDump {
+    pub tid: u32,
+    pub name: Option<String>,
+    /// Whether it held the GIL.
+    pub gil: bool,
+    /// `idle` or `active`, from the thread's OS state (running or in disk wait is active).
+    pub state: String,
+    /// The system call it waits in (`epoll_wait`, `futex`, ...), or `running`.
+    pub syscall: Option<String>,
+    /// The type of the event loop it runs, if any.
+    pub event_loop: Option<String>,
+    /// Innermost frame first.
+    pub stack: Vec<Frame>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoopDump {
+    /// The thread running it.
+    pub tid: u32,
+    pub thread: Option<String>,
+    /// `_UnixSelectorEventLoop`, uvloop's `Loop`, ...
+    pub loop_type: String,
+    /// Its address in the target, `0x...`.
+    pub address: String,
+    /// Callbacks waiting in `loop._ready` (stdlib loops only).
+    pub ready: Option<u64>,
+    /// Timers in `loop._scheduled` (stdlib loops only).
+    pub timers: Option<u64>,
+    /// Pending tasks of this loop.
+    pub tasks: Option<u64>,
+    /// The task it is stepping now.
+    pub running_task: Option<String>,
+    pub running_coroutine: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskDump {
+    /// Its address in the target, `0x...` (what other tasks' `awaiting` refers to).
+    pub address: String,
+    pub name: Option<String>,
+    /// `running` (its loop is stepping it now), `pending`, `cancelled`, `finished`, `unknown`.
+    pub state: String,
+    /// Qualified name of its coroutine.
+    pub coroutine: Option<String>,
+    /// The thread whose running loop the task belongs to, if that loop is running.
+    pub loop_tid: Option<u32>,
+    /// Where its coroutine is: the task's coroutine first, then each coroutine it awaits.
+    pub await_chain: Vec<AwaitFrame>,
+    /// What the innermost coroutine waits on.
+    pub awaiting: Option<Awaiting>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AwaitFrame {
+    pub function: String,
+    pub file: String,
+    /// The line it is suspended at; `None` when unknown or not started.
+    pub line: Option<u32>,
+    /// `suspended`, `running`, or `created` (not started yet).
+    pub state: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Awaiting {
+    /// Another task.
+    Task {
+        name: Option<String>,
+        address: String,
+    },
+    /// A future, by type (`_asyncio.Future`, `_GatheringFuture`, ...).
+    Future { type_name: String },
+    /// Another awaitable, by type.
+    Other { type_name: String },
+}
+
+impl Awaiting {
+    /// `task fetcher`, `_asyncio.Future`, ...
+    pub fn label(&self) -> String {
+        match self {
+            Awaiting::Task { name, address } => match name {
+                Some(n) => format!("task {n}"),
+                None => format!("task at {address}"),
+            },
+            Awaiting::Future { type_name } | Awaiting::Other { type_name } => type_name.clone(),
+        }
+    }
+}

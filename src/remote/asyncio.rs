@@ -1,0 +1,333 @@
+//! asyncio's own state in the target, read through our reader: the task each running loop is
+//! stepping right now, every task with its await chain, and each loop's timer count.
+//!
+//! Where asyncio keeps it (cpython-notes §3.2):
+//! - current task: 3.8–3.13 the `_current_tasks` dict `{loop: task}`, found once through
+//!   `sys.modules['asyncio.tasks'].__dict__` (py-spy gives the address of `sys.modules`); 3.14
+//!   `_PyThreadStateImpl.asyncio_running_task`, at the offset given by `.AsyncioDebug`;
+//! - all tasks: see `task_sets`;
+//! - timers: `len(loop._scheduled)`, a list in the loop's instance dict.
+//!
+//! The per-sample reads ([`AsyncioReader::current_task`], [`AsyncioReader::timers`]) use only
+//! addresses resolved before and cached; [`AsyncioReader::refresh`], called at every rescan,
+//! resolves what is missing (asyncio may be imported after we attach) and drops the caches
+//! whose entries could have gone stale.
+
+use std::collections::HashMap;
+
+use anyhow::{anyhow, Result};
+use remoteprocess::ProcessMemory;
+
+use super::async_offsets::{code_adaptive_from_debug_offsets, AsyncLayout, Bytecode, MODULE_DICT};
+use super::asyncio_debug::{asyncio_offsets, AsyncioOffsets};
+use super::attrs::instance_attr;
+use super::code::CodeCache;
+use super::collections::dict_items;
+use super::coro::{await_chain, qualname, Awaited, Link, Qualnames};
+use super::dict::{find_str, KeyCache};
+use super::kinds::{Kind, Kinds};
+use super::mem::{i64_at, plausible_obj, read_bytes, read_u64, u64_at};
+use super::offsets::{Layout, OB_SIZE, OB_TYPE};
+use super::task_sets::Globals;
+use super::tasks::{TaskHead, TaskReader, TaskState};
+
+/// A list longer than this is not a timer heap.
+const MAX_TIMERS: i64 = 1 << 32;
+
+/// The task a loop is running right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CurrentTask {
+    pub address: u64,
+    /// `Task-N` or the explicit name; `None` when it could not be read validly.
+    pub name: Option<String>,
+    /// Qualified name of the task's coroutine.
+    pub coroutine: Option<String>,
+}
+
+/// One task in full, for `loopspy dump`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskInfo {
+    pub address: u64,
+    pub name: Option<String>,
+    pub state: Option<TaskState>,
+    /// Address of the task's loop.
+    pub loop_: u64,
+    pub coroutine: Option<String>,
+    /// Where its coroutine is, outermost first (empty once finished).
+    pub chain: Vec<Link>,
+    /// What the innermost coroutine awaits.
+    pub awaiting: Option<AwaitTarget>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AwaitTarget {
+    /// Another task: its address, and its name when it reads.
+    Task {
+        address: u64,
+        name: Option<String>,
+    },
+    /// A future or other awaitable, by type name.
+    Future(String),
+    Other(String),
+}
+
+pub struct AsyncioReader {
+    layout: Layout,
+    pub(super) al: AsyncLayout,
+    pid: i32,
+    interp: u64,
+    /// Address of the `sys.modules` pointer.
+    modules_ptr: u64,
+    pub(super) kinds: Kinds,
+    codes: CodeCache,
+    qualnames: Qualnames,
+    pub(super) tasks: TaskReader,
+    pub(super) globals: Globals,
+    /// 3.14: the `.AsyncioDebug` offsets, once `_asyncio` is loaded.
+    pub(super) debug: Option<AsyncioOffsets>,
+    /// Loop address → the slot of `_scheduled` in its instance dict (`None`: it has none).
+    timer_slots: HashMap<u64, Option<u64>>,
+}
+
+impl AsyncioReader {
+    /// Build for an attached spy whose thread scanner uses `layout`.
+    pub fn new(spy: &py_spy::PythonSpy, layout: &Layout) -> Result<AsyncioReader> {
+        let minor = spy.version.minor;
+        let mut al = AsyncLayout::for_minor(minor)
+            .ok_or_else(|| anyhow!("no task layout for CPython 3.{minor}"))?;
+        if minor >= 13 {
+            // The bytecode offset moved between 3.13 and 3.14 builds: prefer the runtime's own.
+            if let Ok(runtime) = super::pyruntime_address(&spy.process) {
+                let found = read_bytes(&spy.process, runtime, 2048)
+                    .as_deref()
+                    .and_then(code_adaptive_from_debug_offsets);
+                if let Some(at) = found {
+                    al.code.bytecode = Bytecode::Inline { at };
+                }
+            }
+        }
+        let mut reader = AsyncioReader {
+            layout: *layout,
+            tasks: TaskReader::new(al.task, false),
+            al,
+            pid: spy.pid,
+            interp: spy.addresses.interpreter_address as u64,
+            modules_ptr: spy.addresses.imports_modules_address as u64,
+            kinds: Kinds::default(),
+            codes: CodeCache::default(),
+            qualnames: Qualnames::default(),
+            globals: Globals::default(),
+            debug: None,
+            timer_slots: HashMap::new(),
+        };
+        reader.refresh(&spy.process);
+        Ok(reader)
+    }
+
+    /// The `TaskObj` offsets in use and whether they are confirmed, for diagnostics.
+    pub fn task_offsets(&self) -> (super::async_offsets::TaskOffsets, bool) {
+        (self.tasks.offsets(), self.tasks.calibrated)
+    }
+
+    /// Re-resolve what is missing and drop caches that may be stale (see the module doc).
+    pub fn refresh<M: ProcessMemory + ?Sized>(&mut self, mem: &M) {
+        self.kinds.clear();
+        self.codes.clear();
+        self.qualnames.clear();
+        self.timer_slots.clear();
+        if self.al.minor >= 14 && self.debug.is_none() {
+            if let Ok(Some(o)) = asyncio_offsets(self.pid) {
+                self.debug = Some(o);
+                let mut t = self.al.task;
+                (t.coro, t.name, t.node) = (o.task_coro, o.task_name, Some(o.task_node));
+                // Still confirmed on a live task: the section says nothing of `task_state`.
+                self.tasks = TaskReader::new(t, false);
+            }
+        }
+        let modules = read_u64(mem, self.modules_ptr).unwrap_or(0);
+        if !self.globals.complete(self.al.minor) {
+            if let Some(module_dict) = self.module_dict(mem, modules, b"asyncio.tasks") {
+                self.globals = Globals::resolve(self, mem, module_dict);
+            }
+        }
+    }
+
+    /// `sys.modules[name].__dict__`, type-checked at each step.
+    fn module_dict<M: ProcessMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        modules: u64,
+        name: &'static [u8],
+    ) -> Option<u64> {
+        self.is(mem, modules, Kind::Dict)?;
+        let module = self.lookup(mem, modules, name)?;
+        self.is(mem, module, Kind::Module)?;
+        let dict = read_u64(mem, module.checked_add(MODULE_DICT)?)?;
+        self.is(mem, dict, Kind::Dict)?;
+        Some(dict)
+    }
+
+    /// `dict[name]` for a `str` key.
+    pub(super) fn lookup<M: ProcessMemory + ?Sized>(
+        &self,
+        mem: &M,
+        dict: u64,
+        name: &'static [u8],
+    ) -> Option<u64> {
+        let mut key = KeyCache::new(name);
+        let (dl, ascii) = (self.layout.dict, self.layout.str_ascii_size);
+        find_str(mem, dl, ascii, dict, &mut key).map(|f| f.value)
+    }
+
+    /// `Some(())` when `obj`'s kind is `kind`.
+    pub(super) fn is<M: ProcessMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        obj: u64,
+        kind: Kind,
+    ) -> Option<()> {
+        (self.kinds.of_object(mem, obj, self.al.tuple_items)?.1 == kind).then_some(())
+    }
+
+    /// The value of attribute `name` in `obj`'s instance dict.
+    pub(super) fn attr<M: ProcessMemory + ?Sized>(
+        &self,
+        mem: &M,
+        obj: u64,
+        name: &'static [u8],
+    ) -> Option<super::dict::Found> {
+        let tp = read_u64(mem, obj.checked_add(OB_TYPE)?)?;
+        instance_attr(mem, &self.layout, obj, tp, &mut KeyCache::new(name))
+    }
+
+    /// The task the loop at `loop_` (run by the thread whose state is at `tstate`) is stepping
+    /// now, or `None` when it runs no task (idle, or a plain callback) or nothing reads validly.
+    /// Five `process_vm_readv` calls: the dict's header and table (3.14: the thread-state
+    /// slot), the task, its name, its coroutine.
+    pub fn current_task<M: ProcessMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        tstate: u64,
+        loop_: u64,
+    ) -> Option<CurrentTask> {
+        let task = match self.debug {
+            Some(o) => read_u64(mem, tstate.checked_add(o.running_task)?)?,
+            None => {
+                let dict = self.globals.current?;
+                // `{loop: task}`: one entry per loop running a task; a key is its loop.
+                let items = dict_items(mem, self.layout.dict, dict)?;
+                items.iter().find(|(k, _)| *k == loop_)?.1
+            }
+        };
+        if !plausible_obj(task) {
+            return None;
+        }
+        self.tasks
+            .calibrate(mem, &self.al, &mut self.kinds, task, loop_);
+        let head = self.tasks.head(mem, &self.al, &mut self.kinds, task)?;
+        if head.loop_ != loop_ {
+            return None;
+        }
+        Some(CurrentTask {
+            address: task,
+            name: self.tasks.name(mem, &self.al, &mut self.kinds, &head),
+            coroutine: qualname(
+                mem,
+                &self.al,
+                &mut self.kinds,
+                &mut self.qualnames,
+                head.coro,
+            ),
+        })
+    }
+
+    /// `len(loop._scheduled)`: the loop's pending timers (`call_later`, `asyncio.sleep`). Two
+    /// reads: the attribute's slot (the list is replaced when the loop compacts it), then the
+    /// list's header. `None` for loops without it (uvloop) or when it does not read validly.
+    pub fn timers<M: ProcessMemory + ?Sized>(&mut self, mem: &M, loop_: u64) -> Option<u64> {
+        let slot = match self.timer_slots.get(&loop_) {
+            Some(s) => (*s)?,
+            None => {
+                let found = self.attr(mem, loop_, b"_scheduled");
+                let slot = found
+                    .filter(|f| self.is(mem, f.value, Kind::List).is_some())
+                    .map(|f| f.slot);
+                self.timer_slots.insert(loop_, slot);
+                slot?
+            }
+        };
+        let list = read_u64(mem, slot)?;
+        let b = read_bytes(mem, list, 24)?;
+        let kind = self
+            .kinds
+            .of_type(mem, u64_at(&b, OB_TYPE)?, self.al.tuple_items)?;
+        let n = i64_at(&b, OB_SIZE)?;
+        (kind == Kind::List && (0..MAX_TIMERS).contains(&n)).then_some(n as u64)
+    }
+
+    /// Calibrates the task offsets on the first of `tasks` that belongs to one of `loops`,
+    /// when no running task did it yet (a dump of idle loops).
+    pub fn calibrate_on<M: ProcessMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        tasks: &[u64],
+        loops: &[u64],
+    ) {
+        for &t in tasks {
+            if self.tasks.calibrated {
+                return;
+            }
+            if let Some(l) = read_u64(mem, t + 16).filter(|l| loops.contains(l)) {
+                self.tasks.calibrate(mem, &self.al, &mut self.kinds, t, l);
+            }
+        }
+    }
+
+    /// Everything about one task, with its await chain.
+    pub fn task_info<M: ProcessMemory + ?Sized>(&mut self, mem: &M, task: u64) -> Option<TaskInfo> {
+        let head = self.tasks.head(mem, &self.al, &mut self.kinds, task)?;
+        let (chain, awaited) =
+            await_chain(mem, &self.al, &mut self.kinds, &mut self.codes, head.coro);
+        let awaiting = awaited.map(|a| match a {
+            Awaited::Task(t) => AwaitTarget::Task {
+                address: t,
+                name: self.task_name(mem, t),
+            },
+            Awaited::Future(n) => AwaitTarget::Future(n),
+            Awaited::Other(n) => AwaitTarget::Other(n),
+        });
+        Some(TaskInfo {
+            address: task,
+            name: self.tasks.name(mem, &self.al, &mut self.kinds, &head),
+            state: head.state,
+            loop_: head.loop_,
+            coroutine: qualname(
+                mem,
+                &self.al,
+                &mut self.kinds,
+                &mut self.qualnames,
+                head.coro,
+            ),
+            chain,
+            awaiting,
+        })
+    }
+
+    fn task_name<M: ProcessMemory + ?Sized>(&mut self, mem: &M, task: u64) -> Option<String> {
+        let head = self.tasks.head(mem, &self.al, &mut self.kinds, task)?;
+        self.tasks.name(mem, &self.al, &mut self.kinds, &head)
+    }
+
+    /// One read of a task's fields (validated), for the task walkers.
+    pub(super) fn head<M: ProcessMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        task: u64,
+    ) -> Option<TaskHead> {
+        self.tasks.head(mem, &self.al, &mut self.kinds, task)
+    }
+
+    pub(super) fn interp(&self) -> u64 {
+        self.interp
+    }
+}
