@@ -32,8 +32,17 @@ pub fn write(out: &mut dyn Write, s: &Summary) -> Result<()> {
     };
     writeln!(
         out,
-        "loopspy: {} samples in {:.1} s ({:.0} Hz of {:.0} asked), {} errors ({:.1}%), {} late ticks (worst {:.1} ms); ended: {}",
-        st.samples, st.elapsed, st.achieved_rate(), st.rate, st.errors, error_share, st.late, st.max_late_ms, st.end
+        "loopspy: {} samples in {:.1} s ({:.0} Hz of {:.0} asked{}), {} errors ({:.1}%), {} late ticks (worst {:.1} ms); ended: {}",
+        st.samples,
+        st.elapsed,
+        st.achieved_rate(),
+        st.rate,
+        if st.stacks > 0 && st.stacks < st.samples { format!("; {} with full stacks", st.stacks) } else { String::new() },
+        st.errors,
+        error_share,
+        st.late,
+        st.max_late_ms,
+        st.end
     )?;
     if s.loops.is_empty() {
         writeln!(out, "loopspy: no asyncio event loop was found in the target (is it running one? loops are found while they run)")?;
