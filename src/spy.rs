@@ -219,10 +219,15 @@ impl SampleSource for Spy {
         let mut out = Vec::with_capacity(traces.len());
         for trace in &traces {
             let scanned = self.threads.get(&trace.thread_id);
-            let tid = trace
-                .os_thread_id
-                .map(|t| t as u32)
-                .or_else(|| scanned.and_then(|s| s.native_tid))
+            // Our scan gives host tids; py-spy's `os_thread_id` is the target's own number,
+            // which differs inside a container.
+            let tid = scanned
+                .and_then(|s| s.native_tid)
+                .or_else(|| {
+                    let inner = trace.os_thread_id? as u32;
+                    let scanner = self.scanner.as_ref();
+                    Some(scanner.and_then(|sc| sc.host_tid(inner)).unwrap_or(inner))
+                })
                 .or_else(|| single.then_some(self.spy.pid as u32))
                 .unwrap_or(0);
             let event_loop = scanned

@@ -107,6 +107,8 @@ pub struct ThreadScanner {
     ready: ReadyQueues,
     /// pthread id of the main thread (native tid == pid), once seen: every whole walk has it.
     main_pthread: Option<u64>,
+    /// The target's threads under both numberings, from the last scan.
+    task_ids: tid::TaskIds,
 }
 
 impl ThreadScanner {
@@ -150,6 +152,7 @@ impl ThreadScanner {
             names: TypeNames::default(),
             ready: ReadyQueues::default(),
             main_pthread: None,
+            task_ids: tid::TaskIds::default(),
         };
         // A wrong layout shows up as an empty walk: the head's `interp` back-pointer would not
         // match. A live interpreter always has at least the thread that runs it.
@@ -167,11 +170,11 @@ impl ThreadScanner {
             );
         }
         if scanner.layout.ts_native_tid.is_none() {
-            if let Some(tids) = tid::os_tids(scanner.pid) {
+            if let Some(ids) = tid::task_ids(scanner.pid) {
                 let pts: Vec<u64> = raw.iter().map(|t| t.pthread_id).collect();
                 scanner
                     .tid
-                    .calibrate(&spy.process, scanner.pid, &pts, &tids);
+                    .calibrate(&spy.process, ids.inner_pid as i32, &pts, &ids.inner());
             }
         }
         if scanner.layout.slot == LoopSlot::AsyncioDebug {
@@ -211,25 +214,28 @@ impl ThreadScanner {
             self.slot_off,
             self.main_pthread,
         )?;
-        let tids = tid::os_tids(self.pid).with_context(|| {
+        let ids = tid::task_ids(self.pid).with_context(|| {
             format!(
                 "cannot list /proc/{}/task (has the process exited?)",
                 self.pid
             )
         })?;
+        let tids = ids.inner();
         if self.layout.ts_native_tid.is_none() {
             let pts: Vec<u64> = raw.iter().map(|t| t.pthread_id).collect();
             let distinct: HashSet<u64> = pts.iter().copied().collect();
             if self.tid.wants_calibration(distinct.len()) {
-                self.tid.calibrate(process, self.pid, &pts, &tids);
+                self.tid
+                    .calibrate(process, ids.inner_pid as i32, &pts, &tids);
             }
         }
+        self.task_ids = ids.clone();
         let threads: Vec<PyThread> = raw
             .iter()
             .map(|t| PyThread {
                 tstate: t.tstate,
                 pthread_id: t.pthread_id,
-                native_tid: self.native_tid(process, t, &tids),
+                native_tid: self.native_tid(process, t, &tids).and_then(|n| ids.host(n)),
                 running_loop: self.running_loop(process, t),
             })
             .collect();
@@ -246,6 +252,12 @@ impl ThreadScanner {
             .collect();
         self.ready.retain(&live);
         Ok(threads)
+    }
+
+    /// The host tid (`/proc/PID/task/TID`) of a thread id as the target numbers it (they
+    /// differ in a container), from the last `scan`.
+    pub fn host_tid(&self, inner: u32) -> Option<u32> {
+        self.task_ids.host(inner)
     }
 
     /// `(len, state)` of a ready queue found by the last `scan` (`RunningLoop::ready`): its
@@ -292,7 +304,8 @@ impl ThreadScanner {
                     return None;
                 }
                 // A forked child inherits the parent's holder; it is not running that loop.
-                if mem::u32_at(&h, HOLDER_PID)? as i32 != self.pid {
+                // `getpid()` as the target sees it: its own namespace's number.
+                if mem::u32_at(&h, HOLDER_PID)? != self.task_ids.inner_pid {
                     return None;
                 }
                 mem::u64_at(&h, HOLDER_LOOP)?

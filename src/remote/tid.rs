@@ -18,6 +18,58 @@ const PREFERRED: u64 = 0x2d0;
 const SCAN_LIMIT: u64 = 0x800;
 
 /// The OS thread ids of `pid` (names of `/proc/PID/task/*`); `None` if unreadable.
+/// The target's threads, numbered as the target sees them (its own PID namespace: a process
+/// in a container calls its main thread 1) and as the host does (`/proc/PID/task/TID`).
+/// `native_thread_id` and glibc's `struct pthread` hold the inner number.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TaskIds {
+    inner_to_host: std::collections::HashMap<u32, u32>,
+    /// The main thread's inner number (the pid inside the target's namespace).
+    pub inner_pid: u32,
+}
+
+impl TaskIds {
+    /// The inner tids.
+    pub fn inner(&self) -> HashSet<u32> {
+        self.inner_to_host.keys().copied().collect()
+    }
+
+    /// The host tid of an inner tid that is currently a thread of the target.
+    pub fn host(&self, inner: u32) -> Option<u32> {
+        self.inner_to_host.get(&inner).copied()
+    }
+}
+
+/// The innermost value of a `status` file's `NSpid:` line (the id in the process's own
+/// namespace); None when there is no such line.
+fn inner_id(status: &str) -> Option<u32> {
+    let line = status.lines().find(|l| l.starts_with("NSpid:"))?;
+    line.split_whitespace().last()?.parse().ok()
+}
+
+/// Read the target's threads with both numberings. Outside a PID namespace the two agree and
+/// only the task list is read.
+pub fn task_ids(pid: i32) -> Option<TaskIds> {
+    let host = os_tids(pid)?;
+    let own = std::fs::read_to_string(format!("/proc/{pid}/status")).ok();
+    let inner_pid = own.as_deref().and_then(inner_id).unwrap_or(pid as u32);
+    let inner_to_host = if inner_pid == pid as u32 {
+        host.into_iter().map(|t| (t, t)).collect()
+    } else {
+        host.into_iter()
+            .filter_map(|t| {
+                let status =
+                    std::fs::read_to_string(format!("/proc/{pid}/task/{t}/status")).ok()?;
+                Some((inner_id(&status)?, t))
+            })
+            .collect()
+    };
+    Some(TaskIds {
+        inner_to_host,
+        inner_pid,
+    })
+}
+
 pub fn os_tids(pid: i32) -> Option<HashSet<u32>> {
     let rd = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
     Some(
@@ -115,6 +167,16 @@ mod tests {
             b[*o as usize..][..4].copy_from_slice(&v.to_le_bytes());
         }
         b
+    }
+
+    #[test]
+    fn nspid_innermost_value() {
+        assert_eq!(
+            super::inner_id("Name:\tpython3\nNSpid:\t11482\t1\nX: 1"),
+            Some(1)
+        );
+        assert_eq!(super::inner_id("NSpid:\t42\n"), Some(42));
+        assert_eq!(super::inner_id("Name: x\n"), None);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 mod causes;
 mod cli;
+mod container;
 mod dump;
 mod live;
 mod offline;

@@ -73,9 +73,14 @@ pub fn tagged(line: &str, tag: &str) -> Option<Value> {
 
 impl Target {
     pub fn start(python: &Path, script: &Path, args: &[&str]) -> Target {
-        let mut child = Command::new(python)
-            .arg(script)
-            .args(args)
+        let mut cmd = Command::new(python);
+        cmd.arg(script).args(args);
+        Target::start_command(cmd)
+    }
+
+    /// Start any command whose output follows the READY protocol.
+    pub fn start_command(mut cmd: Command) -> Target {
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
