@@ -73,6 +73,10 @@ pub struct RecordArgs {
     /// Stacks are also read every 10 ms while a callback runs past the threshold.
     #[arg(long, default_value = DEFAULT_STACK_RATE, value_parser = positive_f64)]
     pub stack_rate: f64,
+    /// Also sample the target's Python child processes (uvicorn/gunicorn workers,
+    /// multiprocessing), including workers started after loopspy attached.
+    #[arg(long)]
+    pub subprocesses: bool,
     /// Output file (default loopspy-PID.svg, or loopspy-PID.jsonl with --format raw).
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
@@ -100,6 +104,10 @@ pub struct TopArgs {
     /// Stacks are also read every 10 ms while a callback runs past the threshold.
     #[arg(long, default_value = DEFAULT_STACK_RATE, value_parser = positive_f64)]
     pub stack_rate: f64,
+    /// Also sample the target's Python child processes (uvicorn/gunicorn workers,
+    /// multiprocessing), including workers started after loopspy attached.
+    #[arg(long)]
+    pub subprocesses: bool,
     /// A callback running at least this many milliseconds is a blocking episode.
     #[arg(long, default_value = "50", value_parser = positive_f64)]
     pub threshold: f64,

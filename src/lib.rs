@@ -21,3 +21,4 @@ pub mod sample;
 pub mod sampler;
 pub mod spy;
 pub mod top;
+pub mod tree;

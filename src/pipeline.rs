@@ -86,12 +86,12 @@ impl Pipeline {
         for event in events {
             match event {
                 Event::Stack {
+                    pid,
                     thread,
                     frames,
                     idle,
                     count,
-                    ..
-                } => self.flame.add_stack(&thread, &frames, idle, count),
+                } => self.flame.add_stack(pid, &thread, &frames, idle, count),
                 Event::Episode { episode, stacks } => {
                     if let Some((log, _)) = self.sinks.episodes.as_mut() {
                         log.write(&episode)?;

@@ -19,6 +19,7 @@ use crate::output::episodes::{EpisodeLog, LogTarget};
 use crate::pipeline::{Pipeline, Sinks};
 use crate::recording::{Header, RecordingWriter, FORMAT_VERSION};
 use crate::sampler::{self, Limits};
+use crate::tree::WorkerFinder;
 
 /// Set by Ctrl-C (SIGINT/SIGTERM); the sampler checks it every tick.
 fn stop_flag() -> Result<Arc<AtomicBool>> {
@@ -129,11 +130,18 @@ pub fn run(args: &RecordArgs) -> Result<()> {
         target.pid, target.python_version, args.rate
     );
     let mut announced = false;
-    let mut spy = target
+    let spy = target
         .spy
         .take()
         .context("the target was already being sampled")?;
-    let result = sampler::run(&mut spy, &limits, &mut |s, _| {
+    let mut finder = WorkerFinder::new(target.pid);
+    let mut discover = |known: &[u32]| finder.discover(known);
+    let discover: Option<&mut sampler::Discover> = if args.subprocesses {
+        Some(&mut discover)
+    } else {
+        None
+    };
+    let result = sampler::run_tree(vec![Box::new(spy)], discover, &limits, &mut |s, _| {
         // Said once the first sample is in, so scripts (and our tests) can wait for it.
         if !announced {
             announced = true;

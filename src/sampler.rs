@@ -117,28 +117,144 @@ fn track_runs(
     long
 }
 
-/// Run the loop, handing each sample to `sink` with the stats so far. Returns the stats;
-/// errors only when sampling keeps failing on a live target or the sink fails.
+/// Finds new processes to sample (worker processes started after attaching); called about
+/// once a second with the pids already sampled.
+pub type Discover<'a> = dyn FnMut(&[u32]) -> Vec<Box<dyn SampleSource + Send>> + 'a;
+
+/// How often `Discover` is asked for new processes.
+const DISCOVER_EVERY: Duration = Duration::from_secs(1);
+
+/// One sampled process and its schedule.
+struct Slot<'s> {
+    source: Box<dyn SampleSource + Send + 's>,
+    last_stack: Option<Instant>,
+    long_run: bool,
+    clocks: HashMap<u32, RunClock>,
+    consecutive: u64,
+}
+
+/// What one tick of one process gave.
+enum Read {
+    Sample(Sample),
+    Skipped,
+    Failed(anyhow::Error),
+}
+
+impl<'s> Slot<'s> {
+    fn new(source: Box<dyn SampleSource + Send + 's>) -> Slot<'s> {
+        Slot {
+            source,
+            last_stack: None,
+            long_run: false,
+            clocks: HashMap::new(),
+            consecutive: 0,
+        }
+    }
+
+    fn tick(&mut self, tick: Instant, wall: f64, mono: f64, limits: &Timing) -> Read {
+        let stack_due = self.last_stack.is_none_or(|t| {
+            let since = tick - t;
+            since >= limits.stack_interval || (self.long_run && since >= BURST)
+        });
+        let mut probe = false;
+        let read = if stack_due {
+            self.last_stack = Some(tick);
+            self.source.sample()
+        } else {
+            match self.source.probe() {
+                Some(r) => {
+                    probe = true;
+                    r
+                }
+                // No cheap path for now (no loop known yet, or a layout we cannot read): read
+                // stacks instead, but no faster than a stack read can keep up with.
+                None if self
+                    .last_stack
+                    .is_none_or(|t| tick - t >= limits.stack_only) =>
+                {
+                    self.last_stack = Some(tick);
+                    self.source.sample()
+                }
+                None => return Read::Skipped,
+            }
+        };
+        match read {
+            Ok(threads) => {
+                self.consecutive = 0;
+                self.long_run = track_runs(&mut self.clocks, &threads, tick, limits.threshold);
+                Read::Sample(Sample {
+                    wall,
+                    mono,
+                    pid: self.source.pid(),
+                    probe,
+                    threads,
+                })
+            }
+            Err(e) => {
+                self.consecutive += 1;
+                Read::Failed(e)
+            }
+        }
+    }
+}
+
+/// The intervals derived from `Limits`.
+struct Timing {
+    stack_interval: Duration,
+    stack_only: Duration,
+    threshold: Duration,
+}
+
+/// Run the loop over one process, handing each sample to `sink` with the stats so far.
+/// Returns the stats; errors only when sampling keeps failing on a live target or the sink
+/// fails.
 pub fn run(
-    source: &mut dyn SampleSource,
+    source: &mut (dyn SampleSource + Send),
+    limits: &Limits,
+    sink: &mut dyn FnMut(Sample, &SamplerStats) -> Result<()>,
+) -> Result<SamplerStats> {
+    struct Borrowed<'a>(&'a mut (dyn SampleSource + Send));
+    impl SampleSource for Borrowed<'_> {
+        fn pid(&self) -> u32 {
+            self.0.pid()
+        }
+        fn sample(&mut self) -> Result<Vec<ThreadSample>> {
+            self.0.sample()
+        }
+        fn probe(&mut self) -> Option<Result<Vec<ThreadSample>>> {
+            self.0.probe()
+        }
+        fn alive(&mut self) -> bool {
+            self.0.alive()
+        }
+    }
+    run_tree(vec![Box::new(Borrowed(source))], None, limits, sink)
+}
+
+/// Run the loop over a root process and, with `discover`, the processes it finds later (worker
+/// processes). The first source is the root: sampling ends when it exits. A worker that exits
+/// gets one last, empty sample so its open episodes end there.
+pub fn run_tree<'s>(
+    sources: Vec<Box<dyn SampleSource + Send + 's>>,
+    mut discover: Option<&mut Discover>,
     limits: &Limits,
     sink: &mut dyn FnMut(Sample, &SamplerStats) -> Result<()>,
 ) -> Result<SamplerStats> {
     let interval = Duration::from_secs_f64(1.0 / limits.rate);
-    let stack_only = Duration::from_secs_f64(1.0 / STACK_ONLY_MAX_RATE);
-    let stack_interval = Duration::from_secs_f64(1.0 / limits.stack_rate.min(limits.rate));
-    let threshold = Duration::from_secs_f64(limits.threshold);
+    let timing = Timing {
+        stack_interval: Duration::from_secs_f64(1.0 / limits.stack_rate.min(limits.rate)),
+        stack_only: Duration::from_secs_f64(1.0 / STACK_ONLY_MAX_RATE),
+        threshold: Duration::from_secs_f64(limits.threshold),
+    };
     let start = Instant::now();
     let mut stats = SamplerStats {
         rate: limits.rate,
         ..Default::default()
     };
     let mut next = start;
-    let mut consecutive = 0u64;
-    let mut last_stack: Option<Instant> = None;
-    let mut long_run = false;
-    let mut clocks: HashMap<u32, RunClock> = HashMap::new();
-    loop {
+    let mut slots: Vec<Slot> = sources.into_iter().map(Slot::new).collect();
+    let mut last_discover = start;
+    'ticks: loop {
         if limits.stop.load(Ordering::Relaxed) {
             stats.end = "interrupted".into();
             break;
@@ -165,64 +281,67 @@ pub fn run(
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
         let mono = tick.duration_since(start).as_secs_f64();
-        let stack_due = last_stack.is_none_or(|t| {
-            let since = tick - t;
-            since >= stack_interval || (long_run && since >= BURST)
-        });
-        let mut probe = false;
-        let read = if stack_due {
-            last_stack = Some(tick);
-            source.sample()
-        } else {
-            match source.probe() {
-                Some(r) => {
-                    probe = true;
-                    r
+        let mut any = false;
+        let mut i = 0;
+        while i < slots.len() {
+            match slots[i].tick(tick, wall, mono, &timing) {
+                Read::Sample(sample) => {
+                    any = true;
+                    if !sample.probe {
+                        stats.stacks += 1;
+                    }
+                    stats.elapsed = mono;
+                    sink(sample, &stats)?;
+                    i += 1;
                 }
-                // No cheap path for now (no loop known yet, or a layout we cannot read): read
-                // stacks instead, but no faster than a stack read can keep up with.
-                None if last_stack.is_none_or(|t| tick - t >= stack_only) => {
-                    last_stack = Some(tick);
-                    source.sample()
+                Read::Skipped => i += 1,
+                Read::Failed(e) => {
+                    stats.errors += 1;
+                    stats.last_error = Some(format!("{e:#}"));
+                    let slot = &mut slots[i];
+                    if !slot.source.alive() {
+                        if i == 0 {
+                            stats.end = "target exited".into();
+                            break 'ticks;
+                        }
+                        // A worker ended: close its episodes at this tick.
+                        let pid = slot.source.pid();
+                        slots.remove(i);
+                        sink(
+                            Sample {
+                                wall,
+                                mono,
+                                pid,
+                                probe: false,
+                                threads: Vec::new(),
+                            },
+                            &stats,
+                        )?;
+                        continue;
+                    }
+                    if slot.consecutive >= MAX_CONSECUTIVE_ERRORS {
+                        bail!(
+                            "sampling failed {} times in a row; last error: {e:#}",
+                            slot.consecutive
+                        );
+                    }
+                    i += 1;
                 }
-                None => continue,
             }
-        };
-        match read {
-            Ok(threads) => {
-                consecutive = 0;
-                stats.samples += 1;
-                if !probe {
-                    stats.stacks += 1;
-                }
-                stats.elapsed = mono;
-                long_run = track_runs(&mut clocks, &threads, tick, threshold);
-                let sample = Sample {
-                    wall,
-                    mono,
-                    pid: source.pid(),
-                    probe,
-                    threads,
-                };
-                sink(sample, &stats)?;
-            }
-            Err(e) => {
-                stats.errors += 1;
-                consecutive += 1;
-                stats.last_error = Some(format!("{e:#}"));
-                if !source.alive() {
-                    stats.end = "target exited".into();
-                    break;
-                }
-                if consecutive >= MAX_CONSECUTIVE_ERRORS {
-                    bail!("sampling failed {consecutive} times in a row; last error: {e:#}");
-                }
+        }
+        if any {
+            stats.samples += 1;
+        }
+        if let Some(d) = discover.as_mut() {
+            if tick - last_discover >= DISCOVER_EVERY {
+                last_discover = tick;
+                let known: Vec<u32> = slots.iter().map(|s| s.source.pid()).collect();
+                slots.extend(d(&known).into_iter().map(|s| Slot::new(s)));
             }
         }
     }
     Ok(stats)
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -119,6 +119,10 @@ impl Detector {
 
     /// Process one sample and return what it completed.
     pub fn feed(&mut self, sample: &Sample) -> Vec<Event> {
+        // A corrupt timestamp (NaN, infinite, centuries away) cannot be placed in time.
+        if !(sample.wall.is_finite() && sample.mono.abs() < 1e9) {
+            return Vec::new();
+        }
         let mut events = Vec::new();
         if sample.probe {
             for thread in &sample.threads {

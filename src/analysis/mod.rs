@@ -12,3 +12,5 @@ pub mod run;
 mod detector_task_tests;
 #[cfg(test)]
 mod detector_tests;
+#[cfg(test)]
+mod fuzz_tests;

@@ -32,7 +32,9 @@ pub struct FlameContext {
 #[derive(Debug, Default)]
 pub struct FlameGraph {
     include_idle: bool,
-    normal: BTreeMap<String, u64>,
+    /// (pid, folded stack) → weight.
+    normal: BTreeMap<(u32, String), u64>,
+    pids: std::collections::BTreeSet<u32>,
     episodes: Vec<(Episode, Vec<(Vec<Frame>, u32)>)>,
 }
 
@@ -72,29 +74,44 @@ impl FlameGraph {
         }
     }
 
-    pub fn add_stack(&mut self, thread: &str, frames: &[Frame], idle: bool, count: u32) {
+    pub fn add_stack(&mut self, pid: u32, thread: &str, frames: &[Frame], idle: bool, count: u32) {
+        self.pids.insert(pid);
         if idle && !self.include_idle {
             return;
         }
         *self
             .normal
-            .entry(folded(&[thread.to_string()], frames, NORMAL))
+            .entry((pid, folded(&[thread.to_string()], frames, NORMAL)))
             .or_insert(0) += count as u64;
     }
 
     pub fn add_episode(&mut self, episode: &Episode, stacks: Vec<(Vec<Frame>, u32)>) {
+        self.pids.insert(episode.pid);
         self.episodes.push((episode.clone(), stacks));
     }
 
-    /// The folded lines inferno draws: sorted, so output is deterministic.
+    /// The folded lines inferno draws: sorted, so output is deterministic. With several
+    /// processes (worker processes), each gets its own root.
     pub fn folded_lines(&self, start_wall: f64) -> Vec<String> {
-        let mut lines: BTreeMap<String, u64> = self.normal.clone();
-        // Group episodes by what they blame.
-        let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-        for (i, (ep, _)) in self.episodes.iter().enumerate() {
-            groups.entry(group_key(ep)).or_default().push(i);
+        let multi = self.pids.len() > 1;
+        let process = |pid: u32, line: String| {
+            if multi {
+                format!("process {pid};{line}")
+            } else {
+                line
+            }
+        };
+        let mut lines: BTreeMap<String, u64> = BTreeMap::new();
+        for ((pid, line), n) in &self.normal {
+            *lines.entry(process(*pid, line.clone())).or_insert(0) += n;
         }
-        for (key, members) in &groups {
+        // Group episodes by process and what they blame.
+        let mut groups: BTreeMap<(u32, String), Vec<usize>> = BTreeMap::new();
+        for (i, (ep, _)) in self.episodes.iter().enumerate() {
+            groups.entry((ep.pid, group_key(ep))).or_default().push(i);
+        }
+        for ((pid, key), members) in &groups {
+            let pid = *pid;
             let worst = members
                 .iter()
                 .map(|&i| self.episodes[i].0.duration_ms)
@@ -127,7 +144,8 @@ impl FlameGraph {
                     );
                     let frames: Vec<Frame> = holder.stack.iter().map(Frame::from).collect();
                     let line = folded(&[root.clone(), when.clone(), held], &frames, BLOCKED);
-                    *lines.entry(line).or_insert(0) += ep.samples as u64;
+                    *lines.entry(process(pid, line)).or_insert(0) +=
+                        ep.duration_ms.round().max(1.0) as u64;
                     continue;
                 }
                 for (frames, count) in stacks {
@@ -136,7 +154,7 @@ impl FlameGraph {
                         frames,
                         BLOCKED,
                     );
-                    *lines.entry(line).or_insert(0) += *count as u64;
+                    *lines.entry(process(pid, line)).or_insert(0) += *count as u64;
                 }
             }
         }
@@ -163,7 +181,7 @@ impl FlameGraph {
         opts.colors = Palette::Multi(MultiPalette::Java);
         opts.hash = true;
         opts.deterministic = true;
-        opts.count_name = "samples".to_string();
+        opts.count_name = "ms".to_string();
         opts.min_width = 0.05;
         flamegraph::from_lines(&mut opts, lines.iter().map(String::as_str), out)
             .context("rendering the flame graph")?;

@@ -21,6 +21,7 @@ use crate::sampler::{self, Limits, SamplerStats};
 use crate::top::model::TopModel;
 use crate::top::render::{draw, to_text};
 use crate::top::{feed_end, feed_sample};
+use crate::tree::WorkerFinder;
 
 /// How often the screen is redrawn.
 const REFRESH: Duration = Duration::from_millis(250);
@@ -85,11 +86,12 @@ pub fn run(args: &TopArgs) -> Result<()> {
         None => launch(&args.command, interactive)?,
     };
     let (tx, rx) = mpsc::channel();
-    let mut spy = target
+    let spy = target
         .spy
         .take()
         .context("the target was already being sampled")?;
     let (rate, stack_rate, threshold) = (args.rate, args.stack_rate, args.threshold / 1000.0);
+    let (root, subprocesses) = (target.pid, args.subprocesses);
     let stop_sampler = stop.clone();
     let sampler = std::thread::spawn(move || {
         let limits = Limits {
@@ -99,7 +101,14 @@ pub fn run(args: &TopArgs) -> Result<()> {
             duration: None,
             stop: &stop_sampler,
         };
-        let result = sampler::run(&mut spy, &limits, &mut |s, st| {
+        let mut finder = WorkerFinder::new(root);
+        let mut discover = |known: &[u32]| finder.discover(known);
+        let discover: Option<&mut sampler::Discover> = if subprocesses {
+            Some(&mut discover)
+        } else {
+            None
+        };
+        let result = sampler::run_tree(vec![Box::new(spy)], discover, &limits, &mut |s, st| {
             tx.send(Msg::Sample(s, st.clone()))
                 .map_err(|_| anyhow::anyhow!("view closed"))
         });

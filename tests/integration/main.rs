@@ -10,3 +10,4 @@ mod live;
 mod offline;
 mod support;
 mod top;
+mod workers;
