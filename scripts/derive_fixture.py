@@ -4,8 +4,10 @@ deterministic jitter of up to +-2 ms, every 7th sample is dropped (failed reads)
 in one 60 ms window inside the second episode are removed (a sampler stall).
 
     python3 scripts/derive_fixture.py IN.jsonl OUT.jsonl
+    python3 scripts/derive_fixture.py merge OUT.jsonl IN1.jsonl IN2.jsonl ...
 """
 import json
+import os
 import sys
 
 
@@ -36,5 +38,26 @@ def main(src, dst):
             f.write(json.dumps(r, separators=(",", ":")) + "\n")
 
 
+
+
+def merge(sources, dst):
+    """Interleave recordings of different processes by time, as `--subprocesses` records
+    several worker processes into one file."""
+    headers, samples = [], []
+    for src in sources:
+        with open(src) as f:
+            headers.append(json.loads(f.readline()))
+            samples += [json.loads(l) for l in f if l.strip() and "mono" in l]
+    samples.sort(key=lambda s: s["mono"])
+    header = dict(headers[0])
+    header["note"] = "merged from %s by scripts/derive_fixture.py merge" % ", ".join(os.path.basename(s) for s in sources)
+    with open(dst, "w") as f:
+        for r in [header] + samples:
+            f.write(json.dumps(r, separators=(",", ":")) + "\n")
+
+
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    if sys.argv[1] == "merge":
+        merge(sys.argv[3:], sys.argv[2])
+    else:
+        main(*sys.argv[1:3])

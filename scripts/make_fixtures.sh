@@ -36,5 +36,6 @@ record uvloop uvloop 200
 record gil gil 200 tests/py/causes.py
 record idle idle 100
 "$python" scripts/derive_fixture.py "$out/sleep_task.jsonl" "$out/jitter_gaps.jsonl"
+"$python" scripts/derive_fixture.py merge "$out/workers_merged.jsonl" "$out/sleep_task.jsonl" "$out/two_loops.jsonl"
 # The demo service for 5 s at 100 Hz: many culprits and a 1.2 s hang (top view goldens).
 target/release/loopspy record --rate 100 --format raw -o "$out/demo.jsonl" -- "$python" examples/demo_app.py --seconds 5 >/dev/null

@@ -108,6 +108,12 @@ impl<R: BufRead> Iterator for RecordingReader<R> {
         loop {
             let line = match self.lines.next()? {
                 Ok(l) => l,
+                // Bytes that are not UTF-8 (a damaged file): that line is lost, not the rest.
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    self.line_no += 1;
+                    self.skipped += 1;
+                    continue;
+                }
                 Err(e) => return Some(Err(e.into())),
             };
             self.line_no += 1;
@@ -187,6 +193,68 @@ mod tests {
         let mut r = RecordingReader::new(&bytes[..]).unwrap();
         assert_eq!(r.by_ref().count(), 2);
         assert_eq!(r.skipped, 1);
+    }
+
+    /// A torn or damaged recording never panics the reader: every line it yields is a whole
+    /// sample, and damage costs the damaged lines, not the rest of the file.
+    #[test]
+    fn corrupt_recordings_never_panic() {
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let mut rand = move |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n.max(1) as u64) as usize
+        };
+        let mut w = RecordingWriter::new(Vec::new(), &header()).unwrap();
+        for i in 0..40 {
+            w.write(&Sample {
+                probe: i % 3 != 0,
+                wall: 1000.0 + i as f64 * 0.001,
+                mono: i as f64 * 0.001,
+                pid: 7,
+                threads: Vec::new(),
+            })
+            .unwrap();
+        }
+        let clean = w.finish(&SamplerStats::default()).unwrap();
+        let header_len = clean.iter().position(|b| *b == b'\n').unwrap() + 1;
+        for round in 0..5000 {
+            let mut bytes = clean.clone();
+            for _ in 0..1 + rand(4) {
+                let at = rand(bytes.len() + 1);
+                match rand(6) {
+                    0 => bytes.truncate(at),
+                    1 if at < bytes.len() => bytes[at] = rand(256) as u8,
+                    2 => bytes
+                        .splice(at..at, [0xff, 0xfe, 0x00, b'{'])
+                        .for_each(drop),
+                    3 => {
+                        let end = (at + rand(200)).min(bytes.len());
+                        bytes.drain(at..end);
+                    }
+                    4 => bytes
+                        .splice(at..at, *b"\n{\"mono\":1e999}\n")
+                        .for_each(drop),
+                    _ => bytes.splice(at..at, *b"\n").for_each(drop),
+                }
+            }
+            let intact_header = bytes.get(..header_len) == clean.get(..header_len);
+            let mut r = match RecordingReader::new(&bytes[..]) {
+                Ok(r) => r,
+                Err(_) => {
+                    assert!(!intact_header, "round {round}: a whole header was refused");
+                    continue;
+                }
+            };
+            let mut n = 0;
+            for item in r.by_ref() {
+                let s = item.unwrap_or_else(|e| panic!("round {round}: {e:#}"));
+                assert!(s.mono.is_finite() && s.wall.is_finite(), "round {round}");
+                n += 1;
+            }
+            assert!(n <= 40 + 4 * 4, "round {round}: {n} samples");
+        }
     }
 
     #[test]

@@ -182,7 +182,11 @@ impl Gen {
                 Doing::Idle
             };
             let long = rng.chance(0.3);
-            l.until = t + if long { 0.03 + rng.unit() * 0.4 } else { rng.unit() * 0.02 };
+            l.until = t + if long {
+                0.03 + rng.unit() * 0.4
+            } else {
+                rng.unit() * 0.02
+            };
         }
         let (mut frames, syscall) = match l.doing {
             Doing::Idle if l.uvloop => (Vec::new(), "epoll_wait"),
@@ -212,7 +216,14 @@ impl Gen {
         ThreadSample {
             tid: l.tid,
             name: Some(format!("loop-{}", l.tid)),
-            event_loop: Some(if l.uvloop { "Loop" } else { "_UnixSelectorEventLoop" }.into()),
+            event_loop: Some(
+                if l.uvloop {
+                    "Loop"
+                } else {
+                    "_UnixSelectorEventLoop"
+                }
+                .into(),
+            ),
             gil: rng.chance(0.5),
             active: true,
             os: Some(OsState {
@@ -485,7 +496,7 @@ fn run_one(seed: u64, samples: usize, damage: f64, bad_time: u8) -> usize {
     }
     let mut seen = Seen::new();
     let mut found = Vec::new();
-    let mut collect = |events: Vec<Event>, found: &mut Vec<Episode>| {
+    let collect = |events: Vec<Event>, found: &mut Vec<Episode>| {
         for e in events {
             match e {
                 Event::Episode { episode, stacks } => {
@@ -571,4 +582,90 @@ fn only_garbage_timestamps() {
             }
         }
     }
+}
+
+/// A damaged recording replays (`loopspy report`) without a panic: what it writes is whole, and
+/// every episode in the log is a possible one.
+#[test]
+fn damaged_recordings_replay_cleanly() {
+    use crate::output::atomic::AtomicFile;
+    use crate::output::episodes::{EpisodeLog, LogTarget};
+    use crate::pipeline::Sinks;
+    use crate::recording::{Header, RecordingWriter, FORMAT_VERSION};
+    use crate::sampler::SamplerStats;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = Rng::new(77);
+    let mut episodes = 0;
+    for round in 0..60u64 {
+        let header = Header {
+            loopspy_recording: FORMAT_VERSION,
+            pid: 7,
+            command: "python3 app.py".into(),
+            python_version: "3.11.7".into(),
+            rate: 1000.0,
+            start_wall: 1_700_000_000.0,
+            note: None,
+        };
+        let mut gen = Gen::new(round, [0.0, 0.05, 0.3][round as usize % 3], 1);
+        let mut w = RecordingWriter::new(Vec::new(), &header).unwrap();
+        for _ in 0..1500 {
+            // NaN and infinite timestamps are written as `null`: those lines do not parse.
+            w.write(&gen.sample()).unwrap();
+        }
+        let mut bytes = w.finish(&SamplerStats::default()).unwrap();
+        for _ in 0..rng.below(6) {
+            let at = rng.below(bytes.len() + 1);
+            match rng.below(4) {
+                0 => bytes.truncate(at.max(bytes.len() / 2)),
+                1 if at < bytes.len() => bytes[at] = rng.next() as u8,
+                2 => bytes.splice(at..at, [0xc3, 0x28, b'\n']).for_each(drop),
+                _ => {
+                    let end = (at + rng.below(5000)).min(bytes.len());
+                    bytes.drain(at..end);
+                }
+            }
+        }
+        let rec = dir.path().join(format!("r{round}.jsonl"));
+        std::fs::write(&rec, &bytes).unwrap();
+        let svg = dir.path().join(format!("r{round}.svg"));
+        let log = dir.path().join(format!("r{round}-episodes.jsonl"));
+        let sinks = Sinks {
+            flamegraph: Some(AtomicFile::create(&svg).unwrap()),
+            raw: None,
+            episodes: Some((
+                EpisodeLog::new(LogTarget::File(std::io::BufWriter::new(
+                    std::fs::File::create(&log).unwrap(),
+                ))),
+                log.display().to_string(),
+            )),
+            live_hangs: false,
+        };
+        let mut summary = Vec::new();
+        let result = crate::report::replay(&rec, 50.0, round % 2 == 0, sinks, None, &mut summary);
+        let head = format!("{}\n", serde_json::to_string(&header).unwrap());
+        let found = match result {
+            Ok(found) => found,
+            // Only a damaged header may refuse the file.
+            Err(e) if !bytes.starts_with(head.as_bytes()) => {
+                assert!(format!("{e:#}").contains("cannot read recording"), "{e:#}");
+                continue;
+            }
+            Err(e) => panic!("round {round}: {e:#}"),
+        };
+        episodes += found.len();
+        let text = std::fs::read_to_string(&svg).unwrap();
+        assert!(
+            text.trim_end().ends_with("</svg>"),
+            "round {round}: SVG cut"
+        );
+        for line in std::fs::read_to_string(&log).unwrap().lines() {
+            let ep: serde_json::Value = serde_json::from_str(line).unwrap();
+            let ms = ep["duration_ms"].as_f64().expect("duration_ms is a number");
+            assert!(ms >= 0.0 && ms.is_finite(), "round {round}: {line}");
+            assert!(ep["start"].as_f64().is_some(), "round {round}: {line}");
+        }
+        assert!(!summary.is_empty());
+    }
+    assert!(episodes > 20, "only {episodes} episodes replayed");
 }

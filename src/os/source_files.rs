@@ -37,7 +37,10 @@ impl SourceFiles {
             return hit.clone();
         }
         let read = |p: PathBuf| -> Option<Lines> {
-            if std::fs::metadata(&p).ok()?.len() > MAX_FILE {
+            // Only regular files: a script run as `python3 /dev/stdin` names a pipe or a
+            // terminal (through /proc/PID/root, loopspy's own), and reading it would hang.
+            let meta = std::fs::metadata(&p).ok()?;
+            if !meta.is_file() || meta.len() > MAX_FILE {
                 return None;
             }
             let text = std::fs::read_to_string(p).ok()?;
@@ -74,5 +77,14 @@ mod tests {
         assert_eq!(files.line(path, 3), None);
         assert_eq!(files.line(path, 0), None);
         assert_eq!(files.line("/nonexistent/x.py", 1), None);
+    }
+
+    /// Regression: a frame's file that is not a regular file (`python3 /dev/stdin` reads its
+    /// script from a pipe) was read, and loopspy blocked on its own stdin.
+    #[test]
+    fn reads_only_regular_files() {
+        let mut files = SourceFiles::for_pid(std::process::id());
+        assert_eq!(files.file("/dev/null"), None);
+        assert_eq!(files.file("/dev/stdin"), None);
     }
 }

@@ -71,32 +71,81 @@ fn header(m: &TopModel, paused: bool) -> Paragraph<'static> {
     Paragraph::new(vec![Line::from(first), second])
 }
 
+fn worst_cell(ms: f64) -> Cell<'static> {
+    Cell::from(if ms > 0.0 {
+        format!("{ms:>6.0}")
+    } else {
+        "     -".into()
+    })
+}
+
 fn loops_table(m: &TopModel) -> Table<'static> {
-    let rows = m.loops.iter().map(|r| {
-        let v = &r.view;
-        Row::new(vec![
-            Cell::from(thread_label(v.thread.as_deref(), v.tid)),
-            Cell::from(state_line(v, m.threshold_ms)),
-            Cell::from(format!("{:>3.0}%", r.busy_share * 100.0)),
-            Cell::from(format!("{:>4}", r.episodes_last_minute)),
-            Cell::from(if r.worst_ms > 0.0 {
-                format!("{:>6.0}", r.worst_ms)
-            } else {
-                "     -".into()
-            }),
-            Cell::from(
-                v.ready_len
-                    .map(|n| format!("{n:>5}"))
-                    .unwrap_or_else(|| "    -".into()),
-            ),
-        ])
-    });
+    let pids: std::collections::BTreeSet<u32> = m.loops.iter().map(|r| r.view.pid).collect();
+    let multi = pids.len() > 1;
+    let mut rows: Vec<Row> = m
+        .loops
+        .iter()
+        .map(|r| {
+            let v = &r.view;
+            let who = thread_label(v.thread.as_deref(), v.tid);
+            Row::new(vec![
+                Cell::from(if multi {
+                    format!("{} {who}", v.pid)
+                } else {
+                    who
+                }),
+                Cell::from(state_line(v, m.threshold_ms)),
+                Cell::from(format!("{:>3.0}%", r.busy_share * 100.0)),
+                Cell::from(format!("{:>4}", r.episodes_last_minute)),
+                worst_cell(r.worst_ms),
+                Cell::from(
+                    v.ready_len
+                        .map(|n| format!("{n:>5}"))
+                        .unwrap_or_else(|| "    -".into()),
+                ),
+            ])
+        })
+        .collect();
+    if multi {
+        // Worker processes: one merged row over all of them.
+        let n = m.loops.len().max(1) as f64;
+        let blocked = m.loops.iter().filter(|r| {
+            matches!(&r.view.state, ViewState::Running { secs, .. } if *secs * 1000.0 >= m.threshold_ms)
+        });
+        rows.push(
+            Row::new(vec![
+                Cell::from(format!("all {} processes", pids.len())),
+                Cell::from(format!(
+                    "{} loops, {} blocked now",
+                    m.loops.len(),
+                    blocked.count()
+                )),
+                Cell::from(format!(
+                    "{:>3.0}%",
+                    100.0 * m.loops.iter().map(|r| r.busy_share).sum::<f64>() / n
+                )),
+                Cell::from(format!(
+                    "{:>4}",
+                    m.loops
+                        .iter()
+                        .map(|r| r.episodes_last_minute)
+                        .sum::<usize>()
+                )),
+                worst_cell(m.loops.iter().map(|r| r.worst_ms).fold(0.0, f64::max)),
+                Cell::from(format!(
+                    "{:>5}",
+                    m.loops.iter().filter_map(|r| r.view.ready_len).sum::<u64>()
+                )),
+            ])
+            .style(TITLE),
+        );
+    }
     let header =
         Row::new(vec!["loop thread", "now", "busy", "/min", "worst", "ready"]).style(TITLE);
     Table::new(
         rows,
         [
-            Constraint::Length(18),
+            Constraint::Length(if multi { 30 } else { 18 }),
             Constraint::Fill(1),
             Constraint::Length(4),
             Constraint::Length(4),
@@ -242,7 +291,14 @@ pub fn draw(f: &mut Frame, m: &TopModel, paused: bool) {
         f.render_widget(help(), area);
         return;
     }
-    let loops_h = (m.loops.len().max(1) as u16 + 1).min(area.height / 4 + 1);
+    let pids = m
+        .loops
+        .iter()
+        .map(|r| r.view.pid)
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    let rows = m.loops.len().max(1) + usize::from(pids > 1);
+    let loops_h = (rows as u16 + 1).min(area.height / 4 + 1);
     let [head, _, loops, _, culprits, detail_area, recent_area, foot] = Layout::vertical([
         Constraint::Length(2),
         Constraint::Length(1),

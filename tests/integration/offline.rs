@@ -214,3 +214,18 @@ fn gil_starvation_recording() {
     assert!(r.summary.contains("GIL held by gil-hog"), "{}", r.summary);
     check_goldens("gil", &r);
 }
+
+#[test]
+fn worker_processes_get_a_root_each() {
+    let r = replay_fixture("workers_merged", 50.0);
+    let pids: std::collections::BTreeSet<u32> = r.episodes.iter().map(|e| e.pid).collect();
+    assert_eq!(pids.len(), 2, "{:?}", durations(&r));
+    assert_eq!(r.episodes.len(), 6);
+    for pid in &pids {
+        assert!(
+            r.svg.contains(&format!("process {pid}")),
+            "no root for {pid}"
+        );
+    }
+    check_goldens("workers_merged", &r);
+}

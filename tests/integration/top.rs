@@ -218,3 +218,11 @@ fn plain_snapshots_when_not_a_terminal() {
     assert!(stdout.contains("sampling ended: target exited"), "{stdout}");
     assert!(stdout.contains("sleepy_handler"), "{stdout}");
 }
+
+#[test]
+fn screen_worker_processes() {
+    let m = model_from("workers_merged", Some(200), None);
+    let text = to_text(&m, 120, 40, false);
+    assert!(text.contains("all 2 processes"), "{text}");
+    check("workers", &m);
+}
