@@ -12,7 +12,7 @@ use crate::os::source_files::SourceFiles;
 use crate::output::atomic::AtomicFile;
 use crate::output::episodes::EpisodeLog;
 use crate::output::flamegraph::{FlameContext, FlameGraph};
-use crate::output::summary::{self, Summary};
+use crate::output::summary::{self, EpisodeTally, Summary};
 use crate::recording::{Header, RecordingWriter};
 use crate::sample::Sample;
 use crate::sampler::SamplerStats;
@@ -29,12 +29,18 @@ pub struct Sinks {
     pub live_hangs: bool,
 }
 
+/// Episodes kept in memory for the caller of `finish`; all of them are in the episodes log.
+const KEPT_EPISODES: usize = 10_000;
+
 pub struct Pipeline {
     detector: Detector,
     flame: FlameGraph,
     sinks: Sinks,
     threshold_ms: f64,
+    /// The episodes, up to `KEPT_EPISODES` (for `report`'s callers); the summary's tally
+    /// keeps what it needs of all of them.
     episodes: Vec<Episode>,
+    tally: EpisodeTally,
     /// Per loop thread: the start of the hang last reported and the whole seconds reported.
     hangs: HashMap<(u32, u32), u64>,
 }
@@ -59,6 +65,7 @@ impl Pipeline {
             sinks,
             threshold_ms,
             episodes: Vec::new(),
+            tally: EpisodeTally::default(),
             hangs: HashMap::new(),
         }
     }
@@ -98,7 +105,10 @@ impl Pipeline {
                     }
                     self.flame.add_episode(&episode, stacks);
                     self.hangs.remove(&(episode.pid, episode.tid));
-                    self.episodes.push(episode);
+                    self.tally.add(&episode);
+                    if self.episodes.len() < KEPT_EPISODES {
+                        self.episodes.push(episode);
+                    }
                 }
             }
         }
@@ -157,7 +167,7 @@ impl Pipeline {
         summary::write(
             summary_out,
             &Summary {
-                episodes: &self.episodes,
+                episodes: &self.tally,
                 stats,
                 loops: &self.detector.loops_seen(),
                 threshold_ms: self.threshold_ms,

@@ -28,6 +28,28 @@ pub struct FlameContext {
     pub start_wall: f64,
 }
 
+/// Episodes of one culprit drawn one by one; later ones are merged into `rest`.
+const DETAILED_PER_CULPRIT: usize = 100;
+
+/// When an episode happened, for its frame's label.
+#[derive(Debug, Clone)]
+struct Timing {
+    number: usize,
+    duration_ms: f64,
+    start: f64,
+    complete: bool,
+}
+
+/// One culprit's episodes.
+#[derive(Debug, Default)]
+struct Group {
+    count: usize,
+    worst_ms: f64,
+    /// (when, [(label above the episode frame, stack, weight)]).
+    detailed: Vec<(Timing, Vec<(String, Vec<Frame>, u64)>)>,
+    rest: BTreeMap<(String, Vec<Frame>), u64>,
+}
+
 /// Aggregates stacks as they come (memory grows with distinct stacks, not with time).
 #[derive(Debug, Default)]
 pub struct FlameGraph {
@@ -35,7 +57,9 @@ pub struct FlameGraph {
     /// (pid, folded stack) → weight.
     normal: BTreeMap<(u32, String), u64>,
     pids: std::collections::BTreeSet<u32>,
-    episodes: Vec<(Episode, Vec<(Vec<Frame>, u32)>)>,
+    /// Episodes grouped by (pid, culprit), and how many there were in all.
+    groups: BTreeMap<(u32, String), Group>,
+    count: usize,
 }
 
 fn frame_label(f: &Frame) -> String {
@@ -87,7 +111,45 @@ impl FlameGraph {
 
     pub fn add_episode(&mut self, episode: &Episode, stacks: Vec<(Vec<Frame>, u32)>) {
         self.pids.insert(episode.pid);
-        self.episodes.push((episode.clone(), stacks));
+        self.count += 1;
+        let thread = crate::sample::thread_label(episode.thread.as_deref(), episode.tid);
+        // What to draw above the episode: its thread's stacks, or for a starved loop (which
+        // was waiting, not working) the stack of the thread that held the GIL.
+        let drawn: Vec<(String, Vec<Frame>, u64)> = match &episode.gil_holder {
+            Some(h) => vec![(
+                format!(
+                    "GIL held by {}",
+                    crate::sample::thread_label(h.thread.as_deref(), h.tid)
+                ),
+                h.stack.iter().map(Frame::from).collect(),
+                episode.duration_ms.round().max(1.0) as u64,
+            )],
+            None => stacks
+                .into_iter()
+                .map(|(f, n)| (thread.clone(), f, n as u64))
+                .collect(),
+        };
+        let group = self
+            .groups
+            .entry((episode.pid, group_key(episode)))
+            .or_default();
+        group.count += 1;
+        group.worst_ms = group.worst_ms.max(episode.duration_ms);
+        if group.detailed.len() < DETAILED_PER_CULPRIT {
+            let when = Timing {
+                number: self.count,
+                duration_ms: episode.duration_ms,
+                start: episode.start,
+                complete: episode.complete,
+            };
+            group.detailed.push((when, drawn));
+        } else {
+            // Past the first episodes of a culprit, later ones are merged: memory stays
+            // bounded on long recordings.
+            for (label, frames, n) in drawn {
+                *group.rest.entry((label, frames)).or_insert(0) += n;
+            }
+        }
     }
 
     /// The folded lines inferno draws: sorted, so output is deterministic. With several
@@ -105,57 +167,39 @@ impl FlameGraph {
         for ((pid, line), n) in &self.normal {
             *lines.entry(process(*pid, line.clone())).or_insert(0) += n;
         }
-        // Group episodes by process and what they blame.
-        let mut groups: BTreeMap<(u32, String), Vec<usize>> = BTreeMap::new();
-        for (i, (ep, _)) in self.episodes.iter().enumerate() {
-            groups.entry((ep.pid, group_key(ep))).or_default().push(i);
-        }
-        for ((pid, key), members) in &groups {
-            let pid = *pid;
-            let worst = members
-                .iter()
-                .map(|&i| self.episodes[i].0.duration_ms)
-                .fold(0.0, f64::max);
+        for ((pid, key), group) in &self.groups {
             let root = format!(
                 "BLOCKED {key}: {} episode{}, worst {:.0} ms",
-                members.len(),
-                plural(members.len()),
-                worst
+                group.count,
+                plural(group.count),
+                group.worst_ms
             );
-            for &i in members {
-                let (ep, stacks) = &self.episodes[i];
+            for (t, drawn) in &group.detailed {
                 let when = format!(
                     "episode #{}: {:.0} ms at +{:.3} s{}",
-                    i + 1,
-                    ep.duration_ms,
-                    ep.start - start_wall,
-                    if ep.complete {
+                    t.number,
+                    t.duration_ms,
+                    t.start - start_wall,
+                    if t.complete {
                         ""
                     } else {
                         " (still running at the end)"
                     }
                 );
-                let thread = crate::sample::thread_label(ep.thread.as_deref(), ep.tid);
-                // A starved loop was waiting, not working: draw what the GIL holder ran.
-                if let Some(holder) = &ep.gil_holder {
-                    let held = format!(
-                        "GIL held by {}",
-                        crate::sample::thread_label(holder.thread.as_deref(), holder.tid)
-                    );
-                    let frames: Vec<Frame> = holder.stack.iter().map(Frame::from).collect();
-                    let line = folded(&[root.clone(), when.clone(), held], &frames, BLOCKED);
-                    *lines.entry(process(pid, line)).or_insert(0) +=
-                        ep.duration_ms.round().max(1.0) as u64;
-                    continue;
-                }
-                for (frames, count) in stacks {
+                for (label, frames, n) in drawn {
                     let line = folded(
-                        &[root.clone(), when.clone(), thread.clone()],
+                        &[root.clone(), when.clone(), label.clone()],
                         frames,
                         BLOCKED,
                     );
-                    *lines.entry(process(pid, line)).or_insert(0) += *count as u64;
+                    *lines.entry(process(*pid, line)).or_insert(0) += n;
                 }
+            }
+            let later = group.count - group.detailed.len();
+            for ((label, frames), n) in &group.rest {
+                let when = format!("{later} later episodes, merged");
+                let line = folded(&[root.clone(), when, label.clone()], frames, BLOCKED);
+                *lines.entry(process(*pid, line)).or_insert(0) += n;
             }
         }
         lines
@@ -173,7 +217,10 @@ impl FlameGraph {
             ));
         }
         let mut opts = Options::default();
-        opts.title = title(&self.episodes);
+        opts.title = title(
+            self.count,
+            self.groups.values().map(|g| g.worst_ms).fold(0.0, f64::max),
+        );
         opts.subtitle = Some(format!(
             "orange: stacks that blocked an event loop for {:.0} ms or more; blue: other work. pid {}, Python {}, {} samples at {:.0} Hz",
             ctx.threshold_ms, ctx.pid, ctx.python_version, ctx.samples, ctx.rate
@@ -205,18 +252,62 @@ fn plural(n: usize) -> &'static str {
     }
 }
 
-fn title(episodes: &[(Episode, Vec<(Vec<Frame>, u32)>)]) -> String {
-    if episodes.is_empty() {
+fn title(count: usize, worst: f64) -> String {
+    if count == 0 {
         return "loopspy: no blocking episodes".to_string();
     }
-    let worst = episodes
-        .iter()
-        .map(|(e, _)| e.duration_ms)
-        .fold(0.0, f64::max);
     format!(
-        "loopspy: {} blocking episode{}, worst {:.0} ms",
-        episodes.len(),
-        plural(episodes.len()),
-        worst
+        "loopspy: {count} blocking episode{}, worst {worst:.0} ms",
+        plural(count)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::episode::Location;
+
+    fn episode(i: usize) -> Episode {
+        let loc = Location {
+            function: "handler".into(),
+            file: "/app/main.py".into(),
+            line: 3,
+        };
+        Episode {
+            pid: 1,
+            tid: 1,
+            thread: None,
+            start: 1000.0 + i as f64,
+            duration_ms: 60.0,
+            samples: 6,
+            kind: "sleep".into(),
+            source: None,
+            task: None,
+            coroutine: None,
+            culprit: loc.clone(),
+            stack: vec![loc],
+            gil_holder: None,
+            advice: None,
+            complete: true,
+        }
+    }
+
+    #[test]
+    fn long_recordings_merge_later_episodes_of_a_culprit() {
+        let mut fg = FlameGraph::new(false);
+        let frames = vec![Frame {
+            function: "handler".into(),
+            file: "/app/main.py".into(),
+            line: 3,
+        }];
+        for i in 0..(DETAILED_PER_CULPRIT + 50) {
+            fg.add_episode(&episode(i), vec![(frames.clone(), 60)]);
+        }
+        let lines = fg.folded_lines(1000.0);
+        assert_eq!(lines.len(), DETAILED_PER_CULPRIT + 1);
+        assert!(lines
+            .iter()
+            .any(|l| l.contains("50 later episodes, merged") && l.ends_with(" 3000")));
+        assert!(lines[0].contains("150 episodes"));
+    }
 }

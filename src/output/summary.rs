@@ -11,7 +11,7 @@ use crate::sampler::SamplerStats;
 
 /// Everything the summary reports.
 pub struct Summary<'a> {
-    pub episodes: &'a [Episode],
+    pub episodes: &'a EpisodeTally,
     pub stats: &'a SamplerStats,
     /// Event-loop threads seen: `name (tid)` labels.
     pub loops: &'a [String],
@@ -22,6 +22,42 @@ pub struct Summary<'a> {
 
 const WORST_SHOWN: usize = 5;
 const CULPRITS_SHOWN: usize = 5;
+
+/// What the summary needs of the episodes, kept as they come: totals, the worst few, and one
+/// entry per culprit. Bounded however long the recording runs.
+#[derive(Debug, Default)]
+pub struct EpisodeTally {
+    count: usize,
+    total_ms: f64,
+    worst: Vec<Episode>,
+    /// culprit label → (count, total ms, worst ms, advice).
+    by_culprit: BTreeMap<String, (usize, f64, f64, Option<String>)>,
+}
+
+impl EpisodeTally {
+    pub fn add(&mut self, e: &Episode) {
+        self.count += 1;
+        self.total_ms += e.duration_ms;
+        let entry = self
+            .by_culprit
+            .entry(format!("{}  [{}]", e.culprit_label(), why(e)))
+            .or_insert((0, 0.0, 0.0, e.advice.clone()));
+        entry.0 += 1;
+        entry.1 += e.duration_ms;
+        entry.2 = entry.2.max(e.duration_ms);
+        self.worst.push(e.clone());
+        self.worst.sort_by(|a, b| {
+            b.duration_ms
+                .total_cmp(&a.duration_ms)
+                .then(a.start.total_cmp(&b.start))
+        });
+        self.worst.truncate(WORST_SHOWN);
+    }
+
+    pub fn count(&self) -> usize {
+        self.count
+    }
+}
 
 pub fn write(out: &mut dyn Write, s: &Summary) -> Result<()> {
     let st = s.stats;
@@ -49,30 +85,24 @@ pub fn write(out: &mut dyn Write, s: &Summary) -> Result<()> {
     } else {
         writeln!(out, "loopspy: event loops seen on {}", s.loops.join(", "))?;
     }
-    if s.episodes.is_empty() {
+    let t = s.episodes;
+    if t.count == 0 {
         writeln!(
             out,
             "loopspy: no blocking episodes (no callback ran {:.0} ms or more)",
             s.threshold_ms
         )?;
     } else {
-        let total: f64 = s.episodes.iter().map(|e| e.duration_ms).sum();
         writeln!(
             out,
             "loopspy: {} blocking episode{} (callbacks running {:.0} ms or more), {:.0} ms blocked in total",
-            s.episodes.len(),
-            if s.episodes.len() == 1 { "" } else { "s" },
+            t.count,
+            if t.count == 1 { "" } else { "s" },
             s.threshold_ms,
-            total
+            t.total_ms
         )?;
         writeln!(out, "  worst:")?;
-        let mut worst: Vec<&Episode> = s.episodes.iter().collect();
-        worst.sort_by(|a, b| {
-            b.duration_ms
-                .total_cmp(&a.duration_ms)
-                .then(a.start.total_cmp(&b.start))
-        });
-        for e in worst.iter().take(WORST_SHOWN) {
+        for e in &t.worst {
             writeln!(
                 out,
                 "    {:>8.1} ms  {}  [{}]  on {}{}{}",
@@ -95,18 +125,9 @@ pub fn write(out: &mut dyn Write, s: &Summary) -> Result<()> {
             )?;
         }
         writeln!(out, "  by culprit:")?;
-        let mut by: BTreeMap<String, (usize, f64, f64, Option<String>)> = BTreeMap::new();
-        for e in s.episodes {
-            let entry = by
-                .entry(format!("{}  [{}]", e.culprit_label(), why(e)))
-                .or_insert((0, 0.0, 0.0, e.advice.clone()));
-            entry.0 += 1;
-            entry.1 += e.duration_ms;
-            entry.2 = entry.2.max(e.duration_ms);
-        }
-        let mut by: Vec<_> = by.into_iter().collect();
-        by.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1).then(a.0.cmp(&b.0)));
-        for (label, (n, total, worst, advice)) in by.iter().take(CULPRITS_SHOWN) {
+        let mut by: Vec<_> = t.by_culprit.iter().collect();
+        by.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1).then(a.0.cmp(b.0)));
+        for (label, (n, total, worst, advice)) in by.into_iter().take(CULPRITS_SHOWN) {
             writeln!(
                 out,
                 "    {n:>4}x  total {total:>8.0} ms  worst {worst:>7.0} ms  {label}"
