@@ -98,12 +98,19 @@ impl Pipeline {
                     frames,
                     idle,
                     count,
-                } => self.flame.add_stack(pid, &thread, &frames, idle, count),
+                } => {
+                    // Only a flame graph needs the stacks.
+                    if self.sinks.flamegraph.is_some() {
+                        self.flame.add_stack(pid, &thread, &frames, idle, count)
+                    }
+                }
                 Event::Episode { episode, stacks } => {
                     if let Some((log, _)) = self.sinks.episodes.as_mut() {
                         log.write(&episode)?;
                     }
-                    self.flame.add_episode(&episode, stacks);
+                    if self.sinks.flamegraph.is_some() {
+                        self.flame.add_episode(&episode, stacks);
+                    }
                     self.hangs.remove(&(episode.pid, episode.tid));
                     self.tally.add(&episode);
                     if self.episodes.len() < KEPT_EPISODES {

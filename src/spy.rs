@@ -284,7 +284,11 @@ impl SampleSource for Spy {
                 frames: trace.frames.iter().map(Frame::from_py_spy).collect(),
             });
         }
-        // Forget the /proc handles of threads that are gone.
+        // Forget the names and /proc handles of threads that are gone.
+        if self.names.len() > out.len() {
+            self.names
+                .retain(|tid, _| out.iter().any(|t| t.tid == *tid));
+        }
         if self.procs.len() > out.len() {
             self.procs
                 .retain(|tid, _| out.iter().any(|t| t.tid == *tid));

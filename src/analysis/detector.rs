@@ -76,6 +76,9 @@ pub enum ViewState {
     },
 }
 
+/// How many loop threads are named in the summary.
+const MAX_LOOPS_REMEMBERED: usize = 64;
+
 /// The detector. Feed it samples in time order, then call [`Detector::finish`].
 #[derive(Debug)]
 pub struct Detector {
@@ -83,6 +86,8 @@ pub struct Detector {
     tracks: HashMap<(u32, u32), Track>,
     /// Every event-loop thread seen, with its last known name.
     seen: std::collections::BTreeMap<(u32, u32), Option<String>>,
+    /// Loop threads seen past `MAX_LOOPS_REMEMBERED` (counted, not named).
+    seen_more: std::collections::HashSet<(u32, u32)>,
     /// Where to read the culprit's source line from, if anywhere.
     sources: Option<SourceFiles>,
     /// Monotonic time of the last full (stack) sample.
@@ -98,6 +103,7 @@ impl Detector {
             tracks: HashMap::new(),
             seen: Default::default(),
             sources: None,
+            seen_more: Default::default(),
             last_full: None,
             interval: None,
         }
@@ -168,10 +174,21 @@ impl Detector {
         events
     }
 
+    /// Note a loop thread for the summary; past `MAX_LOOPS_REMEMBERED` (programs that start
+    /// loops in short-lived threads) only the number of the others is kept.
+    fn remember_loop(&mut self, key: (u32, u32), name: Option<String>) {
+        if self.seen.len() < MAX_LOOPS_REMEMBERED || self.seen.contains_key(&key) {
+            self.seen.insert(key, name);
+        } else if self.seen_more.len() < 10 * MAX_LOOPS_REMEMBERED {
+            self.seen_more.insert(key);
+        }
+    }
+
     /// The event-loop threads seen so far, as `name (tid)` labels (with the pid when several).
     pub fn loops_seen(&self) -> Vec<String> {
         let pids: std::collections::BTreeSet<u32> = self.seen.keys().map(|k| k.0).collect();
-        self.seen
+        let mut out: Vec<String> = self
+            .seen
             .iter()
             .map(|((pid, tid), name)| {
                 let label = crate::sample::thread_label(name.as_deref(), *tid);
@@ -181,7 +198,11 @@ impl Detector {
                     label
                 }
             })
-            .collect()
+            .collect();
+        if !self.seen_more.is_empty() {
+            out.push(format!("and {} more loop threads", self.seen_more.len()));
+        }
+        out
     }
 
     /// Runs in progress whose length already passes the threshold, as of `now` (monotonic):
@@ -204,7 +225,7 @@ impl Detector {
         let mut out: Vec<LoopView> = self
             .tracks
             .iter()
-            .filter(|(k, _)| self.seen.contains_key(k))
+            .filter(|(k, _)| self.seen.contains_key(k) || self.seen_more.contains(k))
             .map(|((pid, tid), t)| {
                 let state = match &t.run {
                     Some(run) => ViewState::Running {
@@ -245,7 +266,9 @@ impl Detector {
         let key = (sample.pid, thread.tid);
         let Some(os) = &thread.os else { return };
         let mut track = self.tracks.remove(&key).unwrap_or_default();
-        self.seen.entry(key).or_insert_with(|| thread.name.clone());
+        if !self.seen.contains_key(&key) {
+            self.remember_loop(key, thread.name.clone());
+        }
         if thread.name.is_some() {
             track.name.clone_from(&thread.name);
         }
@@ -300,7 +323,7 @@ impl Detector {
             track.name.clone_from(&thread.name);
         }
         if state != LoopState::NotLoop {
-            self.seen.insert(key, track.name.clone());
+            self.remember_loop(key, track.name.clone());
         }
         let state_is_idle = state == LoopState::Idle;
         track.idle = state_is_idle;

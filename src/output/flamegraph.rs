@@ -28,6 +28,9 @@ pub struct FlameContext {
     pub start_wall: f64,
 }
 
+/// Distinct ordinary stacks kept before new ones are merged.
+const MAX_NORMAL_STACKS: usize = 20_000;
+
 /// Episodes of one culprit drawn one by one; later ones are merged into `rest`.
 const DETAILED_PER_CULPRIT: usize = 100;
 
@@ -103,10 +106,13 @@ impl FlameGraph {
         if idle && !self.include_idle {
             return;
         }
-        *self
-            .normal
-            .entry((pid, folded(&[thread.to_string()], frames, NORMAL)))
-            .or_insert(0) += count as u64;
+        let mut key = (pid, folded(&[thread.to_string()], frames, NORMAL));
+        // Threads come and go on long recordings (each with its own name and tid): past a
+        // bound, new distinct stacks are merged into one line, so memory stays bounded.
+        if self.normal.len() >= MAX_NORMAL_STACKS && !self.normal.contains_key(&key) {
+            key.1 = format!("more stacks (merged after {MAX_NORMAL_STACKS} distinct ones){NORMAL}");
+        }
+        *self.normal.entry(key).or_insert(0) += count as u64;
     }
 
     pub fn add_episode(&mut self, episode: &Episode, stacks: Vec<(Vec<Frame>, u32)>) {
