@@ -56,15 +56,9 @@ pub struct AnalysisArgs {
     pub idle: bool,
 }
 
+/// What to sample and how often, shared by `record` and `top`.
 #[derive(Debug, Args)]
-#[command(group = clap::ArgGroup::new("target").required(true).args(["pid", "command"]))]
-pub struct RecordArgs {
-    /// PID of the Python process to attach to.
-    #[arg(short, long)]
-    pub pid: Option<u32>,
-    /// Stop after this many seconds (default: until Ctrl-C or the target exits).
-    #[arg(short, long, value_parser = positive_f64)]
-    pub duration: Option<f64>,
+pub struct SamplingArgs {
     /// Ticks per second: each reads the event-loop threads' state (a few microseconds), which
     /// times episodes to one tick.
     #[arg(short, long, default_value = DEFAULT_RATE, value_parser = positive_f64)]
@@ -77,6 +71,19 @@ pub struct RecordArgs {
     /// multiprocessing), including workers started after loopspy attached.
     #[arg(long)]
     pub subprocesses: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("target").required(true).args(["pid", "command"]))]
+pub struct RecordArgs {
+    /// PID of the Python process to attach to.
+    #[arg(short, long)]
+    pub pid: Option<u32>,
+    /// Stop after this many seconds (default: until Ctrl-C or the target exits).
+    #[arg(short, long, value_parser = positive_f64)]
+    pub duration: Option<f64>,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
     /// Output file (default loopspy-PID.svg, or loopspy-PID.jsonl with --format raw).
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
@@ -96,18 +103,8 @@ pub struct TopArgs {
     /// PID of the Python process to attach to.
     #[arg(short, long)]
     pub pid: Option<u32>,
-    /// Ticks per second: each reads the event-loop threads' state (a few microseconds), which
-    /// times episodes to one tick.
-    #[arg(short, long, default_value = DEFAULT_RATE, value_parser = positive_f64)]
-    pub rate: f64,
-    /// Full stack samples per second in the background, for the flame graph of ordinary work.
-    /// Stacks are also read every 10 ms while a callback runs past the threshold.
-    #[arg(long, default_value = DEFAULT_STACK_RATE, value_parser = positive_f64)]
-    pub stack_rate: f64,
-    /// Also sample the target's Python child processes (uvicorn/gunicorn workers,
-    /// multiprocessing), including workers started after loopspy attached.
-    #[arg(long)]
-    pub subprocesses: bool,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
     /// A callback running at least this many milliseconds is a blocking episode.
     #[arg(long, default_value = "50", value_parser = positive_f64)]
     pub threshold: f64,

@@ -89,7 +89,7 @@ pub fn run(args: &RecordArgs) -> Result<()> {
         pid: target.pid,
         command: target.command.clone(),
         python_version: target.python_version.clone(),
-        rate: args.rate,
+        rate: args.sampling.rate,
         start_wall: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
@@ -117,17 +117,17 @@ pub fn run(args: &RecordArgs) -> Result<()> {
         sinks,
         Some(sources),
     )
-    .with_tick_rate(args.rate);
+    .with_tick_rate(args.sampling.rate);
     let limits = Limits {
-        rate: args.rate,
-        stack_rate: args.stack_rate,
+        rate: args.sampling.rate,
+        stack_rate: args.sampling.stack_rate,
         threshold: args.analysis.threshold / 1000.0,
         duration: args.duration.map(Duration::from_secs_f64),
         stop: &stop,
     };
     let announce = format!(
         "loopspy: sampling process {} (Python {}) at {} Hz; Ctrl-C to stop",
-        target.pid, target.python_version, args.rate
+        target.pid, target.python_version, args.sampling.rate
     );
     let mut announced = false;
     let spy = target
@@ -136,7 +136,7 @@ pub fn run(args: &RecordArgs) -> Result<()> {
         .context("the target was already being sampled")?;
     let mut finder = WorkerFinder::new(target.pid);
     let mut discover = |known: &[u32]| finder.discover(known);
-    let discover: Option<&mut sampler::Discover> = if args.subprocesses {
+    let discover: Option<&mut sampler::Discover> = if args.sampling.subprocesses {
         Some(&mut discover)
     } else {
         None

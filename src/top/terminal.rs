@@ -90,8 +90,12 @@ pub fn run(args: &TopArgs) -> Result<()> {
         .spy
         .take()
         .context("the target was already being sampled")?;
-    let (rate, stack_rate, threshold) = (args.rate, args.stack_rate, args.threshold / 1000.0);
-    let (root, subprocesses) = (target.pid, args.subprocesses);
+    let (rate, stack_rate, threshold) = (
+        args.sampling.rate,
+        args.sampling.stack_rate,
+        args.threshold / 1000.0,
+    );
+    let (root, subprocesses) = (target.pid, args.sampling.subprocesses);
     let stop_sampler = stop.clone();
     let sampler = std::thread::spawn(move || {
         let limits = Limits {
@@ -118,7 +122,7 @@ pub fn run(args: &TopArgs) -> Result<()> {
         threshold: args.threshold / 1000.0,
     })
     .with_sources(SourceFiles::for_pid(target.pid))
-    .with_interval(1.0 / args.rate);
+    .with_interval(1.0 / args.sampling.rate);
     let model = TopModel::new(
         target.pid,
         &target.command,

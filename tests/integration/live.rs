@@ -262,20 +262,12 @@ fn threshold_separates_20ms_from_70ms() {
 #[test]
 fn launch_a_command() {
     use std::io::{BufReader, Write};
-    use std::process::Stdio;
-    let (_, py) = pythons().pop().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut spy = Command::new(crate::support::loopspy())
-        .current_dir(dir.path())
-        .args(["record", "--rate", "200", "--episodes", "e.jsonl", "--"])
-        .arg(&py)
-        .arg(script())
-        .arg("sleep_task")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut spy = crate::support::launch_scenario(
+        &["record", "--rate", "200", "--episodes", "e.jsonl"],
+        "sleep_task",
+        dir.path(),
+    );
     let mut err = BufReader::new(spy.stderr.take().unwrap());
     let line = wait_for_sampling(&mut err);
     let pid: u32 = line.split_whitespace().nth(3).unwrap().parse().unwrap();

@@ -220,3 +220,21 @@ pub fn wait_for_sampling(err: &mut impl BufRead) -> String {
     }
     line
 }
+
+/// `loopspy ARGS -- PYTHON tests/py/scenarios.py SCENARIO` with all stdio piped: loopspy
+/// launches the scenario, whose stdin (for its "go") is loopspy's.
+pub fn launch_scenario(args: &[&str], scenario: &str, dir: &Path) -> Child {
+    let (_, py) = pythons().pop().unwrap();
+    Command::new(loopspy())
+        .current_dir(dir)
+        .args(args)
+        .arg("--")
+        .arg(&py)
+        .arg(repo().join("tests/py/scenarios.py"))
+        .arg(scenario)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}

@@ -194,18 +194,9 @@ fn live_top_in_tmux() {
 #[test]
 fn plain_snapshots_when_not_a_terminal() {
     use std::io::Write;
-    use std::process::Stdio;
-    let (_, py) = crate::support::pythons().pop().unwrap();
-    let mut top = Command::new(loopspy())
-        .args(["top", "--rate", "200", "--"])
-        .arg(&py)
-        .arg(repo().join("tests/py/scenarios.py"))
-        .arg("sleep_task")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut top =
+        crate::support::launch_scenario(&["top", "--rate", "200"], "sleep_task", dir.path());
     top.stdin.take().unwrap().write_all(b"go\n").unwrap();
     let out = top.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
