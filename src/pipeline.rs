@@ -41,6 +41,8 @@ pub struct Pipeline {
     /// keeps what it needs of all of them.
     episodes: Vec<Episode>,
     tally: EpisodeTally,
+    /// Whether `finish` returns the episodes (replays); a live recording only streams them.
+    keep_episodes: bool,
     /// Per loop thread: the start of the hang last reported and the whole seconds reported.
     hangs: HashMap<(u32, u32), u64>,
 }
@@ -66,8 +68,15 @@ impl Pipeline {
             threshold_ms,
             episodes: Vec::new(),
             tally: EpisodeTally::default(),
+            keep_episodes: false,
             hangs: HashMap::new(),
         }
+    }
+
+    /// Keep the episodes (up to `KEPT_EPISODES`) for the caller of `finish`.
+    pub fn keeping_episodes(mut self) -> Pipeline {
+        self.keep_episodes = true;
+        self
     }
 
     /// The sampler's tick rate (Hz): bounds how far an episode's ends may reach past its
@@ -113,7 +122,7 @@ impl Pipeline {
                     }
                     self.hangs.remove(&(episode.pid, episode.tid));
                     self.tally.add(&episode);
-                    if self.episodes.len() < KEPT_EPISODES {
+                    if self.keep_episodes && self.episodes.len() < KEPT_EPISODES {
                         self.episodes.push(episode);
                     }
                 }

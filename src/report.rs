@@ -38,7 +38,8 @@ pub fn replay(
     let mut reader = RecordingReader::new(BufReader::new(file))
         .map_err(|e| recording_error(path, format!("{e:#}")))?;
     let mut pipeline =
-        Pipeline::new(threshold_ms, idle, sinks, sources).with_tick_rate(reader.header.rate);
+        Pipeline::new(threshold_ms, idle, sinks, sources).with_tick_rate(reader.header.rate)
+        .keeping_episodes();
     let mut count = 0u64;
     let mut last = 0.0f64;
     for sample in reader.by_ref() {

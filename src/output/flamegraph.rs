@@ -29,7 +29,7 @@ pub struct FlameContext {
 }
 
 /// Distinct ordinary stacks kept before new ones are merged.
-const MAX_NORMAL_STACKS: usize = 20_000;
+const MAX_NORMAL_STACKS: usize = 5_000;
 
 /// Episodes of one culprit drawn one by one; later ones are merged into `rest`.
 const DETAILED_PER_CULPRIT: usize = 100;
