@@ -37,8 +37,8 @@ pub fn replay(
     let file = File::open(path).map_err(|e| recording_error(path, e))?;
     let mut reader = RecordingReader::new(BufReader::new(file))
         .map_err(|e| recording_error(path, format!("{e:#}")))?;
-    let mut pipeline =
-        Pipeline::new(threshold_ms, idle, sinks, sources).with_tick_rate(reader.header.rate)
+    let mut pipeline = Pipeline::new(threshold_ms, idle, sinks, sources)
+        .with_tick_rate(reader.header.rate)
         .keeping_episodes();
     let mut count = 0u64;
     let mut last = 0.0f64;

@@ -87,6 +87,8 @@ pub struct AsyncioReader {
     pub(super) debug: Option<AsyncioOffsets>,
     /// Loop address → the slot of `_scheduled` in its instance dict (`None`: it has none).
     timer_slots: HashMap<u64, Option<u64>>,
+    /// `len(sys.modules)` at the last lookup that did not find everything.
+    modules_seen: Option<u64>,
 }
 
 impl AsyncioReader {
@@ -119,6 +121,7 @@ impl AsyncioReader {
             globals: Globals::default(),
             debug: None,
             timer_slots: HashMap::new(),
+            modules_seen: None,
         };
         reader.refresh(&spy.process);
         Ok(reader)
@@ -144,11 +147,19 @@ impl AsyncioReader {
                 self.tasks = TaskReader::new(t, false);
             }
         }
+        if self.globals.complete(self.al.minor) {
+            return;
+        }
+        // Looking a module up compares the keys of `sys.modules` (hundreds) one by one: only
+        // worth redoing once the program has imported something since the last miss.
         let modules = read_u64(mem, self.modules_ptr).unwrap_or(0);
-        if !self.globals.complete(self.al.minor) {
-            if let Some(module_dict) = self.module_dict(mem, modules, b"asyncio.tasks") {
-                self.globals = Globals::resolve(self, mem, module_dict);
-            }
+        let used = read_bytes(mem, modules, 24).and_then(|b| u64_at(&b, 16));
+        if used.is_some() && used == self.modules_seen {
+            return;
+        }
+        self.modules_seen = used;
+        if let Some(module_dict) = self.module_dict(mem, modules, b"asyncio.tasks") {
+            self.globals = Globals::resolve(self, mem, module_dict);
         }
     }
 

@@ -43,6 +43,8 @@ mod threads;
 mod tid;
 
 #[cfg(test)]
+mod garbage_tests;
+#[cfg(test)]
 mod tests;
 
 use std::collections::HashSet;
