@@ -38,6 +38,8 @@ pub enum Command {
 pub enum Format {
     /// An SVG flame graph with blocking episodes highlighted.
     Flamegraph,
+    /// The same stacks as the flame graph, as a speedscope profile (JSON).
+    Speedscope,
     /// The raw samples, for `loopspy report`.
     Raw,
 }
@@ -117,9 +119,12 @@ pub struct TopArgs {
 pub struct ReportArgs {
     /// The raw recording to read.
     pub recording: PathBuf,
-    /// Output file (default: the recording's name with .svg).
+    /// Output file (default: the recording's name with .svg, or .speedscope.json).
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// Output format: `flamegraph` or `speedscope` (a recording is already raw).
+    #[arg(short, long, value_enum, default_value = "flamegraph")]
+    pub format: Format,
     #[command(flatten)]
     pub analysis: AnalysisArgs,
 }
@@ -150,6 +155,7 @@ impl RecordArgs {
             match self.format {
                 Format::Flamegraph => PathBuf::from(format!("loopspy-{id}.svg")),
                 Format::Raw => PathBuf::from(format!("loopspy-{id}.jsonl")),
+                Format::Speedscope => PathBuf::from(format!("loopspy-{id}.speedscope.json")),
             }
         })
     }

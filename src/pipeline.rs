@@ -12,6 +12,7 @@ use crate::os::source_files::SourceFiles;
 use crate::output::atomic::AtomicFile;
 use crate::output::episodes::EpisodeLog;
 use crate::output::flamegraph::{FlameContext, FlameGraph};
+use crate::output::speedscope;
 use crate::output::summary::{self, EpisodeTally, Summary};
 use crate::recording::{Header, RecordingWriter};
 use crate::sample::Sample;
@@ -21,6 +22,8 @@ use crate::sampler::SamplerStats;
 pub struct Sinks {
     /// The SVG, written at the end.
     pub flamegraph: Option<AtomicFile>,
+    /// Write the flame-graph sink as speedscope JSON instead of SVG.
+    pub speedscope: bool,
     /// The raw recording, streamed.
     pub raw: Option<RecordingWriter<AtomicFile>>,
     /// The episodes log, streamed, and its name for the summary.
@@ -165,7 +168,19 @@ impl Pipeline {
                 threshold_ms: self.threshold_ms,
                 start_wall: header.start_wall,
             };
-            self.flame.render(&ctx, &mut svg)?;
+            if self.sinks.speedscope {
+                let title = format!(
+                    "loopspy: pid {}, Python {}",
+                    header.pid, header.python_version
+                );
+                speedscope::write(
+                    &self.flame.folded_lines(header.start_wall),
+                    &title,
+                    &mut svg,
+                )?;
+            } else {
+                self.flame.render(&ctx, &mut svg)?;
+            }
             written.push(svg.path().display().to_string());
             svg.commit()?;
         }

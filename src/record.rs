@@ -97,7 +97,7 @@ pub fn run(args: &RecordArgs) -> Result<()> {
         note: None,
     };
     let (flamegraph, raw) = match args.format {
-        Format::Flamegraph => (Some(out_file), None),
+        Format::Flamegraph | Format::Speedscope => (Some(out_file), None),
         Format::Raw => (None, Some(RecordingWriter::new(out_file, &header)?)),
     };
     let episodes = match &args.analysis.episodes {
@@ -105,6 +105,7 @@ pub fn run(args: &RecordArgs) -> Result<()> {
         None => None,
     };
     let sinks = Sinks {
+        speedscope: args.format == Format::Speedscope,
         flamegraph,
         raw,
         episodes,

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use crate::cli::ReportArgs;
+use crate::cli::{Format, ReportArgs};
 use crate::error::UserError;
 use crate::os::source_files::SourceFiles;
 use crate::output::atomic::AtomicFile;
@@ -70,7 +70,15 @@ pub fn run(args: &ReportArgs) -> Result<()> {
         }
         None => None,
     };
+    if args.format == Format::Raw {
+        return Err(UserError::Output {
+            path: args.output_path().display().to_string(),
+            reason: "a recording is already raw".into(),
+        }
+        .into());
+    }
     let sinks = Sinks {
+        speedscope: args.format == Format::Speedscope,
         flamegraph: Some(svg),
         raw: None,
         episodes,

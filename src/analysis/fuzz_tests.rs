@@ -631,6 +631,7 @@ fn damaged_recordings_replay_cleanly() {
         let svg = dir.path().join(format!("r{round}.svg"));
         let log = dir.path().join(format!("r{round}-episodes.jsonl"));
         let sinks = Sinks {
+            speedscope: false,
             flamegraph: Some(AtomicFile::create(&svg).unwrap()),
             raw: None,
             episodes: Some((

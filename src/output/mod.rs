@@ -4,4 +4,5 @@
 pub mod atomic;
 pub mod episodes;
 pub mod flamegraph;
+pub mod speedscope;
 pub mod summary;

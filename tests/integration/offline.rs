@@ -24,6 +24,7 @@ fn replay_fixture(name: &str, threshold_ms: f64) -> Replayed {
     let svg = dir.path().join("out.svg");
     let jsonl = dir.path().join("out.jsonl");
     let sinks = Sinks {
+        speedscope: false,
         flamegraph: Some(AtomicFile::create(&svg).unwrap()),
         raw: None,
         episodes: Some((
@@ -228,4 +229,32 @@ fn worker_processes_get_a_root_each() {
         );
     }
     check_goldens("workers_merged", &r);
+}
+
+#[test]
+fn speedscope_output_from_a_recording() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("s.speedscope.json");
+    let o = std::process::Command::new(crate::support::loopspy())
+        .args(["report", "--format", "speedscope", "-o"])
+        .arg(&out)
+        .arg(repo().join("tests/fixtures/sleep_task.jsonl"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(v["profiles"][0]["type"], "sampled");
+    let names: Vec<&str> = v["shared"]["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["name"].as_str())
+        .collect();
+    assert!(
+        names
+            .iter()
+            .any(|n| n.starts_with("BLOCKED in sleepy_handler")),
+        "{names:?}"
+    );
 }
