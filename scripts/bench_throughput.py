@@ -12,14 +12,17 @@ warm-up. Configurations:
 - py-spy 1000:   py-spy record --pid P --nonblocking --rate 1000
 - py-spy 100:    py-spy record --pid P --nonblocking --rate 100
 
-With --pin (the default on 2+ cores) the server runs on CPU 0 and the load generator on CPU 1;
-the profiler may run anywhere, as it would on a real host. For each run the table has the
+With --pin (the default on 2+ cores) the server runs on CPU 0, and the load generator and the
+profiler on CPU 1: the profiler never takes CPU time from the server, so what is left is its
+direct effect on the target (memory reads, /proc reads, py-spy's attach). --no-pin lets every
+process run anywhere, so a profiler's CPU use competes with the server too. For each run the
+table has the
 requests per second, the server's CPU time per request (its direct cost, which other load on
 the machine does not change) and the profiler's CPU use over the measured window. Each
 configuration runs --repeats times against a fresh server, interleaved (one of each, then
 again) so drift on the machine hits all alike; the table gives medians.
 
-    python3 scripts/bench_throughput.py [--seconds 5] [--repeats 7] [--connections 16]
+    python3 scripts/bench_throughput.py [--seconds 5] [--repeats 9] [--connections 16] [--no-pin]
 
 Needs a release build (cargo build --release) and py-spy (python3 -m pip install py-spy).
 """
@@ -155,19 +158,21 @@ def wait_for_line(stream, needle):
             return
 
 
-def start_profiler(config, pid, tmp):
+def start_profiler(config, pid, tmp, cpu):
     if config == "none":
         return None
     if config == "loopspy":
         cmd = [LOOPSPY, "record", "--pid", str(pid), "-o", os.path.join(tmp, "l.svg")]
-        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=pinned(cpu))
         wait_for_line(p.stderr, "loopspy: sampling process")
     else:
         rate = config.split()[1]
         cmd = ["py-spy", "record", "--pid", str(pid), "--nonblocking", "--rate", rate,
                "--format", "raw", "-o", os.path.join(tmp, "p.txt")]
         # py-spy says it samples on stdout.
-        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                             preexec_fn=pinned(cpu))
         wait_for_line(p.stdout, "Sampling process")
     return p
 
@@ -188,7 +193,7 @@ def one_run(config, args, tmp):
     server, port = start_server(args)
     prof = None
     try:
-        prof = start_profiler(config, server.pid, tmp)
+        prof = start_profiler(config, server.pid, tmp, 1 if args.pin else None)
         gen = subprocess.Popen([args.python, os.path.abspath(__file__), "--load", str(port),
                                 "--seconds", str(args.seconds),
                                 "--connections", str(args.connections)],
@@ -215,12 +220,13 @@ def one_run(config, args, tmp):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=5.0, help="measured seconds per run")
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--connections", type=int, default=16)
     ap.add_argument("--python", default=sys.executable)
     ap.add_argument("--configs", default="none,loopspy,py-spy 1000,py-spy 100")
     ap.add_argument("--pin", dest="pin", action="store_true", default=os.cpu_count() >= 2,
-                    help="server on CPU 0, load generator on CPU 1 (default on 2+ cores)")
+                    help="server on CPU 0, load generator and profiler on CPU 1 (default on 2+ "
+                    "cores)")
     ap.add_argument("--no-pin", dest="pin", action="store_false")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--load", type=int, metavar="PORT", help=argparse.SUPPRESS)
@@ -240,7 +246,7 @@ def main():
     print("app: asyncio.start_server on 127.0.0.1, keep-alive, JSON + a little CPU per request;"
           " %s; %d connections, %.0f s per run, %d runs each; %d cores%s"
           % (args.python, args.connections, args.seconds, args.repeats, os.cpu_count(),
-             ", server on CPU 0 and load on CPU 1" if args.pin else ""))
+             ", server on CPU 0, load and profiler on CPU 1" if args.pin else ""))
     results = {c: [] for c in configs}
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.repeats):
