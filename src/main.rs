@@ -9,8 +9,8 @@ use loopspy::cli::{Cli, Command};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
-        Command::Record(args) => loopspy::record::run(args),
-        Command::Report(args) => loopspy::report::run(args),
+        Command::Record(args) => loopspy::commands::record::run(args),
+        Command::Report(args) => loopspy::commands::report::run(args),
         Command::Top(args) => loopspy::top::terminal::run(args),
         Command::Dump(args) => loopspy::dump::run(args),
     };

@@ -6,6 +6,7 @@ use std::io::Write;
 
 use anyhow::Result;
 
+use crate::acquire::sampler::SamplerStats;
 use crate::analysis::detector::{Detector, DetectorConfig, Event};
 use crate::episode::Episode;
 use crate::os::source_files::SourceFiles;
@@ -16,7 +17,6 @@ use crate::output::speedscope;
 use crate::output::summary::{self, EpisodeTally, Summary};
 use crate::recording::{Header, RecordingWriter};
 use crate::sample::Sample;
-use crate::sampler::SamplerStats;
 
 /// Where the outputs go. Files are opened by the caller (so bad paths fail before sampling).
 pub struct Sinks {

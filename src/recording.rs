@@ -7,8 +7,8 @@ use std::io::{BufRead, Write};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::acquire::sampler::SamplerStats;
 use crate::sample::Sample;
-use crate::sampler::SamplerStats;
 
 /// The version of the format this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;

@@ -588,11 +588,11 @@ fn only_garbage_timestamps() {
 /// every episode in the log is a possible one.
 #[test]
 fn damaged_recordings_replay_cleanly() {
+    use crate::acquire::sampler::SamplerStats;
     use crate::output::atomic::AtomicFile;
     use crate::output::episodes::{EpisodeLog, LogTarget};
     use crate::pipeline::Sinks;
     use crate::recording::{Header, RecordingWriter, FORMAT_VERSION};
-    use crate::sampler::SamplerStats;
 
     let dir = tempfile::tempdir().unwrap();
     let mut rng = Rng::new(77);
@@ -643,7 +643,8 @@ fn damaged_recordings_replay_cleanly() {
             live_hangs: false,
         };
         let mut summary = Vec::new();
-        let result = crate::report::replay(&rec, 50.0, round % 2 == 0, sinks, None, &mut summary);
+        let result =
+            crate::commands::report::replay(&rec, 50.0, round % 2 == 0, sinks, None, &mut summary);
         let head = format!("{}\n", serde_json::to_string(&header).unwrap());
         let found = match result {
             Ok(found) => found,

@@ -14,11 +14,11 @@ use std::io::Write;
 
 use anyhow::{Context, Result};
 
-use crate::attach::{attach, Target};
+use crate::acquire::attach::{attach, Target};
+use crate::acquire::sampler::SampleSource;
 use crate::cli::DumpArgs;
 use crate::remote::{AwaitTarget, CoroState, TaskInfo, TaskState};
 use crate::sample::ThreadSample;
-use crate::sampler::SampleSource;
 use model::{AwaitFrame, Awaiting, Dump, LoopDump, TaskDump, ThreadDump};
 
 pub fn run(args: &DumpArgs) -> Result<()> {

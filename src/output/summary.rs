@@ -6,8 +6,8 @@ use std::io::Write;
 
 use anyhow::Result;
 
+use crate::acquire::sampler::SamplerStats;
 use crate::episode::Episode;
-use crate::sampler::SamplerStats;
 
 /// Everything the summary reports.
 pub struct Summary<'a> {

@@ -6,9 +6,9 @@ pub mod model;
 pub mod render;
 pub mod terminal;
 
+use crate::acquire::sampler::SamplerStats;
 use crate::analysis::detector::{Detector, Event};
 use crate::sample::Sample;
-use crate::sampler::SamplerStats;
 
 /// Feed one sample to the detector and the model: the one path shared by the live view and
 /// the replayed recordings of the golden tests.

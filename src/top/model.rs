@@ -4,9 +4,9 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
+use crate::acquire::sampler::SamplerStats;
 use crate::analysis::detector::{LoopView, ViewState};
 use crate::episode::{Episode, Location};
-use crate::sampler::SamplerStats;
 
 /// How long the busy share of a loop looks back.
 pub const BUSY_WINDOW: f64 = 10.0;

@@ -12,16 +12,16 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
 
+use crate::acquire::attach::{attach, launch};
+use crate::acquire::sampler::{self, Limits, SamplerStats};
+use crate::acquire::tree::WorkerFinder;
 use crate::analysis::detector::{Detector, DetectorConfig};
-use crate::attach::{attach, launch};
 use crate::cli::TopArgs;
 use crate::os::source_files::SourceFiles;
 use crate::sample::Sample;
-use crate::sampler::{self, Limits, SamplerStats};
 use crate::top::model::TopModel;
 use crate::top::render::{draw, to_text};
 use crate::top::{feed_end, feed_sample};
-use crate::tree::WorkerFinder;
 
 /// How often the screen is redrawn.
 const REFRESH: Duration = Duration::from_millis(250);

@@ -4,11 +4,11 @@
 
 use std::path::{Path, PathBuf};
 
+use loopspy::commands::report::replay;
 use loopspy::episode::Episode;
 use loopspy::output::atomic::AtomicFile;
 use loopspy::output::episodes::{EpisodeLog, LogTarget};
 use loopspy::pipeline::Sinks;
-use loopspy::report::replay;
 
 use crate::support::repo;
 

@@ -6,9 +6,9 @@ use std::io::BufReader;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use loopspy::acquire::sampler::SamplerStats;
 use loopspy::analysis::detector::{Detector, DetectorConfig};
 use loopspy::recording::RecordingReader;
-use loopspy::sampler::SamplerStats;
 use loopspy::top::model::TopModel;
 use loopspy::top::render::to_text;
 use loopspy::top::{feed_end, feed_sample};

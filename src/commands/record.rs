@@ -10,7 +10,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 
-use crate::attach::{attach, launch, Target};
+use crate::acquire::attach::{attach, launch, Target};
+use crate::acquire::sampler::{self, Limits};
+use crate::acquire::tree::WorkerFinder;
 use crate::cli::{Format, RecordArgs};
 use crate::error::UserError;
 use crate::os::source_files::SourceFiles;
@@ -18,8 +20,6 @@ use crate::output::atomic::AtomicFile;
 use crate::output::episodes::{EpisodeLog, LogTarget};
 use crate::pipeline::{Pipeline, Sinks};
 use crate::recording::{Header, RecordingWriter, FORMAT_VERSION};
-use crate::sampler::{self, Limits};
-use crate::tree::WorkerFinder;
 
 /// Set by Ctrl-C (SIGINT/SIGTERM); the sampler checks it every tick.
 fn stop_flag() -> Result<Arc<AtomicBool>> {

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use anyhow::Result;
 
+use crate::acquire::sampler::SamplerStats;
 use crate::cli::{Format, ReportArgs};
 use crate::error::UserError;
 use crate::os::source_files::SourceFiles;
@@ -13,7 +14,6 @@ use crate::output::atomic::AtomicFile;
 use crate::output::episodes::{EpisodeLog, LogTarget};
 use crate::pipeline::{Pipeline, Sinks};
 use crate::recording::RecordingReader;
-use crate::sampler::SamplerStats;
 
 fn recording_error(path: &Path, reason: impl std::fmt::Display) -> anyhow::Error {
     UserError::Recording {

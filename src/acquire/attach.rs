@@ -9,8 +9,8 @@ use anyhow::{Context, Result};
 use py_spy::config::{LineNo, LockingStrategy};
 use py_spy::{Config, PythonSpy};
 
+use crate::acquire::spy::{process_alive, Spy};
 use crate::error::{is_permission, UserError};
-use crate::spy::{process_alive, Spy};
 
 /// How long a launched interpreter gets to become readable.
 const LAUNCH_TIMEOUT: Duration = Duration::from_secs(10);

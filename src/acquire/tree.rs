@@ -4,8 +4,8 @@
 
 use std::collections::HashMap;
 
-use crate::attach::attach;
-use crate::sampler::SampleSource;
+use crate::acquire::attach::attach;
+use crate::acquire::sampler::SampleSource;
 
 /// Give up on a child that could not be attached after this many rounds (a process that is
 /// not Python, or never finishes starting).

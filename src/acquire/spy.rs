@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use py_spy::PythonSpy;
 
+use crate::acquire::sampler::SampleSource;
 use crate::os::thread_state::{parse_stat_state, ThreadProc};
 use crate::remote::{AsyncioReader, PyThread, ThreadScanner};
 use crate::sample::{Frame, ReadyQueue, ThreadSample};
-use crate::sampler::SampleSource;
 
 /// How often the thread scan (running loops, thread ids) is redone even when nothing changed.
 const RESCAN: Duration = Duration::from_secs(1);

@@ -1,0 +1,8 @@
+//! Acquisition: finding or launching the target (`attach`), reading it into our own samples
+//! (`spy`, the one boundary where raw reads become [`crate::sample::Sample`]s), the timed
+//! sampling loop (`sampler`) and worker-process discovery (`tree`).
+
+pub mod attach;
+pub mod sampler;
+pub mod spy;
+pub mod tree;
