@@ -44,6 +44,18 @@ pub enum Format {
     Raw,
 }
 
+impl Format {
+    /// The file name extension of the format's default output (`loopspy-PID.<ext>`, or the
+    /// recording's name with it for `report`).
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Flamegraph => "svg",
+            Format::Speedscope => "speedscope.json",
+            Format::Raw => "jsonl",
+        }
+    }
+}
+
 /// Options shared by `record` and `report`.
 #[derive(Debug, Args)]
 pub struct AnalysisArgs {
@@ -51,6 +63,7 @@ pub struct AnalysisArgs {
     #[arg(long, default_value = "50", value_parser = positive_f64)]
     pub threshold: f64,
     /// Write the episodes as JSON Lines to FILE (`-` for stdout), one line as each ends.
+    /// See "Output files" in the README for how paths are written.
     #[arg(long, value_name = "FILE")]
     pub episodes: Option<String>,
     /// Also draw idle stacks (threads waiting) in the flame graph.
@@ -86,7 +99,8 @@ pub struct RecordArgs {
     pub duration: Option<f64>,
     #[command(flatten)]
     pub sampling: SamplingArgs,
-    /// Output file (default loopspy-PID.svg, or loopspy-PID.jsonl with --format raw).
+    /// Output file (default loopspy-PID.svg, .speedscope.json or .jsonl, by format); `-` for
+    /// stdout. A device, FIFO or socket is written in place; a symlink writes its target.
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
     /// Output format.
@@ -94,7 +108,9 @@ pub struct RecordArgs {
     pub format: Format,
     #[command(flatten)]
     pub analysis: AnalysisArgs,
-    /// The command to launch and record, after `--`.
+    /// The command to launch and record, after `--`. It shares loopspy's stdin, stdout and
+    /// stderr, except that its stdout goes to loopspy's stderr when `-o -` or `--episodes -`
+    /// puts data on loopspy's stdout.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
 }
@@ -119,7 +135,8 @@ pub struct TopArgs {
 pub struct ReportArgs {
     /// The raw recording to read.
     pub recording: PathBuf,
-    /// Output file (default: the recording's name with .svg, or .speedscope.json).
+    /// Output file (default: the recording's name with .svg, or .speedscope.json); `-` for
+    /// stdout. It may not be the recording itself.
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
     /// Output format: `flamegraph` or `speedscope` (a recording is already raw).
@@ -137,6 +154,9 @@ pub struct DumpArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Write the dump to FILE instead of stdout (`-` for stdout).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
 }
 
 fn positive_f64(s: &str) -> Result<f64, String> {
@@ -147,25 +167,44 @@ fn positive_f64(s: &str) -> Result<f64, String> {
     }
 }
 
+impl Cli {
+    /// Relations between flags that clap's attributes cannot state. A failure is a clap error:
+    /// printed in clap's style, exit 2.
+    pub fn validate(&self) -> Result<(), clap::Error> {
+        let (output, episodes) = match &self.command {
+            Command::Record(r) => (&r.output, &r.analysis.episodes),
+            Command::Report(r) => (&r.output, &r.analysis.episodes),
+            _ => return Ok(()),
+        };
+        if output.as_deref() == Some(std::path::Path::new("-")) && episodes.as_deref() == Some("-")
+        {
+            use clap::CommandFactory;
+            return Err(Cli::command().error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "`-o -` and `--episodes -` both ask for stdout: send one of them to a file",
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl RecordArgs {
     /// The output path: the one given or the default for the format.
     pub fn output_path(&self, pid: Option<u32>) -> PathBuf {
         self.output.clone().unwrap_or_else(|| {
             let id = pid.map(|p| p.to_string()).unwrap_or_else(|| "run".into());
-            match self.format {
-                Format::Flamegraph => PathBuf::from(format!("loopspy-{id}.svg")),
-                Format::Raw => PathBuf::from(format!("loopspy-{id}.jsonl")),
-                Format::Speedscope => PathBuf::from(format!("loopspy-{id}.speedscope.json")),
-            }
+            PathBuf::from(format!("loopspy-{id}.{}", self.format.extension()))
         })
     }
 }
 
 impl ReportArgs {
+    /// The output path: the one given, or the recording's name with the format's extension
+    /// (`rec.jsonl` → `rec.svg`, `rec.speedscope.json`).
     pub fn output_path(&self) -> PathBuf {
         self.output
             .clone()
-            .unwrap_or_else(|| self.recording.with_extension("svg"))
+            .unwrap_or_else(|| self.recording.with_extension(self.format.extension()))
     }
 }
 
@@ -191,6 +230,55 @@ mod tests {
             Cli::try_parse_from(["loopspy", "record", "--", "python3", "app.py", "-x"]).unwrap();
         match ok.command {
             Command::Record(r) => assert_eq!(r.command, ["python3", "app.py", "-x"]),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn stdout_for_two_outputs_is_a_usage_error() {
+        for args in [
+            &[
+                "loopspy",
+                "record",
+                "--pid",
+                "1",
+                "-o",
+                "-",
+                "--episodes",
+                "-",
+            ][..],
+            &["loopspy", "report", "r.jsonl", "-o", "-", "--episodes", "-"][..],
+        ] {
+            let err = Cli::try_parse_from(args).unwrap().validate().unwrap_err();
+            assert_eq!(err.exit_code(), 2);
+            assert!(err.to_string().contains("both ask for stdout"), "{err}");
+        }
+        let one = Cli::try_parse_from(["loopspy", "record", "--pid", "1", "-o", "-"]).unwrap();
+        assert!(one.validate().is_ok());
+    }
+
+    #[test]
+    fn default_output_follows_the_format() {
+        let report =
+            |fmt: &str| match Cli::try_parse_from(["loopspy", "report", "d/rec.jsonl", "-f", fmt])
+                .unwrap()
+                .command
+            {
+                Command::Report(r) => r.output_path(),
+                _ => unreachable!(),
+            };
+        assert_eq!(report("flamegraph"), PathBuf::from("d/rec.svg"));
+        assert_eq!(report("speedscope"), PathBuf::from("d/rec.speedscope.json"));
+        match Cli::try_parse_from(["loopspy", "record", "--pid", "7", "-f", "speedscope"])
+            .unwrap()
+            .command
+        {
+            Command::Record(r) => {
+                assert_eq!(
+                    r.output_path(Some(7)),
+                    PathBuf::from("loopspy-7.speedscope.json")
+                )
+            }
             _ => unreachable!(),
         }
     }

@@ -6,7 +6,11 @@ use std::fmt;
 /// Hint shared by every permission failure.
 pub const PERMISSION_HINT: &str = "run loopspy as root (sudo) or give it CAP_SYS_PTRACE; if that is not enough, lower kernel.yama.ptrace_scope (sysctl kernel.yama.ptrace_scope=1); in a container add --cap-add SYS_PTRACE; or launch the target under loopspy: `loopspy record -- python3 app.py`";
 
-/// A failure with a known cause.
+/// A failure with a known cause. Outputs: `Output` cannot be written (the OS's reason);
+/// `UnsafeOutput` will not be (a planted symlink, a block device); `SameFile` is the input or
+/// another output; `NoReader` is a FIFO nobody opened; `OutputLost` failed while writing
+/// (`why`: the OS's reason, then what is lost). `Interrupted`: a stop signal ended a run that
+/// writes nothing partial.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UserError {
     NoSuchProcess(u32),
@@ -17,6 +21,11 @@ pub enum UserError {
     LaunchFailed { command: String, reason: String },
     ExitedBeforeAttach { command: String, status: String },
     Output { path: String, reason: String },
+    UnsafeOutput { path: String, reason: String },
+    SameFile { path: String, other: String },
+    NoReader { path: String, secs: u64 },
+    OutputLost { path: String, why: String },
+    Interrupted { during: String },
     Recording { path: String, reason: String },
 }
 
@@ -31,6 +40,11 @@ impl fmt::Display for UserError {
             UserError::LaunchFailed { command, reason } => write!(f, "could not start `{command}`: {reason}"),
             UserError::ExitedBeforeAttach { command, status } => write!(f, "`{command}` exited ({status}) before loopspy could attach to it"),
             UserError::Output { path, reason } => write!(f, "cannot write {path}: {}: choose a writable path with -o / --episodes", os_reason(reason)),
+            UserError::UnsafeOutput { path, reason } => write!(f, "refusing to write {path}: {reason}"),
+            UserError::SameFile { path, other } => write!(f, "refusing to write {path}: it is the same file as {other}: give each output its own path, apart from the input"),
+            UserError::NoReader { path, secs } => write!(f, "cannot write {path}: it is a FIFO and no process opened it for reading within {secs} s: start the reader first (e.g. `cat {path} &`)"),
+            UserError::OutputLost { path, why } => write!(f, "cannot write {path}: {why}"),
+            UserError::Interrupted { during } => write!(f, "interrupted (Ctrl-C, SIGTERM or SIGHUP) {during}: nothing was written"),
             UserError::Recording { path, reason } => write!(f, "cannot read recording {path}: {reason}: pass a file written by `loopspy record --format raw`"),
         }
     }
@@ -38,9 +52,28 @@ impl fmt::Display for UserError {
 
 impl std::error::Error for UserError {}
 
+/// Failures already printed where they happened, one line each (a lost output): `main` adds
+/// nothing and exits 1.
+#[derive(Debug)]
+pub struct AlreadyReported;
+
+impl fmt::Display for AlreadyReported {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "an output was lost (reported above)")
+    }
+}
+
+impl std::error::Error for AlreadyReported {}
+
+/// Print `loopspy: error: MESSAGE` on stderr; a closed stderr is ignored (never a panic).
+pub fn print(message: &dyn fmt::Display) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "loopspy: error: {message}");
+}
+
 /// The OS's reason alone: the `tempfile` crate appends ` at path "<dir>/.<name>.XXXXXX.tmp"`,
 /// a temporary file the user never asked for.
-fn os_reason(reason: &str) -> &str {
+pub(crate) fn os_reason(reason: &str) -> &str {
     reason.split(" at path \"").next().unwrap_or(reason)
 }
 

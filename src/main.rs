@@ -8,6 +8,9 @@ use loopspy::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(e) = cli.validate() {
+        e.exit();
+    }
     let result = match &cli.command {
         Command::Record(args) => loopspy::commands::record::run(args),
         Command::Report(args) => loopspy::commands::report::run(args),
@@ -17,7 +20,9 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("loopspy: error: {}", loopspy::error::message(&e));
+            if !e.is::<loopspy::error::AlreadyReported>() {
+                loopspy::error::print(&loopspy::error::message(&e));
+            }
             ExitCode::from(1)
         }
     }

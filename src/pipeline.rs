@@ -1,5 +1,9 @@
 //! Samples in, outputs out: the one path shared by a live `record` and a replayed `report`.
 //! It feeds the detector, routes its events to the sinks, and writes everything at the end.
+//!
+//! Each sink fails on its own: a write error ends that sink (one line on stderr says what is
+//! lost, unless a reader merely closed its pipe) and the others go on; `finish` then returns
+//! [`AlreadyReported`] so the run exits 1.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -9,27 +13,57 @@ use anyhow::Result;
 use crate::acquire::sampler::SamplerStats;
 use crate::analysis::detector::{Detector, DetectorConfig, Event};
 use crate::episode::Episode;
+use crate::error::{AlreadyReported, UserError};
+use crate::os::signals;
 use crate::os::source_files::SourceFiles;
-use crate::output::atomic::AtomicFile;
 use crate::output::episodes::EpisodeLog;
 use crate::output::flamegraph::{FlameContext, FlameGraph};
 use crate::output::speedscope;
 use crate::output::summary::{self, EpisodeTally, Summary};
+use crate::output::target::{self, OutputFile};
 use crate::recording::{Header, RecordingWriter};
 use crate::sample::Sample;
 
 /// Where the outputs go. Files are opened by the caller (so bad paths fail before sampling).
 pub struct Sinks {
     /// The SVG, written at the end.
-    pub flamegraph: Option<AtomicFile>,
+    pub flamegraph: Option<OutputFile>,
     /// Write the flame-graph sink as speedscope JSON instead of SVG.
     pub speedscope: bool,
     /// The raw recording, streamed.
-    pub raw: Option<RecordingWriter<AtomicFile>>,
-    /// The episodes log, streamed, and its name for the summary.
-    pub episodes: Option<(EpisodeLog, String)>,
+    pub raw: Option<RecordingWriter<OutputFile>>,
+    /// The episodes log, streamed.
+    pub episodes: Option<EpisodeLog>,
     /// Print a line on stderr while a long hang is going on.
     pub live_hangs: bool,
+}
+
+/// The outputs, as failure messages name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sink {
+    FlameGraph,
+    Speedscope,
+    Raw,
+    Episodes,
+}
+
+impl Sink {
+    /// What a failure loses, on top of the data not written: a streamed sink written in place
+    /// keeps what it wrote ("ends here"); one rendered at the end is lost.
+    fn loss(self, in_place: bool) -> String {
+        let what = match self {
+            Sink::FlameGraph => "flame graph",
+            Sink::Speedscope => "speedscope profile",
+            Sink::Raw => "raw recording",
+            Sink::Episodes => "episodes log",
+        };
+        let fate = match (in_place, self) {
+            (false, _) => "was not written",
+            (true, Sink::Raw | Sink::Episodes) => "ends here",
+            (true, _) => "is lost",
+        };
+        format!("the {what} {fate} (the other outputs are not affected)")
+    }
 }
 
 /// Episodes kept in memory for the caller of `finish`; all of them are in the episodes log.
@@ -48,6 +82,10 @@ pub struct Pipeline {
     keep_episodes: bool,
     /// Per loop thread: the start of the hang last reported and the whole seconds reported.
     hangs: HashMap<(u32, u32), u64>,
+    /// Sinks whose writes failed (each said so on stderr).
+    lost: usize,
+    /// A stop signal abandons the outputs instead of writing them (`report`).
+    cancellable: bool,
 }
 
 impl Pipeline {
@@ -73,7 +111,16 @@ impl Pipeline {
             tally: EpisodeTally::default(),
             keep_episodes: false,
             hangs: HashMap::new(),
+            lost: 0,
+            cancellable: false,
         }
+    }
+
+    /// A stop signal (Ctrl-C, SIGTERM, SIGHUP) while `finish` runs abandons every output: a
+    /// replay stopped by the user writes nothing (a live recording instead writes on Ctrl-C).
+    pub fn cancellable(mut self) -> Pipeline {
+        self.cancellable = true;
+        self
     }
 
     /// Keep the episodes (up to `KEPT_EPISODES`) for the caller of `finish`.
@@ -91,17 +138,60 @@ impl Pipeline {
 
     pub fn on_sample(&mut self, sample: &Sample) -> Result<()> {
         if let Some(raw) = self.sinks.raw.as_mut() {
-            raw.write(sample)?;
+            if let Err(e) = raw.write(sample) {
+                if let Some(raw) = self.sinks.raw.take() {
+                    self.lose(raw.into_inner(), Sink::Raw, e);
+                }
+            }
         }
         let events = self.detector.feed(sample);
-        self.route(events)?;
+        self.route(events);
         if self.sinks.live_hangs {
             self.report_hangs(sample.mono);
         }
         Ok(())
     }
 
-    fn route(&mut self, events: Vec<Event>) -> Result<()> {
+    /// A sink's write failed: say what is lost (unless its reader closed a pipe), keep what
+    /// can be kept, go on without it.
+    fn lose(&mut self, mut file: OutputFile, sink: Sink, err: anyhow::Error) {
+        // The OS's own error, which serde_json and inferno may have put in their words.
+        let err = file.take_error().map(anyhow::Error::from).unwrap_or(err);
+        self.count_loss(file.name(), &sink.loss(file.written_in_place()), &err);
+        file.abandon();
+    }
+
+    fn count_loss(&mut self, name: &str, lost: &str, err: &anyhow::Error) {
+        if target::lost(name, lost, err) {
+            self.lost += 1;
+        }
+    }
+
+    /// Commit `file`; on success it joins the list of files written.
+    fn commit(&mut self, mut file: OutputFile, sink: Sink, written: &mut Vec<String>) {
+        if let Err(e) = file.flush() {
+            return self.lose(file, sink, e.into());
+        }
+        let (name, listed) = (file.name().to_string(), file.listed());
+        let lost = sink.loss(file.written_in_place());
+        match file.commit() {
+            Ok(()) if listed => written.push(name),
+            Ok(()) => {}
+            Err(e) => self.count_loss(&name, &lost, &e.into()),
+        }
+    }
+
+    fn check_cancel(&self) -> Result<()> {
+        if self.cancellable && signals::stop_requested() {
+            return Err(UserError::Interrupted {
+                during: "while writing the outputs".into(),
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    fn route(&mut self, events: Vec<Event>) {
         for event in events {
             match event {
                 Event::Stack {
@@ -117,8 +207,12 @@ impl Pipeline {
                     }
                 }
                 Event::Episode { episode, stacks } => {
-                    if let Some((log, _)) = self.sinks.episodes.as_mut() {
-                        log.write(&episode)?;
+                    if let Some(log) = self.sinks.episodes.as_mut() {
+                        if let Err(e) = log.write(&episode) {
+                            if let Some(log) = self.sinks.episodes.take() {
+                                self.lose(log.into_file(), Sink::Episodes, e.into());
+                            }
+                        }
                     }
                     if self.sinks.flamegraph.is_some() {
                         self.flame.add_episode(&episode, stacks);
@@ -131,7 +225,6 @@ impl Pipeline {
                 }
             }
         }
-        Ok(())
     }
 
     /// A line on stderr each time a hang in progress passes another whole second.
@@ -141,7 +234,9 @@ impl Pipeline {
             let shown = self.hangs.entry((pid, tid)).or_insert(0);
             if whole >= 1 && whole > *shown {
                 *shown = whole;
-                eprintln!(
+                // A closed stderr must not stop the recording.
+                let _ = writeln!(
+                    std::io::stderr(),
                     "loopspy: event loop on {} blocked for {whole} s so far, in {callback}",
                     crate::sample::thread_label(name.as_deref(), tid)
                 );
@@ -150,6 +245,9 @@ impl Pipeline {
     }
 
     /// End of input: close open episodes, write the outputs, print the summary to `summary_out`.
+    /// Each output is written even if another fails; then the error is [`AlreadyReported`]
+    /// (each failure printed its line). With [`cancellable`](Pipeline::cancellable), a stop
+    /// signal abandons every output not yet committed.
     pub fn finish(
         mut self,
         header: &Header,
@@ -157,9 +255,10 @@ impl Pipeline {
         summary_out: &mut dyn Write,
     ) -> Result<Vec<Episode>> {
         let events = self.detector.finish();
-        self.route(events)?;
+        self.route(events);
+        self.check_cancel()?;
         let mut written = Vec::new();
-        if let Some(mut svg) = self.sinks.flamegraph.take() {
+        if let Some(mut out) = self.sinks.flamegraph.take() {
             let ctx = FlameContext {
                 pid: header.pid,
                 python_version: header.python_version.clone(),
@@ -168,34 +267,41 @@ impl Pipeline {
                 threshold_ms: self.threshold_ms,
                 start_wall: header.start_wall,
             };
-            if self.sinks.speedscope {
+            let (sink, rendered) = if self.sinks.speedscope {
                 let title = format!(
                     "loopspy: pid {}, Python {}",
                     header.pid, header.python_version
                 );
-                speedscope::write(
-                    &self.flame.folded_lines(header.start_wall),
-                    &title,
-                    &mut svg,
-                )?;
+                let lines = self.flame.folded_lines(header.start_wall);
+                (
+                    Sink::Speedscope,
+                    speedscope::write(&lines, &title, &mut out),
+                )
             } else {
-                self.flame.render(&ctx, &mut svg)?;
-            }
-            written.push(svg.path().display().to_string());
-            svg.commit()?;
-        }
-        if let Some(raw) = self.sinks.raw.take() {
-            let file = raw.finish(stats)?;
-            written.push(file.path().display().to_string());
-            file.commit()?;
-        }
-        if let Some((log, name)) = self.sinks.episodes.take() {
-            log.finish()?;
-            if name != "-" {
-                written.push(name);
+                (Sink::FlameGraph, self.flame.render(&ctx, &mut out))
+            };
+            match rendered {
+                Err(e) => self.lose(out, sink, e),
+                Ok(()) => {
+                    self.check_cancel()?;
+                    self.commit(out, sink, &mut written);
+                }
             }
         }
-        summary::write(
+        if let Some(mut raw) = self.sinks.raw.take() {
+            match raw.write_trailer(stats) {
+                Err(e) => self.lose(raw.into_inner(), Sink::Raw, e),
+                Ok(()) => {
+                    self.check_cancel()?;
+                    self.commit(raw.into_inner(), Sink::Raw, &mut written);
+                }
+            }
+        }
+        if let Some(log) = self.sinks.episodes.take() {
+            self.check_cancel()?;
+            self.commit(log.into_file(), Sink::Episodes, &mut written);
+        }
+        let summarized = summary::write(
             summary_out,
             &Summary {
                 episodes: &self.tally,
@@ -204,7 +310,18 @@ impl Pipeline {
                 threshold_ms: self.threshold_ms,
                 outputs: &written,
             },
-        )?;
+        )
+        .and_then(|()| Ok(summary_out.flush()?));
+        if let Err(e) = summarized {
+            // Nowhere left to say it; a closed pipe is the reader's choice.
+            let io = e.chain().find_map(|c| c.downcast_ref::<std::io::Error>());
+            if io.is_none_or(|e| e.kind() != std::io::ErrorKind::BrokenPipe) {
+                self.lost += 1;
+            }
+        }
+        if self.lost > 0 {
+            return Err(AlreadyReported.into());
+        }
         Ok(self.episodes)
     }
 }

@@ -54,7 +54,23 @@ impl<W: Write> RecordingWriter<W> {
         Ok(())
     }
 
+    /// The writer, for its name and error after a failed write.
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.out
+    }
+
+    /// The writer, given up (after a failed write).
+    pub fn into_inner(self) -> W {
+        self.out
+    }
+
     pub fn finish(mut self, stats: &SamplerStats) -> Result<W> {
+        self.write_trailer(stats)?;
+        Ok(self.out)
+    }
+
+    /// The closing stats line, flushed; the writer stays here (for its error, if any).
+    pub fn write_trailer(&mut self, stats: &SamplerStats) -> Result<()> {
         serde_json::to_writer(
             &mut self.out,
             &Trailer {
@@ -63,7 +79,7 @@ impl<W: Write> RecordingWriter<W> {
         )?;
         self.out.write_all(b"\n")?;
         self.out.flush()?;
-        Ok(self.out)
+        Ok(())
     }
 }
 

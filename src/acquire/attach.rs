@@ -134,17 +134,44 @@ pub fn attach(pid: u32) -> Result<Target> {
     finish(pid, spy, None)
 }
 
+/// Where a launched command's output goes. Its stdin is never touched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChildOutput {
+    /// loopspy's own stdout and stderr.
+    Inherit,
+    /// /dev/null (a full-screen view owns the terminal).
+    Discard,
+    /// stdout to loopspy's stderr: loopspy's stdout carries data (`--episodes -`, `-o -`).
+    StdoutToStderr,
+}
+
 /// Launch `command` and attach once its interpreter is readable.
 /// With `quiet`, the command's stdout and stderr go to /dev/null (a full-screen view owns the
 /// terminal); its stdin is never touched.
 pub fn launch(command: &[String], quiet: bool) -> Result<Target> {
+    let output = if quiet {
+        ChildOutput::Discard
+    } else {
+        ChildOutput::Inherit
+    };
+    launch_with(command, output)
+}
+
+/// [`launch`], saying where the command's output goes.
+pub fn launch_with(command: &[String], output: ChildOutput) -> Result<Target> {
     let shown = command.join(" ");
     let (program, args) = command.split_first().context("no command given after --")?;
     let mut cmd = Command::new(program);
     cmd.args(args);
-    if quiet {
-        cmd.stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
+    match output {
+        ChildOutput::Inherit => {}
+        ChildOutput::Discard => {
+            cmd.stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
+        }
+        ChildOutput::StdoutToStderr => {
+            cmd.stdout(std::io::stderr());
+        }
     }
     let mut child = cmd.spawn().map_err(|e| UserError::LaunchFailed {
         command: shown.clone(),

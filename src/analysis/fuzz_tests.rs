@@ -589,8 +589,8 @@ fn only_garbage_timestamps() {
 #[test]
 fn damaged_recordings_replay_cleanly() {
     use crate::acquire::sampler::SamplerStats;
-    use crate::output::atomic::AtomicFile;
-    use crate::output::episodes::{EpisodeLog, LogTarget};
+    use crate::output::episodes::EpisodeLog;
+    use crate::output::target::{Mode, OutputFile};
     use crate::pipeline::Sinks;
     use crate::recording::{Header, RecordingWriter, FORMAT_VERSION};
 
@@ -632,13 +632,10 @@ fn damaged_recordings_replay_cleanly() {
         let log = dir.path().join(format!("r{round}-episodes.jsonl"));
         let sinks = Sinks {
             speedscope: false,
-            flamegraph: Some(AtomicFile::create(&svg).unwrap()),
+            flamegraph: Some(OutputFile::create(&svg, Mode::Whole).unwrap()),
             raw: None,
-            episodes: Some((
-                EpisodeLog::new(LogTarget::File(std::io::BufWriter::new(
-                    std::fs::File::create(&log).unwrap(),
-                ))),
-                log.display().to_string(),
+            episodes: Some(EpisodeLog::new(
+                OutputFile::create(&log, Mode::Stream).unwrap(),
             )),
             live_hangs: false,
         };

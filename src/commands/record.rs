@@ -1,88 +1,75 @@
 //! `loopspy record`: open the outputs, attach or launch, sample until the duration, Ctrl-C or
-//! the target's exit, and write everything through the shared pipeline.
+//! the target's exit, and write everything through the shared pipeline. Where and how files
+//! are written is `output::target`'s business.
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::io::Write;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 
-use crate::acquire::attach::{attach, launch, Target};
+use crate::acquire::attach::{attach, launch_with, ChildOutput, Target};
 use crate::acquire::sampler::{self, Limits};
 use crate::acquire::tree::WorkerFinder;
 use crate::cli::{Format, RecordArgs};
-use crate::error::UserError;
+use crate::os::signals;
 use crate::os::source_files::SourceFiles;
-use crate::output::atomic::AtomicFile;
-use crate::output::episodes::{EpisodeLog, LogTarget};
+use crate::output::episodes::EpisodeLog;
+use crate::output::target::{check_distinct, Mode, OutputFile, OutputTarget};
 use crate::pipeline::{Pipeline, Sinks};
 use crate::recording::{Header, RecordingWriter, FORMAT_VERSION};
 
-/// Set by Ctrl-C (SIGINT/SIGTERM); the sampler checks it every tick.
-fn stop_flag() -> Result<Arc<AtomicBool>> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let s = stop.clone();
-    // Installing twice (tests calling `run` repeatedly) is harmless: the first handler stays.
-    let _ = ctrlc::set_handler(move || s.store(true, Ordering::SeqCst));
-    Ok(stop)
-}
-
-/// Fail early, before attaching, when the episodes file cannot be created.
-fn check_writable(path: &str) -> Result<()> {
-    let p = Path::new(path);
-    let dir = match p.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let probe = tempfile::Builder::new()
-        .prefix(".loopspy-probe")
-        .tempfile_in(dir);
-    probe.map(drop).map_err(|e| {
-        UserError::Output {
-            path: path.into(),
-            reason: e.to_string(),
-        }
-        .into()
-    })
-}
-
-fn open_episodes(path: &str) -> Result<EpisodeLog> {
-    if path == "-" {
-        return Ok(EpisodeLog::new(LogTarget::Stdout));
-    }
-    let f = File::create(path).map_err(|e| UserError::Output {
-        path: path.into(),
-        reason: e.to_string(),
-    })?;
-    Ok(EpisodeLog::new(LogTarget::File(BufWriter::new(f))))
+/// The main output (`-o`, or its default name for `pid`), resolved and checked against the
+/// episodes log, opened whole: a file appears complete at the end.
+fn open_main(
+    args: &RecordArgs,
+    pid: Option<u32>,
+    log: Option<&OutputTarget>,
+) -> Result<OutputFile> {
+    let main = OutputTarget::resolve(args.output_path(pid))?;
+    let all: Vec<&OutputTarget> = std::iter::once(&main).chain(log).collect();
+    check_distinct(&all, &[])?;
+    main.open(Mode::Whole)
 }
 
 pub fn run(args: &RecordArgs) -> Result<()> {
-    let stop = stop_flag()?;
-    let out_path = args.output_path(args.pid);
-    // The main output's temporary file exists from the start, so a bad path fails now.
-    let out_file = AtomicFile::create(&out_path)?;
-    if let Some(p) = &args.analysis.episodes {
-        if p != "-" {
-            check_writable(p)?;
-        }
-    }
+    let stop = signals::stop_flag();
+    // Every output is opened before attaching, so a bad path costs no recording. The log is
+    // written in place: it grows one line per episode.
+    let log_target = match &args.analysis.episodes {
+        Some(p) => Some(OutputTarget::resolve(p)?),
+        None => None,
+    };
+    let out_file = open_main(args, args.pid, log_target.as_ref())?;
+    let log = log_target
+        .as_ref()
+        .map(|t| t.open(Mode::Stream))
+        .transpose()?;
+    let stdout_busy = out_file.is_stdout() || log.as_ref().is_some_and(|l| l.is_stdout());
     let mut target: Target = match args.pid {
         Some(pid) => attach(pid)?,
-        None => launch(&args.command, false)?,
+        None => {
+            let output = match stdout_busy {
+                true => ChildOutput::StdoutToStderr,
+                false => ChildOutput::Inherit,
+            };
+            launch_with(&args.command, output)?
+        }
     };
     // With a launched target the default file name can now carry its pid.
     let out_file = if args.output.is_none() && args.pid.is_none() {
         drop(out_file);
-        AtomicFile::create(&args.output_path(Some(target.pid)))?
+        match open_main(args, Some(target.pid), log_target.as_ref()) {
+            Ok(file) => file,
+            Err(e) => {
+                target.stop_child();
+                return Err(e);
+            }
+        }
     } else {
         out_file
     };
     if let Some(n) = &target.notice {
-        eprintln!("loopspy: note: {n}");
+        let _ = writeln!(std::io::stderr(), "loopspy: note: {n}");
     }
     let header = Header {
         loopspy_recording: FORMAT_VERSION,
@@ -100,10 +87,7 @@ pub fn run(args: &RecordArgs) -> Result<()> {
         Format::Flamegraph | Format::Speedscope => (Some(out_file), None),
         Format::Raw => (None, Some(RecordingWriter::new(out_file, &header)?)),
     };
-    let episodes = match &args.analysis.episodes {
-        Some(p) => Some((open_episodes(p)?, p.clone())),
-        None => None,
-    };
+    let episodes = log.map(EpisodeLog::new);
     let sinks = Sinks {
         speedscope: args.format == Format::Speedscope,
         flamegraph,
@@ -124,7 +108,7 @@ pub fn run(args: &RecordArgs) -> Result<()> {
         stack_rate: args.sampling.stack_rate,
         threshold: args.analysis.threshold / 1000.0,
         duration: args.duration.map(Duration::from_secs_f64),
-        stop: &stop,
+        stop,
     };
     let announce = format!(
         "loopspy: sampling process {} (Python {}) at {} Hz; Ctrl-C to stop",
@@ -146,14 +130,12 @@ pub fn run(args: &RecordArgs) -> Result<()> {
         // Said once the first sample is in, so scripts (and our tests) can wait for it.
         if !announced {
             announced = true;
-            eprintln!("{announce}");
+            let _ = writeln!(std::io::stderr(), "{announce}");
         }
         pipeline.on_sample(&s)
     });
     target.stop_child();
     let stats = result?;
-    let mut stderr = std::io::stderr();
-    pipeline.finish(&header, &stats, &mut stderr)?;
-    stderr.flush()?;
+    pipeline.finish(&header, &stats, &mut std::io::stderr())?;
     Ok(())
 }

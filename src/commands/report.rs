@@ -1,4 +1,6 @@
-//! `loopspy report`: replay a raw recording through the same pipeline as a live run.
+//! `loopspy report`: replay a raw recording through the same pipeline as a live run. Its
+//! outputs are written whole at the end, never over the recording; Ctrl-C (SIGTERM, SIGHUP)
+//! stops the replay and writes nothing.
 
 use std::fs::File;
 use std::io::BufReader;
@@ -9,11 +11,15 @@ use anyhow::Result;
 use crate::acquire::sampler::SamplerStats;
 use crate::cli::{Format, ReportArgs};
 use crate::error::UserError;
+use crate::os::signals;
 use crate::os::source_files::SourceFiles;
-use crate::output::atomic::AtomicFile;
-use crate::output::episodes::{EpisodeLog, LogTarget};
+use crate::output::episodes::EpisodeLog;
+use crate::output::target::{check_distinct, Mode, OutputTarget};
 use crate::pipeline::{Pipeline, Sinks};
 use crate::recording::RecordingReader;
+
+/// Samples replayed between two looks at the stop flag.
+const STOP_CHECK_EVERY: u64 = 256;
 
 fn recording_error(path: &Path, reason: impl std::fmt::Display) -> anyhow::Error {
     UserError::Recording {
@@ -25,7 +31,8 @@ fn recording_error(path: &Path, reason: impl std::fmt::Display) -> anyhow::Error
 
 /// Replay `path` into the given sinks; returns the episodes found.
 /// `sources`: read culprits' source files from this machine (None in tests, for output that
-/// does not depend on which files exist).
+/// does not depend on which files exist). A stop signal (see `os::signals`) ends the replay
+/// with [`UserError::Interrupted`], and the sinks are dropped unwritten.
 pub fn replay(
     path: &Path,
     threshold_ms: f64,
@@ -39,12 +46,19 @@ pub fn replay(
         .map_err(|e| recording_error(path, format!("{e:#}")))?;
     let mut pipeline = Pipeline::new(threshold_ms, idle, sinks, sources)
         .with_tick_rate(reader.header.rate)
-        .keeping_episodes();
+        .keeping_episodes()
+        .cancellable();
     let mut count = 0u64;
     let mut last = 0.0f64;
     for sample in reader.by_ref() {
         let sample = sample.map_err(|e| recording_error(path, e))?;
         count += 1;
+        if count.is_multiple_of(STOP_CHECK_EVERY) && signals::stop_requested() {
+            return Err(UserError::Interrupted {
+                during: format!("while replaying {}", path.display()),
+            }
+            .into());
+        }
         last = sample.mono;
         pipeline.on_sample(&sample)?;
     }
@@ -61,15 +75,7 @@ pub fn replay(
 }
 
 pub fn run(args: &ReportArgs) -> Result<()> {
-    let svg = AtomicFile::create(&args.output_path())?;
-    let episodes = match &args.analysis.episodes {
-        Some(p) if p == "-" => Some((EpisodeLog::new(LogTarget::Stdout), p.clone())),
-        Some(p) => {
-            let f = AtomicFile::create(Path::new(p))?;
-            Some((EpisodeLog::new(LogTarget::Atomic(f)), p.clone()))
-        }
-        None => None,
-    };
+    signals::stop_flag();
     if args.format == Format::Raw {
         return Err(UserError::Output {
             path: args.output_path().display().to_string(),
@@ -77,11 +83,21 @@ pub fn run(args: &ReportArgs) -> Result<()> {
         }
         .into());
     }
+    let main = OutputTarget::resolve(args.output_path())?;
+    let log = match &args.analysis.episodes {
+        Some(p) => Some(OutputTarget::resolve(p)?),
+        None => None,
+    };
+    let all: Vec<&OutputTarget> = std::iter::once(&main).chain(log.as_ref()).collect();
+    check_distinct(&all, &[(&args.recording, "the recording")])?;
     let sinks = Sinks {
         speedscope: args.format == Format::Speedscope,
-        flamegraph: Some(svg),
+        flamegraph: Some(main.open(Mode::Whole)?),
         raw: None,
-        episodes,
+        episodes: log
+            .map(|t| t.open(Mode::Whole))
+            .transpose()?
+            .map(EpisodeLog::new),
         live_hangs: false,
     };
     replay(

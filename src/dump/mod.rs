@@ -17,15 +17,27 @@ use anyhow::{Context, Result};
 use crate::acquire::attach::{attach, Target};
 use crate::acquire::sampler::SampleSource;
 use crate::cli::DumpArgs;
+use crate::error::UserError;
+use crate::os::signals;
+use crate::output::target::{Mode, OutputTarget};
 use crate::remote::{AwaitTarget, CoroState, TaskInfo, TaskState};
 use crate::sample::ThreadSample;
 use model::{AwaitFrame, Awaiting, Dump, LoopDump, TaskDump, ThreadDump};
 
+/// Read the target once and write the dump to stdout or `-o FILE` (opened before attaching,
+/// written whole; see `output::target`).
 pub fn run(args: &DumpArgs) -> Result<()> {
+    signals::stop_flag();
+    let path = args.output.clone().unwrap_or_else(|| "-".into());
+    let mut out = OutputTarget::resolve(&path)?.open(Mode::Whole)?;
     let mut target = attach(args.pid)?;
     let dump = build(&mut target)?;
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
+    if signals::stop_requested() {
+        return Err(UserError::Interrupted {
+            during: "while reading the process".into(),
+        }
+        .into());
+    }
     let written = if args.json {
         serde_json::to_writer_pretty(&mut out, &dump)
             .map_err(std::io::Error::from)
@@ -33,10 +45,24 @@ pub fn run(args: &DumpArgs) -> Result<()> {
     } else {
         render::text(&dump, &mut out)
     };
-    match written.and_then(|()| out.flush()) {
+    let name = out.name().to_string();
+    let result = match written.and_then(|()| out.flush()) {
+        Ok(()) => out.commit(),
+        Err(e) => {
+            let e = out.take_error().unwrap_or(e);
+            out.abandon();
+            Err(e)
+        }
+    };
+    match result {
         // A closed pipe (`loopspy dump | head`) is the reader's choice, not a failure.
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        other => other.context("cannot write the dump to stdout"),
+        Err(e) => Err(UserError::Output {
+            path: name,
+            reason: e.to_string(),
+        }
+        .into()),
+        Ok(()) => Ok(()),
     }
 }
 

@@ -1,62 +1,40 @@
 //! The episodes log: one JSON object per line (design.md's schema), flushed as each episode ends
-//! so `tail -f` and pipes see it at once.
+//! so `tail -f` and pipes see it at once. Where it goes (a file written in place or whole,
+//! stdout, a FIFO) is the [`OutputFile`]'s business.
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
-
-use anyhow::Result;
+use std::io::{self, Write};
 
 use crate::episode::Episode;
-use crate::output::atomic::AtomicFile;
-
-/// Where the log goes.
-pub enum LogTarget {
-    Stdout,
-    /// A file written as episodes happen (a live recording).
-    File(BufWriter<File>),
-    /// A file that appears whole at the end (a replayed recording).
-    Atomic(AtomicFile),
-}
+use crate::output::target::OutputFile;
 
 pub struct EpisodeLog {
-    out: LogTarget,
+    out: OutputFile,
 }
 
 impl EpisodeLog {
-    pub fn new(out: LogTarget) -> EpisodeLog {
+    pub fn new(out: OutputFile) -> EpisodeLog {
         EpisodeLog { out }
     }
 
-    pub fn write(&mut self, episode: &Episode) -> Result<()> {
-        match &mut self.out {
-            LogTarget::Stdout => {
-                let mut out = std::io::stdout().lock();
-                write_line(&mut out, episode)?;
-                out.flush()?;
-            }
-            LogTarget::File(f) => {
-                write_line(f, episode)?;
-                f.flush()?;
-            }
-            LogTarget::Atomic(f) => write_line(f, episode)?,
-        }
+    /// The output's name, for messages.
+    pub fn name(&self) -> &str {
+        self.out.name()
+    }
+
+    /// Write one episode as one line and flush it. After an error the log is done: pass it to
+    /// [`OutputFile::abandon`] (through [`into_file`](EpisodeLog::into_file)), which keeps the whole lines only.
+    pub fn write(&mut self, episode: &Episode) -> io::Result<()> {
+        let mut line = serde_json::to_vec(episode).map_err(io::Error::other)?;
+        line.push(b'\n');
+        self.out.write_all(&line)?;
+        self.out.flush()?;
+        self.out.line_done();
         Ok(())
     }
 
-    /// Flush, and move an atomic file into place.
-    pub fn finish(self) -> Result<()> {
-        match self.out {
-            LogTarget::Stdout => std::io::stdout().flush()?,
-            LogTarget::File(mut f) => f.flush()?,
-            LogTarget::Atomic(f) => f.commit()?,
-        }
-        Ok(())
+    /// The output itself: to commit it (flush; a whole file moves into place), or to give it
+    /// up after a failed write.
+    pub fn into_file(self) -> OutputFile {
+        self.out
     }
-}
-
-/// One episode as one JSON line.
-pub fn write_line(out: &mut dyn Write, episode: &Episode) -> Result<()> {
-    serde_json::to_writer(&mut *out, episode)?;
-    out.write_all(b"\n")?;
-    Ok(())
 }

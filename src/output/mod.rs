@@ -1,8 +1,9 @@
-//! Outputs, one module per format: the flame graph, the episodes log, the human summary; and the
-//! atomic file writer they share so a file is written whole or not at all.
+//! Outputs, one module per format: the flame graph, the episodes log, the human summary; and
+//! `target`, which decides where loopspy may write and how (whole files, devices, pipes,
+//! stdout), shared by every command.
 
-pub mod atomic;
 pub mod episodes;
 pub mod flamegraph;
 pub mod speedscope;
 pub mod summary;
+pub mod target;

@@ -1,6 +1,6 @@
 //! loopspy's integration tests: one binary. `live` attaches to real Python processes it spawns;
 //! `offline` replays recorded samples through the detector and renderers against golden files;
-//! `cli` checks bad input and exit codes.
+//! `cli` checks bad input and exit codes; `outputs` how and where output files are written.
 
 mod causes;
 mod cli;
@@ -8,6 +8,7 @@ mod container;
 mod dump;
 mod live;
 mod offline;
+mod outputs;
 mod support;
 mod top;
 mod workers;

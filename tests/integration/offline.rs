@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use loopspy::commands::report::replay;
 use loopspy::episode::Episode;
-use loopspy::output::atomic::AtomicFile;
-use loopspy::output::episodes::{EpisodeLog, LogTarget};
+use loopspy::output::episodes::EpisodeLog;
+use loopspy::output::target::{Mode, OutputFile};
 use loopspy::pipeline::Sinks;
 
 use crate::support::repo;
@@ -25,11 +25,10 @@ fn replay_fixture(name: &str, threshold_ms: f64) -> Replayed {
     let jsonl = dir.path().join("out.jsonl");
     let sinks = Sinks {
         speedscope: false,
-        flamegraph: Some(AtomicFile::create(&svg).unwrap()),
+        flamegraph: Some(OutputFile::create(&svg, Mode::Whole).unwrap()),
         raw: None,
-        episodes: Some((
-            EpisodeLog::new(LogTarget::Atomic(AtomicFile::create(&jsonl).unwrap())),
-            "episodes.jsonl".into(),
+        episodes: Some(EpisodeLog::new(
+            OutputFile::create(&jsonl, Mode::Whole).unwrap(),
         )),
         live_hangs: false,
     };
