@@ -2,6 +2,7 @@
 //! outputs are written whole at the end, never over the recording; Ctrl-C (SIGTERM, SIGHUP)
 //! stops the replay and writes nothing.
 
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io::BufReader;
 use std::path::Path;
@@ -14,7 +15,7 @@ use crate::error::UserError;
 use crate::os::signals;
 use crate::os::source_files::SourceFiles;
 use crate::output::episodes::EpisodeLog;
-use crate::output::target::{check_distinct, Mode, OutputTarget};
+use crate::output::target::{open_all, Mode};
 use crate::pipeline::{Pipeline, Sinks};
 use crate::recording::RecordingReader;
 
@@ -83,21 +84,17 @@ pub fn run(args: &ReportArgs) -> Result<()> {
         }
         .into());
     }
-    let main = OutputTarget::resolve(args.output_path())?;
-    let log = match &args.analysis.episodes {
-        Some(p) => Some(OutputTarget::resolve(p)?),
-        None => None,
-    };
-    let all: Vec<&OutputTarget> = std::iter::once(&main).chain(log.as_ref()).collect();
-    check_distinct(&all, &[(&args.recording, "the recording")])?;
+    let main = args.output_path();
+    let mut outputs = vec![(main.as_os_str(), Mode::Whole)];
+    if let Some(p) = &args.analysis.episodes {
+        outputs.push((OsStr::new(p), Mode::Whole));
+    }
+    let mut files = open_all(&outputs, &[(&args.recording, "the recording")])?.into_iter();
     let sinks = Sinks {
         speedscope: args.format == Format::Speedscope,
-        flamegraph: Some(main.open(Mode::Whole)?),
+        flamegraph: files.next(),
         raw: None,
-        episodes: log
-            .map(|t| t.open(Mode::Whole))
-            .transpose()?
-            .map(EpisodeLog::new),
+        episodes: files.next().map(EpisodeLog::new),
         live_hangs: false,
     };
     replay(

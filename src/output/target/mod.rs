@@ -15,6 +15,8 @@
 //!    Ctrl-C) for its reader.
 //! 4. A sink whose write fails is [`lost`] alone: one line says what is lost; a reader that
 //!    closed its pipe ends that sink quietly.
+//!
+//! [`open_all`] does steps 1 to 3 for a command's outputs at once.
 
 mod file;
 pub mod resolve;
@@ -230,6 +232,23 @@ pub fn check_distinct(outputs: &[&OutputTarget], inputs: &[(&Path, &str)]) -> Re
         }
     }
     Ok(())
+}
+
+/// The usual way to open a command's outputs: resolve each `(path, mode)` (`-` for stdout),
+/// refuse clashes with each other and with `inputs` ([`check_distinct`]), and open them in
+/// order ([`OutputTarget::open`]). All of it happens before the command's real work, so a bad
+/// path costs nothing.
+pub fn open_all(outputs: &[(&OsStr, Mode)], inputs: &[(&Path, &str)]) -> Result<Vec<OutputFile>> {
+    let targets = outputs
+        .iter()
+        .map(|(path, _)| OutputTarget::resolve(path))
+        .collect::<Result<Vec<_>>>()?;
+    check_distinct(&targets.iter().collect::<Vec<_>>(), inputs)?;
+    targets
+        .iter()
+        .zip(outputs)
+        .map(|(t, (_, mode))| t.open(*mode))
+        .collect()
 }
 
 fn cannot(name: &str, reason: impl std::fmt::Display) -> anyhow::Error {
