@@ -9,6 +9,8 @@ shows everything. Three handlers block the event loop the way real services do:
 - /export compresses an export with an external tool through `subprocess.run` (a 1.2 s hang).
 
 The other endpoints are healthy. It stops by itself after --seconds (default 8).
+With --fixed, /user and /export are fixed the way loopspy's advice says (the lookup runs in a
+thread, the export awaits an asyncio subprocess): record both and compare with `loopspy diff`.
 
     loopspy record -o demo.svg --episodes demo.jsonl -- python3 examples/demo_app.py
 """
@@ -51,13 +53,26 @@ def write_audit(line):
     time.sleep(0.06)  # a slow disk
 
 
+FIXED = False
+
+
+async def compress_export_fixed():
+    proc = await asyncio.create_subprocess_exec("sleep", "1.2")
+    await proc.wait()
+    return "exported"
+
+
 async def handle(reader, writer):
     request = await reader.readline()
     while (await reader.readline()) not in (b"\r\n", b""):
         pass
     path = request.split()[1].decode() if len(request.split()) > 1 else "/"
-    if path.startswith("/user"):
+    if path.startswith("/user") and FIXED:
+        body = str(await asyncio.to_thread(legacy_user_lookup, random.randint(1, 1000)))
+    elif path.startswith("/user"):
         body = str(legacy_user_lookup(random.randint(1, 1000)))
+    elif path.startswith("/export") and FIXED:
+        body = await compress_export_fixed()
     elif path.startswith("/report"):
         body = render_report(60000)
     elif path.startswith("/export"):
@@ -106,4 +121,7 @@ async def main(seconds):
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=8.0)
-    asyncio.run(main(parser.parse_args().seconds))
+    parser.add_argument("--fixed", action="store_true", help="the /user and /export fixes")
+    args = parser.parse_args()
+    FIXED = args.fixed
+    asyncio.run(main(args.seconds))

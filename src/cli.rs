@@ -32,6 +32,12 @@ pub enum Command {
     /// Print every thread's stack, every event loop's state and every asyncio task with its
     /// await chain, from one read of a running process.
     Dump(DumpArgs),
+    /// Watch a process until stopped: Prometheus metrics at /metrics, pprof profiles at
+    /// /debug/pprof/profile, and episodes as JSON Lines; memory stays flat.
+    Monitor(MonitorArgs),
+    /// Compare two recordings or episode logs, before and after a fix: per culprit, blocked
+    /// time per minute, duration percentiles, and a verdict.
+    Diff(DiffArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -40,6 +46,12 @@ pub enum Format {
     Flamegraph,
     /// The same stacks as the flame graph, as a speedscope profile (JSON).
     Speedscope,
+    /// A gzipped pprof profile (go tool pprof, Parca, Pyroscope), labeled with thread_name,
+    /// pid, task_name, blocked and kind.
+    Pprof,
+    /// A Chrome trace-event JSON timeline for ui.perfetto.dev or chrome://tracing: episodes
+    /// and sampled stacks per event-loop thread.
+    Perfetto,
     /// The raw samples, for `loopspy report`.
     Raw,
 }
@@ -51,6 +63,8 @@ impl Format {
         match self {
             Format::Flamegraph => "svg",
             Format::Speedscope => "speedscope.json",
+            Format::Pprof => "pb.gz",
+            Format::Perfetto => "perfetto.json",
             Format::Raw => "jsonl",
         }
     }
@@ -99,7 +113,8 @@ pub struct RecordArgs {
     pub duration: Option<f64>,
     #[command(flatten)]
     pub sampling: SamplingArgs,
-    /// Output file (default loopspy-PID.svg, .speedscope.json or .jsonl, by format); `-` for
+    /// Output file (default loopspy-PID.svg, .speedscope.json, .pb.gz, .perfetto.json or
+    /// .jsonl, by format); `-` for
     /// stdout. A device, FIFO or socket is written in place; a symlink writes its target.
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
@@ -135,15 +150,57 @@ pub struct TopArgs {
 pub struct ReportArgs {
     /// The raw recording to read.
     pub recording: PathBuf,
-    /// Output file (default: the recording's name with .svg, or .speedscope.json); `-` for
-    /// stdout. It may not be the recording itself.
+    /// Output file (default: the recording's name with .svg, .speedscope.json, .pb.gz or
+    /// .perfetto.json); `-` for stdout. It may not be the recording itself.
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
-    /// Output format: `flamegraph` or `speedscope` (a recording is already raw).
+    /// Output format: `flamegraph`, `speedscope`, `pprof` or `perfetto` (a recording is
+    /// already raw).
     #[arg(short, long, value_enum, default_value = "flamegraph")]
     pub format: Format,
     #[command(flatten)]
     pub analysis: AnalysisArgs,
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("target").required(true).args(["pid", "command"]))]
+pub struct MonitorArgs {
+    /// PID of the Python process to attach to.
+    #[arg(short, long)]
+    pub pid: Option<u32>,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// A callback running at least this many milliseconds is a blocking episode.
+    #[arg(long, default_value = "50", value_parser = positive_f64)]
+    pub threshold: f64,
+    /// Address for the HTTP endpoints (/metrics, /debug/pprof/profile). Port 0 picks a free
+    /// port (the address is printed on stderr).
+    #[arg(long, default_value = "127.0.0.1:9464", value_name = "ADDR")]
+    pub listen: std::net::SocketAddr,
+    /// Append each episode as a JSON line to FILE (`-` for stdout), as it ends.
+    #[arg(long, value_name = "FILE")]
+    pub episodes: Option<String>,
+    /// The command to launch and monitor, after `--`.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The recording (`record --format raw`) or episodes log (`--episodes`) from before.
+    pub before: PathBuf,
+    /// The recording or episodes log from after.
+    pub after: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Exit with code 3 when the verdict is a regression (a new or worse culprit, or more
+    /// blocked time per minute), for CI.
+    #[arg(long)]
+    pub fail_on_regression: bool,
+    /// With recordings: a callback running at least this many milliseconds is an episode.
+    #[arg(long, default_value = "50", value_parser = positive_f64)]
+    pub threshold: f64,
 }
 
 #[derive(Debug, Args)]

@@ -17,4 +17,5 @@ pub mod pipeline;
 pub mod recording;
 pub mod remote;
 pub mod sample;
+pub mod serve;
 pub mod top;

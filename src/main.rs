@@ -1,5 +1,6 @@
 //! The `loopspy` binary: parse, run, and map errors to the documented exit codes
-//! (0 success, 1 runtime failure, 2 bad command line).
+//! (0 success, 1 runtime failure, 2 bad command line, 3 a regression found by
+//! `diff --fail-on-regression`).
 
 use std::process::ExitCode;
 
@@ -16,6 +17,12 @@ fn main() -> ExitCode {
         Command::Report(args) => loopspy::commands::report::run(args),
         Command::Top(args) => loopspy::top::terminal::run(args),
         Command::Dump(args) => loopspy::dump::run(args),
+        Command::Monitor(args) => loopspy::commands::monitor::run(args),
+        // diff's verdict is an exit code of its own (3: regression, with --fail-on-regression).
+        Command::Diff(args) => match loopspy::commands::diff::run(args) {
+            Ok(code) => return ExitCode::from(code),
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -38,6 +38,24 @@ pub struct Sinks {
     pub live_hangs: bool,
 }
 
+/// A sink that sees every sample (after the detector) and every episode, and may write one
+/// file at the end: the pprof and Perfetto files, `monitor`'s metrics and live profile,
+/// `diff`'s collector.
+pub trait Observer {
+    /// A sample, after the detector has seen it and its episodes went to `on_episode`.
+    fn on_sample(&mut self, sample: &Sample, detector: &Detector);
+    fn on_episode(&mut self, episode: &Episode);
+    /// End of input: write the observer's output into `out`, when it has a file.
+    fn finish(
+        &mut self,
+        header: &Header,
+        stats: &SamplerStats,
+        out: Option<&mut dyn Write>,
+    ) -> Result<()>;
+    /// What its file is, for failure messages (`pprof profile`).
+    fn what(&self) -> &'static str;
+}
+
 /// The outputs, as failure messages name them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Sink {
@@ -45,6 +63,8 @@ enum Sink {
     Speedscope,
     Raw,
     Episodes,
+    /// An observer's file, by what it is.
+    Observed(&'static str),
 }
 
 impl Sink {
@@ -56,6 +76,7 @@ impl Sink {
             Sink::Speedscope => "speedscope profile",
             Sink::Raw => "raw recording",
             Sink::Episodes => "episodes log",
+            Sink::Observed(what) => what,
         };
         let fate = match (in_place, self) {
             (false, _) => "was not written",
@@ -86,6 +107,7 @@ pub struct Pipeline {
     lost: usize,
     /// A stop signal abandons the outputs instead of writing them (`report`).
     cancellable: bool,
+    observers: Vec<(Box<dyn Observer + Send>, Option<OutputFile>)>,
 }
 
 impl Pipeline {
@@ -113,7 +135,18 @@ impl Pipeline {
             hangs: HashMap::new(),
             lost: 0,
             cancellable: false,
+            observers: Vec::new(),
         }
+    }
+
+    /// Also feed `observer` (see [`Observer`]), which writes `file` at the end, if given.
+    pub fn with_observer(
+        mut self,
+        observer: Box<dyn Observer + Send>,
+        file: Option<OutputFile>,
+    ) -> Pipeline {
+        self.observers.push((observer, file));
+        self
     }
 
     /// A stop signal (Ctrl-C, SIGTERM, SIGHUP) while `finish` runs abandons every output: a
@@ -146,6 +179,9 @@ impl Pipeline {
         }
         let events = self.detector.feed(sample);
         self.route(events);
+        for (o, _) in &mut self.observers {
+            o.on_sample(sample, &self.detector);
+        }
         if self.sinks.live_hangs {
             self.report_hangs(sample.mono);
         }
@@ -207,6 +243,9 @@ impl Pipeline {
                     }
                 }
                 Event::Episode { episode, stacks } => {
+                    for (o, _) in &mut self.observers {
+                        o.on_episode(&episode);
+                    }
                     if let Some(log) = self.sinks.episodes.as_mut() {
                         if let Err(e) = log.write(&episode) {
                             if let Some(log) = self.sinks.episodes.take() {
@@ -286,6 +325,24 @@ impl Pipeline {
                     self.check_cancel()?;
                     self.commit(out, sink, &mut written);
                 }
+            }
+        }
+        for (mut observer, file) in std::mem::take(&mut self.observers) {
+            let sink = Sink::Observed(observer.what());
+            match file {
+                None => {
+                    if let Err(e) = observer.finish(header, stats, None) {
+                        let _ = writeln!(std::io::stderr(), "loopspy: {}: {e:#}", observer.what());
+                        self.lost += 1;
+                    }
+                }
+                Some(mut out) => match observer.finish(header, stats, Some(&mut out)) {
+                    Err(e) => self.lose(out, sink, e),
+                    Ok(()) => {
+                        self.check_cancel()?;
+                        self.commit(out, sink, &mut written);
+                    }
+                },
             }
         }
         if let Some(mut raw) = self.sinks.raw.take() {

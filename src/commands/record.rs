@@ -11,6 +11,7 @@ use crate::acquire::attach::{attach, launch_with, ChildOutput, Target};
 use crate::acquire::sampler::{self, Limits};
 use crate::acquire::tree::WorkerFinder;
 use crate::cli::{Format, RecordArgs};
+use crate::commands::report::timeline_observer;
 use crate::os::signals;
 use crate::os::source_files::SourceFiles;
 use crate::output::episodes::EpisodeLog;
@@ -83,9 +84,12 @@ pub fn run(args: &RecordArgs) -> Result<()> {
             .unwrap_or(0.0),
         note: None,
     };
-    let (flamegraph, raw) = match args.format {
-        Format::Flamegraph | Format::Speedscope => (Some(out_file), None),
-        Format::Raw => (None, Some(RecordingWriter::new(out_file, &header)?)),
+    let (flamegraph, raw, observer) = match args.format {
+        Format::Raw => (None, Some(RecordingWriter::new(out_file, &header)?), None),
+        format => match timeline_observer(format, &args.analysis) {
+            Some(o) => (None, None, Some((o, out_file))),
+            None => (Some(out_file), None, None),
+        },
     };
     let episodes = log.map(EpisodeLog::new);
     let sinks = Sinks {
@@ -103,6 +107,9 @@ pub fn run(args: &RecordArgs) -> Result<()> {
         Some(sources),
     )
     .with_tick_rate(args.sampling.rate);
+    if let Some((o, file)) = observer {
+        pipeline = pipeline.with_observer(o, Some(file));
+    }
     let limits = Limits {
         rate: args.sampling.rate,
         stack_rate: args.sampling.stack_rate,

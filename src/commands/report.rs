@@ -10,13 +10,15 @@ use std::path::Path;
 use anyhow::Result;
 
 use crate::acquire::sampler::SamplerStats;
-use crate::cli::{Format, ReportArgs};
+use crate::cli::{AnalysisArgs, Format, ReportArgs};
 use crate::error::UserError;
 use crate::os::signals;
 use crate::os::source_files::SourceFiles;
 use crate::output::episodes::EpisodeLog;
-use crate::output::target::{open_all, Mode};
-use crate::pipeline::{Pipeline, Sinks};
+use crate::output::perfetto::PerfettoFile;
+use crate::output::pprof::PprofFile;
+use crate::output::target::{open_all, Mode, OutputFile};
+use crate::pipeline::{Observer, Pipeline, Sinks};
 use crate::recording::RecordingReader;
 
 /// Samples replayed between two looks at the stop flag.
@@ -42,6 +44,28 @@ pub fn replay(
     sources: Option<SourceFiles>,
     summary: &mut dyn std::io::Write,
 ) -> Result<Vec<crate::episode::Episode>> {
+    replay_with(
+        path,
+        threshold_ms,
+        idle,
+        sinks,
+        Vec::new(),
+        sources,
+        summary,
+    )
+}
+
+/// [`replay`], also feeding `observers`, each with the file it writes, if any (the pprof and
+/// Perfetto files, `diff`'s collector).
+pub fn replay_with(
+    path: &Path,
+    threshold_ms: f64,
+    idle: bool,
+    sinks: Sinks,
+    observers: Vec<(Box<dyn Observer + Send>, Option<OutputFile>)>,
+    sources: Option<SourceFiles>,
+    summary: &mut dyn std::io::Write,
+) -> Result<Vec<crate::episode::Episode>> {
     let file = File::open(path).map_err(|e| recording_error(path, e))?;
     let mut reader = RecordingReader::new(BufReader::new(file))
         .map_err(|e| recording_error(path, format!("{e:#}")))?;
@@ -49,6 +73,9 @@ pub fn replay(
         .with_tick_rate(reader.header.rate)
         .keeping_episodes()
         .cancellable();
+    for (o, file) in observers {
+        pipeline = pipeline.with_observer(o, file);
+    }
     let mut count = 0u64;
     let mut last = 0.0f64;
     for sample in reader.by_ref() {
@@ -90,20 +117,39 @@ pub fn run(args: &ReportArgs) -> Result<()> {
         outputs.push((OsStr::new(p), Mode::Whole));
     }
     let mut files = open_all(&outputs, &[(&args.recording, "the recording")])?.into_iter();
+    let main = files.next();
+    let (flamegraph, observers) = match timeline_observer(args.format, &args.analysis) {
+        Some(o) => (None, vec![(o, main)]),
+        None => (main, Vec::new()),
+    };
     let sinks = Sinks {
         speedscope: args.format == Format::Speedscope,
-        flamegraph: files.next(),
+        flamegraph,
         raw: None,
         episodes: files.next().map(EpisodeLog::new),
         live_hangs: false,
     };
-    replay(
+    replay_with(
         &args.recording,
         args.analysis.threshold,
         args.analysis.idle,
         sinks,
+        observers,
         Some(SourceFiles::local()),
         &mut std::io::stderr(),
     )?;
     Ok(())
+}
+
+/// The observer that writes the main output for a timeline format (pprof, Perfetto); `None`
+/// for the formats the pipeline's flame-graph sink writes (SVG, speedscope) and for raw.
+pub fn timeline_observer(
+    format: Format,
+    analysis: &AnalysisArgs,
+) -> Option<Box<dyn Observer + Send>> {
+    match format {
+        Format::Pprof => Some(Box::new(PprofFile::new(analysis.idle))),
+        Format::Perfetto => Some(Box::new(PerfettoFile::new(analysis.threshold))),
+        _ => None,
+    }
 }

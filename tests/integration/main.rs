@@ -5,8 +5,11 @@
 mod causes;
 mod cli;
 mod container;
+mod diff;
 mod dump;
+mod formats;
 mod live;
+mod monitor;
 mod offline;
 mod outputs;
 mod support;

@@ -51,7 +51,7 @@ fn replay_fixture(name: &str, threshold_ms: f64) -> Replayed {
     }
 }
 
-fn golden(path: &Path, actual: &str) {
+pub fn golden(path: &Path, actual: &str) {
     if std::env::var_os("LOOPSPY_BLESS").is_some() {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, actual).unwrap();
