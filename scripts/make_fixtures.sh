@@ -39,3 +39,6 @@ record idle idle 100
 "$python" scripts/derive_fixture.py merge "$out/workers_merged.jsonl" "$out/sleep_task.jsonl" "$out/two_loops.jsonl"
 # The demo service for 5 s at 100 Hz: many culprits and a 1.2 s hang (top view goldens).
 target/release/loopspy record --rate 100 --format raw -o "$out/demo.jsonl" -- "$python" examples/demo_app.py --seconds 5 >/dev/null
+# The demo before and after its fixes, back to back under the same load (the diff goldens).
+target/release/loopspy record --rate 100 --format raw -o "$out/demo_before.jsonl" -- "$python" examples/demo_app.py --seconds 5 >/dev/null
+target/release/loopspy record --rate 100 --format raw -o "$out/demo_fixed.jsonl" -- "$python" examples/demo_app.py --seconds 5 --fixed >/dev/null
