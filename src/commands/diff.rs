@@ -49,10 +49,13 @@ pub struct Side {
     pub episodes: Vec<Episode>,
 }
 
+/// What a replay gave: every episode, and the first and last sample times (monotonic s).
+type Collected = (Vec<Episode>, Option<f64>, f64);
+
 /// Collects every episode (no cap) and the sampled span of a replayed recording.
 #[derive(Default)]
 struct Collect {
-    episodes: std::sync::Arc<std::sync::Mutex<(Vec<Episode>, Option<f64>, f64)>>,
+    episodes: std::sync::Arc<std::sync::Mutex<Collected>>,
 }
 
 impl Observer for Collect {

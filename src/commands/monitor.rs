@@ -180,16 +180,12 @@ fn poll_tasks(metrics: Arc<Metrics>, pids: Arc<Mutex<BTreeSet<u32>>>, stop: &Ato
             if stop.load(Ordering::Relaxed) {
                 return;
             }
-            if !readers.contains_key(&pid) {
-                match attach(pid) {
-                    Ok(t) => {
-                        readers.insert(pid, t);
-                    }
+            let target = match readers.entry(pid) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => match attach(pid) {
+                    Ok(t) => e.insert(t),
                     Err(_) => continue,
-                }
-            }
-            let Some(target) = readers.get_mut(&pid) else {
-                continue;
+                },
             };
             match crate::dump::build(target) {
                 Ok(dump) => {
