@@ -251,7 +251,11 @@ pub fn run(args: &MonitorArgs) -> Result<()> {
         let shared = shared.clone();
         std::thread::Builder::new()
             .name("loopspy-http".into())
-            .spawn(move || serve::run(listener, shared, stop))
+            .spawn(move || {
+                if let Err(e) = serve::run(listener, shared, stop) {
+                    let _ = writeln!(std::io::stderr(), "loopspy: error: {e:#}");
+                }
+            })
             .context("cannot start the HTTP thread")?
     };
     let poller = {
