@@ -1,20 +1,24 @@
 #!/usr/bin/env python3
-"""Sampler cost: loopspy vs py-spy recording the same asyncio target, in one run.
+"""Sampler cost: loopspy at its defaults, on each clock, beside py-spy at 100 Hz and 1 kHz,
+recording the same asyncio target, in one run.
 
 For each target (tests/py/deep.py: a loop whose task runs 50 frames deep, "busy" alternating
-40 ms blocks and 10 ms awaits, or "idle") and each rate, start a fresh target, record it for
---seconds with each tool, and print the tool's CPU use (user+sys of its process, % of one core)
-and the rate it achieved. Then the cost of one full stack sample of the 50-frame stack:
-loopspy with every tick a stack read (--stack-rate = --rate) vs py-spy, CPU per sample.
+40 ms blocks and 10 ms awaits, or "idle") and each tool, start a fresh target, attach the tool,
+let it warm up for a second after it says it samples (attaching reads the binary's symbols
+once), then measure its CPU time over --seconds: the sum of its threads' run time from
+/proc/PID/task/*/schedstat (nanoseconds), as a % of one core. --repeats runs of each, interleaved;
+the table gives the median and the range. Then the cost of one full stack sample of the 50-frame
+stack: loopspy with every tick a stack read (--stack-rate = --rate, probe clock) vs py-spy.
 
-    python3 scripts/bench_overhead.py [--seconds 10] [--rates 100,1000]
+    python3 scripts/bench_overhead.py [--seconds 10] [--repeats 3] [--rates 100,1000]
 
 Needs a release build (cargo build --release) and py-spy (python3 -m pip install py-spy).
 """
 import argparse
 import os
-import re
 import shutil
+import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,80 +35,108 @@ def start_target(python, mode):
     return p
 
 
-def measure(cmd):
-    """Run cmd to completion; return (cpu seconds, wall seconds, stderr+stdout text)."""
-    t0 = time.monotonic()
+def cpu_ns(pid):
+    """Run time of all of a process's threads so far, in ns."""
+    total = 0
+    for tid in os.listdir("/proc/%d/task" % pid):
+        try:
+            with open("/proc/%d/task/%s/schedstat" % (pid, tid)) as f:
+                total += int(f.read().split()[0])
+        except OSError:
+            pass
+    return total
+
+
+def measure(cmd, ready, stream, seconds):
+    """Start cmd, wait for `ready` on its `stream` (stdout or stderr), warm up a second, then
+    return its CPU use over `seconds` (% of one core) and its output after SIGINT."""
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    out = p.stdout.read()
-    _, status, ru = os.wait4(p.pid, 0)
-    wall = time.monotonic() - t0
-    if status != 0:
-        sys.exit("failed: %s\n%s" % (" ".join(cmd), out))
-    return ru.ru_utime + ru.ru_stime, wall, out
+    seen = []
+    for line in p.stdout:
+        seen.append(line)
+        if ready in line:
+            break
+    else:
+        sys.exit("failed: %s\n%s" % (" ".join(cmd), "".join(seen)))
+    time.sleep(1.0)
+    c0, t0 = cpu_ns(p.pid), time.monotonic()
+    time.sleep(seconds)
+    c1, t1 = cpu_ns(p.pid), time.monotonic()
+    p.send_signal(signal.SIGINT)
+    out = p.communicate(timeout=60)[0]
+    return 100.0 * (c1 - c0) / 1e9 / (t1 - t0), "".join(seen) + out
 
 
-def run_loopspy(pid, rate, seconds, tmp, extra=()):
-    cpu, wall, out = measure([LOOPSPY, "record", "--pid", str(pid), "--rate", str(rate),
-                              "--duration", str(seconds), "-o", os.path.join(tmp, "l.svg"), *extra])
-    m = re.search(r"(\d+) samples in ([\d.]+) s", out)
-    samples, elapsed = int(m.group(1)), float(m.group(2))
-    return cpu, wall, samples / elapsed, samples
-
-
-def run_pyspy(pid, rate, seconds, tmp):
-    # py-spy's --duration collects rate*seconds samples however long that takes, so the rate
-    # it achieved is samples over wall time.
-    cpu, wall, out = measure(["py-spy", "record", "--pid", str(pid), "--rate", str(rate),
-                              "--duration", str(seconds), "--nonblocking", "--idle",
-                              "--format", "raw", "-o", os.path.join(tmp, "p.txt")])
-    m = re.search(r"Samples: (\d+)", out)
-    samples = int(m.group(1)) if m else 0
-    return cpu, wall, samples / wall, samples
+def tools(args, tmp):
+    """(name, label, command maker) for each configuration."""
+    out = [
+        ("loopspy", "kernel clock, defaults",
+         lambda pid: [LOOPSPY, "record", "--pid", str(pid), "--clock", "kernel",
+                      "-o", os.path.join(tmp, "k.svg")]),
+        ("loopspy", "probe clock, defaults",
+         lambda pid: [LOOPSPY, "record", "--pid", str(pid), "--clock", "probe",
+                      "-o", os.path.join(tmp, "p.svg")]),
+    ]
+    if shutil.which("py-spy"):
+        for rate in args.rates.split(","):
+            out.append(("py-spy", "%s Hz" % rate,
+                        lambda pid, rate=rate: ["py-spy", "record", "--pid", str(pid), "--rate",
+                                                rate, "--nonblocking", "--idle", "--format",
+                                                "raw", "-o", os.path.join(tmp, "s.txt")]))
+    return out
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seconds", type=int, default=10)
-    ap.add_argument("--rates", default="100,1000")
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--rates", default="100,1000", help="py-spy's rates")
     ap.add_argument("--python", default=sys.executable)
     args = ap.parse_args()
     if not os.path.exists(LOOPSPY):
         sys.exit("build first: cargo build --release")
-    has_pyspy = shutil.which("py-spy") is not None
-    if not has_pyspy:
+    if not shutil.which("py-spy"):
         print("py-spy not found (python3 -m pip install py-spy): measuring loopspy only")
-    print("target: %s (50-frame stack), %s; %d s per run; %d cores"
-          % (os.path.basename(TARGET), args.python, args.seconds, os.cpu_count()))
-    print("%-8s %-5s %8s %12s %14s %9s" % ("tool", "load", "rate Hz", "CPU % core", "achieved Hz", "samples"))
-    stack_cost = {}
+    print("target: %s (50-frame stack), %s; %.0f s measured per run after 1 s of warm-up, "
+          "%d runs each, interleaved; %d cores"
+          % (os.path.basename(TARGET), args.python, args.seconds, args.repeats, os.cpu_count()))
+    results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for mode in ("idle", "busy"):
-            for rate in [int(r) for r in args.rates.split(",")]:
-                tools = [("loopspy", lambda pid: run_loopspy(pid, rate, args.seconds, tmp))]
-                if has_pyspy:
-                    tools.append(("py-spy", lambda pid: run_pyspy(pid, rate, args.seconds, tmp)))
-                for name, fn in tools:
+        configs = tools(args, tmp)
+        for i in range(args.repeats):
+            for mode in ("idle", "busy"):
+                for name, label, make in configs:
                     target = start_target(args.python, mode)
+                    ready = "loopspy: sampling process" if name == "loopspy" else "Sampling process"
                     try:
-                        cpu, wall, achieved, samples = fn(target.pid)
+                        cpu, out = measure(make(target.pid), ready, "stdout", args.seconds)
                     finally:
                         target.kill()
                         target.wait()
-                    print("%-8s %-5s %8d %11.2f%% %14.0f %9d" % (name, mode, rate, 100 * cpu / wall, achieved, samples))
-                    if name == "py-spy" and mode == "busy":
-                        stack_cost["py-spy"] = 1e6 * cpu / max(samples, 1)
+                    if name == "loopspy" and "clock: kernel" not in out and "kernel" in label:
+                        sys.exit("the kernel clock was not used:\n" + out)
+                    results.setdefault((mode, name, label), []).append(cpu)
+                    print("  run %d %-5s %-8s %-24s %6.2f %%" % (i + 1, mode, name, label, cpu),
+                          flush=True)
         # One full stack sample: loopspy reading a stack at every tick.
         target = start_target(args.python, "busy")
         try:
-            cpu, wall, achieved, samples = run_loopspy(target.pid, 1000, args.seconds, tmp, ("--stack-rate", "1000"))
+            cpu, out = measure([LOOPSPY, "record", "--pid", str(target.pid), "--clock", "probe",
+                                "--rate", "1000", "--stack-rate", "1000",
+                                "-o", os.path.join(tmp, "x.svg")],
+                               "loopspy: sampling process", "stdout", args.seconds)
         finally:
             target.kill()
             target.wait()
-        stack_cost["loopspy"] = 1e6 * cpu / max(samples, 1)
     print()
-    print("cost of one full stack sample of the 50-frame stack (CPU per sample, busy target, 1 kHz):")
-    for name, us in stack_cost.items():
-        print("  %-8s %7.0f us" % (name, us))
+    print("| target | tool | settings | CPU (% of one core), median | range |")
+    print("|---|---|---|---|---|")
+    for (mode, name, label), v in results.items():
+        print("| %s loop | %s | %s | %.2f %% | %.2f-%.2f %% |"
+              % (mode, name, label, statistics.median(v), min(v), max(v)))
+    print()
+    print("loopspy reading a full 50-frame stack 1000 times a second: %.1f %% of a core, "
+          "about %.0f us per stack" % (cpu, cpu * 10))
 
 
 if __name__ == "__main__":

@@ -9,15 +9,15 @@ cargo build --release --quiet
 out=tests/fixtures
 mkdir -p "$out"
 
-record() { # name scenario rate [script]
-  local name=$1 scenario=$2 rate=$3 script=${4:-tests/py/scenarios.py} fifo dir
+record() { # name scenario rate [script] [clock]
+  local name=$1 scenario=$2 rate=$3 script=${4:-tests/py/scenarios.py} clock=${5:-probe} fifo dir
   dir=$(mktemp -d); fifo="$dir/go"; mkfifo "$fifo"
   "$python" "$script" "$scenario" <"$fifo" >"$dir/target.out" &
   local target=$!
   exec 7>"$fifo"
   # Wait for the target's READY line, attach, wait for loopspy's first sample, then say go.
   until grep -q READY "$dir/target.out" 2>/dev/null; do sleep 0.01; done
-  target/release/loopspy record --pid "$target" --rate "$rate" --format raw -o "$out/$name.jsonl" 2>"$dir/loopspy.err" &
+  target/release/loopspy record --pid "$target" --rate "$rate" --clock "$clock" --format raw -o "$out/$name.jsonl" 2>"$dir/loopspy.err" &
   local spy=$!
   until grep -q "sampling process" "$dir/loopspy.err" 2>/dev/null; do sleep 0.01; done
   echo go >&7; exec 7>&-
@@ -35,6 +35,10 @@ record exit_mid_block exit_mid_block 200
 record uvloop uvloop 200
 record gil gil 200 tests/py/causes.py
 record idle idle 100
+# The kernel clock (run as root): boundaries from perf tracepoints, ticks only in long callbacks.
+record kernel_sleep_task sleep_task 200 tests/py/scenarios.py kernel
+record kernel_back_to_back back_to_back 200 tests/py/scenarios.py kernel
+record kernel_gil gil 200 tests/py/causes.py kernel
 "$python" scripts/derive_fixture.py "$out/sleep_task.jsonl" "$out/jitter_gaps.jsonl"
 "$python" scripts/derive_fixture.py merge "$out/workers_merged.jsonl" "$out/sleep_task.jsonl" "$out/two_loops.jsonl"
 # The demo service for 5 s at 100 Hz: many culprits and a 1.2 s hang (top view goldens).

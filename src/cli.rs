@@ -5,8 +5,12 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-/// Default tick rate in Hz (see README: "Choosing the rate").
-pub const DEFAULT_RATE: &str = "1000";
+pub use crate::acquire::sampler::ClockChoice;
+
+/// Default tick rate on the probe clock, in Hz (see README: "Choosing the rate").
+pub const DEFAULT_RATE: f64 = 1000.0;
+/// Default tick rate on the kernel clock, where ticks run only while a callback runs long.
+pub const DEFAULT_KERNEL_RATE: f64 = 100.0;
 /// Default rate of background full-stack samples, in Hz.
 pub const DEFAULT_STACK_RATE: &str = "10";
 
@@ -88,10 +92,17 @@ pub struct AnalysisArgs {
 /// What to sample and how often, shared by `record` and `top`.
 #[derive(Debug, Args)]
 pub struct SamplingArgs {
-    /// Ticks per second: each reads the event-loop threads' state (a few microseconds), which
-    /// times episodes to one tick.
-    #[arg(short, long, default_value = DEFAULT_RATE, value_parser = positive_f64)]
-    pub rate: f64,
+    /// Ticks per second: each reads the event-loop threads' state (a few microseconds). On the
+    /// probe clock ticks run all the time and time episodes to one tick (default 1000); on the
+    /// kernel clock they run only while a callback has run past 5 ms, to split callbacks of one
+    /// loop iteration (default 100).
+    #[arg(short, long, value_parser = positive_f64)]
+    pub rate: Option<f64>,
+    /// What times the loops' boundaries: `kernel` (perf tracepoints on the loop threads' epoll
+    /// and futex calls: exact, and nothing to do while the loop is idle), `probe` (ticks reading
+    /// /proc), or `auto`: the kernel clock when perf events are allowed, else the probe.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub clock: ClockChoice,
     /// Full stack samples per second in the background, for the flame graph of ordinary work.
     /// Stacks are also read every 10 ms while a callback runs past the threshold.
     #[arg(long, default_value = DEFAULT_STACK_RATE, value_parser = positive_f64)]
@@ -242,6 +253,43 @@ impl Cli {
             ));
         }
         Ok(())
+    }
+}
+
+impl SamplingArgs {
+    /// The tick rate on the probe clock.
+    pub fn probe_rate(&self) -> f64 {
+        self.rate.unwrap_or(DEFAULT_RATE)
+    }
+
+    /// The tick rate on the kernel clock (while a callback runs long).
+    pub fn kernel_rate(&self) -> f64 {
+        self.rate.unwrap_or(DEFAULT_KERNEL_RATE)
+    }
+
+    /// Which clock sampling will start on (true: the kernel's) and its tick rate. The kernel
+    /// clock is checked here (tracefs, and perf events on one of our own threads); the final
+    /// word comes when the first loop thread is traced. `--clock kernel` where the kernel
+    /// refuses is an error now, before attaching.
+    pub fn resolve_clock(&self) -> anyhow::Result<(bool, f64)> {
+        use crate::acquire::kernel_clock::KernelClock;
+        let kernel = match self.clock {
+            ClockChoice::Probe => false,
+            ClockChoice::Auto => KernelClock::check().is_ok(),
+            ClockChoice::Kernel => match KernelClock::check() {
+                Ok(()) => true,
+                Err(e) => {
+                    let reason = crate::acquire::perf::unavailable_reason(&e);
+                    return Err(crate::error::UserError::KernelClock { reason }.into());
+                }
+            },
+        };
+        let rate = if kernel {
+            self.kernel_rate()
+        } else {
+            self.probe_rate()
+        };
+        Ok((kernel, rate))
     }
 }
 

@@ -27,6 +27,7 @@ pub enum UserError {
     OutputLost { path: String, why: String },
     Interrupted { during: String },
     Recording { path: String, reason: String },
+    KernelClock { reason: String },
 }
 
 impl fmt::Display for UserError {
@@ -45,6 +46,7 @@ impl fmt::Display for UserError {
             UserError::NoReader { path, secs } => write!(f, "cannot write {path}: it is a FIFO and no process opened it for reading within {secs} s: start the reader first (e.g. `cat {path} &`)"),
             UserError::OutputLost { path, why } => write!(f, "cannot write {path}: {why}"),
             UserError::Interrupted { during } => write!(f, "interrupted (Ctrl-C, SIGTERM or SIGHUP) {during}: nothing was written"),
+            UserError::KernelClock { reason } => write!(f, "the kernel clock is not available: {reason}; use --clock auto to fall back to /proc probe ticks, or --clock probe"),
             UserError::Recording { path, reason } => write!(f, "cannot read recording {path}: {reason}: pass a file written by `loopspy record --format raw`"),
         }
     }

@@ -188,6 +188,7 @@ mod tests {
                     line: 3,
                 }],
             }],
+            events: Vec::new(),
         };
         let mut w = RecordingWriter::new(Vec::new(), &header()).unwrap();
         w.write(&sample).unwrap();
@@ -230,6 +231,7 @@ mod tests {
                 mono: i as f64 * 0.001,
                 pid: 7,
                 threads: Vec::new(),
+                events: Vec::new(),
             })
             .unwrap();
         }

@@ -100,6 +100,42 @@ pub struct Sample {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub probe: bool,
     pub threads: Vec<ThreadSample>,
+    /// Loop boundaries the kernel timed since the previous sample (the kernel clock), oldest
+    /// first; their times are at most this sample's `mono`. Empty on the probe clock.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<LoopEvent>,
+}
+
+/// A loop thread's boundary, timed by the kernel: perf tracepoints on its epoll and futex calls
+/// give nanosecond CLOCK_MONOTONIC timestamps, converted to the recording's monotonic seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LoopEvent {
+    /// OS thread id of the loop thread.
+    pub tid: u32,
+    /// Monotonic seconds since the recording started (the clock of `Sample::mono`).
+    pub t: f64,
+    pub kind: LoopEventKind,
+}
+
+/// What the kernel saw a loop thread do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoopEventKind {
+    /// The kernel clock starts on this thread: from now on its boundaries come from events.
+    Traced,
+    /// The kernel clock stops on this thread (too many events, or tracing failed): probe ticks
+    /// time it again.
+    Untraced,
+    /// The loop left epoll: it runs callbacks from `t`.
+    Busy,
+    /// The loop entered epoll: idle from `t`.
+    Idle,
+    /// The thread started waiting on the GIL's futex.
+    GilWait,
+    /// It stopped waiting on the GIL (it holds it now).
+    GilTaken,
+    /// The kernel dropped records (full buffer): what the thread did up to `t` is unknown.
+    Lost,
 }
 
 impl Frame {

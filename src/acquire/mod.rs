@@ -3,6 +3,8 @@
 //! sampling loop (`sampler`) and worker-process discovery (`tree`).
 
 pub mod attach;
+pub mod kernel_clock;
+pub mod perf;
 pub mod sampler;
 pub mod spy;
 pub mod tree;

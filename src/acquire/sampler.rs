@@ -10,7 +10,12 @@ use serde::{Deserialize, Serialize};
 
 use std::collections::HashMap;
 
+use crate::acquire::kernel_clock::KernelClock;
 use crate::sample::{ReadyQueue, Sample, ThreadSample};
+
+#[path = "sampler_kernel.rs"]
+mod kernel;
+pub use kernel::ClockChoice;
 
 /// Something that can be sampled: the live target, or a fake in tests.
 pub trait SampleSource {
@@ -24,6 +29,15 @@ pub trait SampleSource {
     }
     /// Whether the target still runs (checked after a failed read).
     fn alive(&mut self) -> bool;
+    /// Host thread ids of the event-loop threads found so far, for the kernel clock.
+    fn loop_tids(&self) -> Vec<u32> {
+        Vec::new()
+    }
+    /// Address range of the interpreter's GIL state, when known (futex waits inside it are GIL
+    /// waits).
+    fn gil_range(&self) -> Option<std::ops::Range<u64>> {
+        None
+    }
 }
 
 /// How the sampler did: written into recordings and shown in the summary.
@@ -46,6 +60,20 @@ pub struct SamplerStats {
     /// The last read error, if any, for the summary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// What timed the loops: `kernel` (perf tracepoints) or `probe` (/proc ticks); empty in
+    /// recordings made before the kernel clock existed (they used the probe).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub clock: String,
+    /// Why the probe timed the loops (the kernel clock was refused), or what it gave up on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_note: Option<String>,
+    /// Loop boundaries the kernel clock reported.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub events: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl SamplerStats {
@@ -71,6 +99,11 @@ pub struct Limits<'a> {
     pub threshold: f64,
     pub duration: Option<Duration>,
     pub stop: &'a AtomicBool,
+    /// What times loop boundaries: the kernel's tracepoints or probe ticks.
+    pub clock: ClockChoice,
+    /// With the kernel clock: ticks per second while a callback runs past `QUIET` (they read
+    /// the ready queue to split callbacks of one iteration, and the OS state).
+    pub kernel_rate: f64,
 }
 
 /// Give up when this many reads in a row failed while the target still runs.
@@ -131,6 +164,7 @@ struct Slot<'s> {
     long_run: bool,
     clocks: HashMap<u32, RunClock>,
     consecutive: u64,
+    kernel: kernel::KernelSlot,
 }
 
 /// What one tick of one process gave.
@@ -141,21 +175,35 @@ enum Read {
 }
 
 impl<'s> Slot<'s> {
-    fn new(source: Box<dyn SampleSource + Send + 's>) -> Slot<'s> {
+    fn new(source: Box<dyn SampleSource + Send + 's>, clock: Option<KernelClock>) -> Slot<'s> {
         Slot {
             source,
             last_stack: None,
             long_run: false,
             clocks: HashMap::new(),
             consecutive: 0,
+            kernel: kernel::KernelSlot::new(clock),
         }
     }
 
     fn tick(&mut self, tick: Instant, wall: f64, mono: f64, limits: &Timing) -> Read {
+        let kernel = self.kernel.active();
+        // On the kernel clock a long gap is not enough: one loop iteration may run thousands of
+        // short callbacks (pyperformance's async_tree). The ticks inside the gap follow the
+        // ready queue, so the callback itself must have run past the threshold too.
+        let long_run = if kernel {
+            self.kernel.long(tick, limits)
+        } else {
+            self.long_run
+        };
         let stack_due = self.last_stack.is_none_or(|t| {
             let since = tick - t;
-            since >= limits.stack_interval || (self.long_run && since >= BURST)
+            since >= limits.stack_interval || (long_run && since >= BURST)
         });
+        // With the kernel clock nothing is read while the loops are idle or in short callbacks.
+        if kernel && !self.kernel.probe_due(tick, limits, stack_due) && !stack_due {
+            return Read::Skipped;
+        }
         let mut probe = false;
         let read = if stack_due {
             self.last_stack = Some(tick);
@@ -181,6 +229,13 @@ impl<'s> Slot<'s> {
         match read {
             Ok(threads) => {
                 self.consecutive = 0;
+                if kernel {
+                    let popped = threads.iter().any(|t| {
+                        let before = self.clocks.get(&t.tid).and_then(|c| c.ready);
+                        matches!((before, t.ready), (Some(a), Some(b)) if a.popped_before(&b))
+                    });
+                    self.kernel.observe_read(tick, popped, limits);
+                }
                 self.long_run = track_runs(&mut self.clocks, &threads, tick, limits.threshold);
                 Read::Sample(Sample {
                     wall,
@@ -188,6 +243,7 @@ impl<'s> Slot<'s> {
                     pid: self.source.pid(),
                     probe,
                     threads,
+                    events: Vec::new(),
                 })
             }
             Err(e) => {
@@ -203,6 +259,10 @@ struct Timing {
     stack_interval: Duration,
     stack_only: Duration,
     threshold: Duration,
+    /// The instant of `mono` 0.
+    start: Instant,
+    /// Kernel clock: the tick interval while a callback runs past `QUIET`.
+    kernel_interval: Duration,
 }
 
 /// Run the loop over one process, handing each sample to `sink` with the stats so far.
@@ -241,18 +301,24 @@ pub fn run_tree<'s>(
     sink: &mut dyn FnMut(Sample, &SamplerStats) -> Result<()>,
 ) -> Result<SamplerStats> {
     let interval = Duration::from_secs_f64(1.0 / limits.rate);
+    let start = Instant::now();
     let timing = Timing {
         stack_interval: Duration::from_secs_f64(1.0 / limits.stack_rate.min(limits.rate)),
         stack_only: Duration::from_secs_f64(1.0 / STACK_ONLY_MAX_RATE),
         threshold: Duration::from_secs_f64(limits.threshold),
+        start,
+        kernel_interval: Duration::from_secs_f64(1.0 / limits.kernel_rate),
     };
-    let start = Instant::now();
     let mut stats = SamplerStats {
         rate: limits.rate,
         ..Default::default()
     };
     let mut next = start;
-    let mut slots: Vec<Slot> = sources.into_iter().map(Slot::new).collect();
+    let mut slots: Vec<Slot> = Vec::new();
+    for source in sources {
+        let clock = kernel::make_clock(limits, start, &mut stats)?;
+        slots.push(Slot::new(source, clock));
+    }
     let mut last_discover = start;
     'ticks: loop {
         if limits.stop.load(Ordering::Relaxed) {
@@ -263,16 +329,31 @@ pub fn run_tree<'s>(
             stats.end = "duration".into();
             break;
         }
+        // On the kernel clock alone, wake when a slot needs to (a callback running long, a
+        // stack due, the next check for one) or a ring buffer fills; else at the next tick.
+        let kernel_wake = kernel::next_wake(&slots, &timing);
+        let wake = kernel_wake.unwrap_or(next);
         let now = Instant::now();
-        if now < next {
-            std::thread::sleep(next - now);
+        if now < wake {
+            kernel::wait(&slots, wake - now)?;
         }
         let tick = Instant::now();
-        let late = tick.saturating_duration_since(next);
-        if late > interval / 2 {
+        // A kernel-clock wake already due when computed ("as soon as possible") is not late;
+        // a probe tick is late from its scheduled time.
+        let (late, period) = match kernel_wake {
+            Some(_) => (
+                tick.saturating_duration_since(wake.max(now)),
+                timing.kernel_interval,
+            ),
+            None => (tick.saturating_duration_since(wake), interval),
+        };
+        if late > period / 2 {
             stats.late += 1;
             stats.max_late_ms = stats.max_late_ms.max(late.as_secs_f64() * 1000.0);
             // Skip the missed ticks instead of bursting to catch up.
+            next = tick;
+        }
+        if kernel_wake.is_some() {
             next = tick;
         }
         next += interval;
@@ -284,6 +365,19 @@ pub fn run_tree<'s>(
         let mut any = false;
         let mut i = 0;
         while i < slots.len() {
+            if let Some(events) = kernel::step(&mut slots[i], limits, mono, &mut stats)? {
+                sink(
+                    Sample {
+                        wall,
+                        mono,
+                        pid: slots[i].source.pid(),
+                        probe: true,
+                        threads: Vec::new(),
+                        events,
+                    },
+                    &stats,
+                )?;
+            }
             match slots[i].tick(tick, wall, mono, &timing) {
                 Read::Sample(sample) => {
                     any = true;
@@ -314,6 +408,7 @@ pub fn run_tree<'s>(
                                 pid,
                                 probe: false,
                                 threads: Vec::new(),
+                                events: Vec::new(),
                             },
                             &stats,
                         )?;
@@ -336,7 +431,10 @@ pub fn run_tree<'s>(
             if tick - last_discover >= DISCOVER_EVERY {
                 last_discover = tick;
                 let known: Vec<u32> = slots.iter().map(|s| s.source.pid()).collect();
-                slots.extend(d(&known).into_iter().map(|s| Slot::new(s)));
+                for s in d(&known) {
+                    let clock = kernel::make_clock(limits, start, &mut stats)?;
+                    slots.push(Slot::new(s, clock));
+                }
             }
         }
     }
@@ -389,6 +487,8 @@ mod tests {
                 threshold: 0.05,
                 duration: None,
                 stop: &stop,
+                clock: ClockChoice::Probe,
+                kernel_rate: 1000.0,
             },
             &mut |s, _| {
                 got.push(s);
@@ -419,6 +519,8 @@ mod tests {
             threshold: 0.05,
             duration: Some(Duration::from_millis(100)),
             stop: &stop,
+            clock: ClockChoice::Probe,
+            kernel_rate: 200.0,
         };
         let stats = run(&mut src, &limits, &mut |_, _| Ok(())).unwrap();
         assert_eq!(stats.end, "duration");

@@ -303,6 +303,21 @@ impl SampleSource for Spy {
     fn alive(&mut self) -> bool {
         process_alive(self.spy.pid as u32)
     }
+
+    fn loop_tids(&self) -> Vec<u32> {
+        let mut tids: Vec<u32> = self
+            .threads
+            .values()
+            .filter(|t| t.running_loop.is_some())
+            .filter_map(|t| t.native_tid)
+            .collect();
+        tids.sort_unstable();
+        tids
+    }
+
+    fn gil_range(&self) -> Option<std::ops::Range<u64>> {
+        self.gil.clone()
+    }
 }
 
 /// Size of CPython's `struct _gil_runtime_state` (3.8–3.14, x86-64 and aarch64).

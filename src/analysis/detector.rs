@@ -13,6 +13,9 @@ use crate::episode::{Episode, GilHolder, Location};
 use crate::os::source_files::SourceFiles;
 use crate::sample::{Frame, Sample, ThreadSample};
 
+#[path = "detector_kernel.rs"]
+mod kernel;
+
 /// Settings of the detector.
 #[derive(Debug, Clone, Copy)]
 pub struct DetectorConfig {
@@ -49,6 +52,13 @@ struct Track {
     idle: bool,
     loop_type: Option<String>,
     ready_len: Option<u64>,
+    /// The kernel clock times this thread: its events open and close runs (detector_kernel).
+    kernel: bool,
+    /// Since when the kernel has seen it wait for the GIL.
+    gil_since: Option<f64>,
+    /// Whether the kernel reported a boundary since tracing began (until then samples may
+    /// open a run: the thread may have been inside a callback when tracing started).
+    kernel_seen: bool,
 }
 
 /// What one loop thread is doing now, for live views (`loopspy top`).
@@ -130,6 +140,7 @@ impl Detector {
             return Vec::new();
         }
         let mut events = Vec::new();
+        self.feed_events(sample, &mut events);
         if sample.probe {
             for thread in &sample.threads {
                 self.feed_probe(sample, thread, &mut events);
@@ -273,6 +284,12 @@ impl Detector {
             track.name.clone_from(&thread.name);
         }
         track.ready_len = thread.ready.map(|r| r.len);
+        if track.kernel {
+            self.feed_traced_probe(key, &mut track, sample, thread, events);
+            track.last_seen = Some(sample.mono);
+            self.tracks.insert(key, track);
+            return;
+        }
         let idle = !os.gil_wait && in_epoll(thread);
         let popped = track
             .run
@@ -331,6 +348,12 @@ impl Detector {
             track.loop_type.clone_from(&thread.event_loop);
         }
         track.ready_len = thread.ready.map(|r| r.len);
+        if track.kernel {
+            self.feed_traced_stack(key, &mut track, sample, thread, state, weight, events);
+            track.last_seen = Some(sample.mono);
+            self.tracks.insert(key, track);
+            return;
+        }
         let current = match state {
             LoopState::Callback { key, depth } => Some((key, depth)),
             LoopState::GilWait => Some((gil_key(), 0)),
@@ -416,7 +439,12 @@ impl Detector {
         // then); without any, the episode still stands, with the callback unknown.
         let empty: Vec<Frame> = Vec::new();
         let (top, depth) = stacks.first().map_or((&empty, &0), |(f, (_, d))| (f, d));
-        let os_kind = dominant_kind(&run.kinds);
+        // The kernel saw the thread wait for the GIL most of the run: that is what it did.
+        let os_kind = if run.gil_secs * 2.0 >= duration && run.gil_secs > 0.0 {
+            Some("gil")
+        } else {
+            dominant_kind(&run.kinds)
+        };
         // GIL starvation: blame the holder's code, not the loop's.
         let holder = (os_kind == Some("gil"))
             .then(|| {

@@ -64,6 +64,7 @@ fn episode(busy: &[Option<(&str, &str)>]) -> Episode {
             mono: t,
             pid: 1,
             threads: vec![th],
+            events: Vec::new(),
         }));
         t += 0.01;
     };

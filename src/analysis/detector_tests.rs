@@ -83,6 +83,7 @@ fn sample(t: f64, threads: Vec<ThreadSample>) -> Sample {
         mono: t,
         pid: 7,
         threads,
+        events: Vec::new(),
     }
 }
 

@@ -399,6 +399,7 @@ impl Gen {
             pid: 7,
             probe,
             threads,
+            events: Vec::new(),
         };
         if self.rng.chance(self.damage / 10.0) {
             s.pid = 8;

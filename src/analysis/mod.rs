@@ -9,6 +9,8 @@ pub mod loop_state;
 pub mod run;
 
 #[cfg(test)]
+mod detector_kernel_tests;
+#[cfg(test)]
 mod detector_task_tests;
 #[cfg(test)]
 mod detector_tests;

@@ -34,6 +34,8 @@ pub struct Run {
     /// The asyncio task (name, coroutine) each stack sample saw the loop stepping, `None` for
     /// none: how many samples each.
     pub tasks: HashMap<Option<(String, Option<String>)>, u32>,
+    /// Seconds of the run the kernel saw the thread wait for the GIL (kernel clock only).
+    pub gil_secs: f64,
 }
 
 impl Run {
@@ -52,6 +54,7 @@ impl Run {
             cpu: None,
             latest: None,
             tasks: HashMap::new(),
+            gil_secs: 0.0,
         }
     }
 

@@ -217,6 +217,7 @@ pub fn run(args: &MonitorArgs) -> Result<()> {
     };
     let log_on_stdout = log.as_ref().is_some_and(|l| l.is_stdout());
     let episodes = log.map(EpisodeLog::new);
+    let (kernel, rate) = args.sampling.resolve_clock()?;
     let mut target: Target = match args.pid {
         Some(pid) => attach(pid)?,
         None => {
@@ -235,7 +236,7 @@ pub fn run(args: &MonitorArgs) -> Result<()> {
         pid: target.pid,
         command: target.command.clone(),
         python_version: target.python_version.clone(),
-        rate: args.sampling.rate,
+        rate,
         start_wall: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
@@ -292,20 +293,28 @@ pub fn run(args: &MonitorArgs) -> Result<()> {
         sinks,
         Some(SourceFiles::for_pid(target.pid)),
     )
-    .with_tick_rate(args.sampling.rate)
+    .with_tick_rate(rate)
     .with_observer(Box::new(observer), None);
     let limits = Limits {
-        rate: args.sampling.rate,
+        rate: args.sampling.probe_rate(),
+        kernel_rate: args.sampling.kernel_rate(),
+        clock: args.sampling.clock,
         stack_rate: args.sampling.stack_rate,
         threshold: args.threshold / 1000.0,
         duration: None,
         stop,
     };
+    let clock = if kernel {
+        format!("kernel clock, {rate} Hz ticks in long callbacks")
+    } else {
+        format!("probe clock at {rate} Hz")
+    };
     let announce = format!(
-        "loopspy: sampling process {} (Python {}) at {} Hz; Ctrl-C to stop",
-        target.pid, target.python_version, args.sampling.rate
+        "loopspy: sampling process {} (Python {}), {clock}; Ctrl-C to stop",
+        target.pid, target.python_version
     );
     let mut announced = false;
+    let mut noted: Option<String> = None;
     let spy = target
         .spy
         .take()
@@ -319,6 +328,15 @@ pub fn run(args: &MonitorArgs) -> Result<()> {
     };
     let metrics = shared.metrics.clone();
     let result = sampler::run_tree(vec![Box::new(spy)], discover, &limits, &mut |s, stats| {
+        // A fallback to the probe, or what the kernel clock gave up on: one line, once each.
+        if stats.clock_note.is_some() && stats.clock_note != noted {
+            noted.clone_from(&stats.clock_note);
+            let _ = writeln!(
+                std::io::stderr(),
+                "loopspy: note: {}",
+                noted.as_deref().unwrap_or_default()
+            );
+        }
         if !announced {
             announced = true;
             let _ = writeln!(std::io::stderr(), "{announce}");

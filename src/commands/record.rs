@@ -46,6 +46,7 @@ pub fn run(args: &RecordArgs) -> Result<()> {
         .map(|t| t.open(Mode::Stream))
         .transpose()?;
     let stdout_busy = out_file.is_stdout() || log.as_ref().is_some_and(|l| l.is_stdout());
+    let (kernel, rate) = args.sampling.resolve_clock()?;
     let mut target: Target = match args.pid {
         Some(pid) => attach(pid)?,
         None => {
@@ -77,7 +78,7 @@ pub fn run(args: &RecordArgs) -> Result<()> {
         pid: target.pid,
         command: target.command.clone(),
         python_version: target.python_version.clone(),
-        rate: args.sampling.rate,
+        rate,
         start_wall: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
@@ -106,22 +107,30 @@ pub fn run(args: &RecordArgs) -> Result<()> {
         sinks,
         Some(sources),
     )
-    .with_tick_rate(args.sampling.rate);
+    .with_tick_rate(rate);
     if let Some((o, file)) = observer {
         pipeline = pipeline.with_observer(o, Some(file));
     }
     let limits = Limits {
-        rate: args.sampling.rate,
+        rate: args.sampling.probe_rate(),
+        kernel_rate: args.sampling.kernel_rate(),
+        clock: args.sampling.clock,
         stack_rate: args.sampling.stack_rate,
         threshold: args.analysis.threshold / 1000.0,
         duration: args.duration.map(Duration::from_secs_f64),
         stop,
     };
+    let clock = if kernel {
+        format!("kernel clock, {rate} Hz ticks in long callbacks")
+    } else {
+        format!("probe clock at {rate} Hz")
+    };
     let announce = format!(
-        "loopspy: sampling process {} (Python {}) at {} Hz; Ctrl-C to stop",
-        target.pid, target.python_version, args.sampling.rate
+        "loopspy: sampling process {} (Python {}), {clock}; Ctrl-C to stop",
+        target.pid, target.python_version
     );
     let mut announced = false;
+    let mut noted: Option<String> = None;
     let spy = target
         .spy
         .take()
@@ -133,7 +142,12 @@ pub fn run(args: &RecordArgs) -> Result<()> {
     } else {
         None
     };
-    let result = sampler::run_tree(vec![Box::new(spy)], discover, &limits, &mut |s, _| {
+    let result = sampler::run_tree(vec![Box::new(spy)], discover, &limits, &mut |s, stats| {
+        // A fallback to the probe, or what the kernel clock gave up on: one line, once each.
+        if stats.clock_note.is_some() && stats.clock_note != noted {
+            noted.clone_from(&stats.clock_note);
+            eprintln!("loopspy: note: {}", noted.as_deref().unwrap_or_default());
+        }
         // Said once the first sample is in, so scripts (and our tests) can wait for it.
         if !announced {
             announced = true;

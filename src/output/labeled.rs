@@ -352,6 +352,7 @@ mod tests {
             pid: 7,
             probe: false,
             threads: vec![t],
+            events: Vec::new(),
         }
     }
 

@@ -80,6 +80,17 @@ pub fn write(out: &mut dyn Write, s: &Summary) -> Result<()> {
         st.max_late_ms,
         st.end
     )?;
+    match (st.clock.as_str(), &st.clock_note) {
+        ("", _) => {}
+        ("kernel", note) => writeln!(
+            out,
+            "loopspy: clock: kernel (perf tracepoints on the loop threads' epoll and futex calls), {} boundaries{}",
+            st.events,
+            note.as_ref().map(|n| format!("; {n}")).unwrap_or_default()
+        )?,
+        (clock, Some(note)) => writeln!(out, "loopspy: clock: {clock} ({note})")?,
+        (clock, None) => writeln!(out, "loopspy: clock: {clock} (asked with --clock {clock})")?,
+    }
     if s.loops.is_empty() {
         writeln!(out, "loopspy: no asyncio event loop was found in the target (is it running one? loops are found while they run)")?;
     } else {

@@ -81,6 +81,7 @@ pub fn run(args: &TopArgs) -> Result<()> {
     let s = stop.clone();
     let _ = ctrlc::set_handler(move || s.store(true, Ordering::SeqCst));
     let interactive = std::io::stdout().is_terminal();
+    let (_, tick_rate) = args.sampling.resolve_clock()?;
     let mut target = match args.pid {
         Some(pid) => attach(pid)?,
         None => launch(&args.command, interactive)?,
@@ -90,8 +91,10 @@ pub fn run(args: &TopArgs) -> Result<()> {
         .spy
         .take()
         .context("the target was already being sampled")?;
-    let (rate, stack_rate, threshold) = (
-        args.sampling.rate,
+    let (rate, kernel_rate, clock, stack_rate, threshold) = (
+        args.sampling.probe_rate(),
+        args.sampling.kernel_rate(),
+        args.sampling.clock,
         args.sampling.stack_rate,
         args.threshold / 1000.0,
     );
@@ -104,6 +107,8 @@ pub fn run(args: &TopArgs) -> Result<()> {
             threshold,
             duration: None,
             stop: &stop_sampler,
+            clock,
+            kernel_rate,
         };
         let mut finder = WorkerFinder::new(root);
         let mut discover = |known: &[u32]| finder.discover(known);
@@ -122,7 +127,7 @@ pub fn run(args: &TopArgs) -> Result<()> {
         threshold: args.threshold / 1000.0,
     })
     .with_sources(SourceFiles::for_pid(target.pid))
-    .with_interval(1.0 / args.sampling.rate);
+    .with_interval(1.0 / tick_rate);
     let model = TopModel::new(
         target.pid,
         &target.command,

@@ -8,6 +8,7 @@ mod container;
 mod diff;
 mod dump;
 mod formats;
+mod kernel;
 mod live;
 mod monitor;
 mod offline;

@@ -257,3 +257,64 @@ fn speedscope_output_from_a_recording() {
         "{names:?}"
     );
 }
+
+/// Kernel-clock recordings (perf tracepoints): episodes start and end at the kernel's event
+/// times, so the durations match the target's own timing to the loop's bookkeeping.
+#[test]
+fn kernel_clock_recording_has_exact_boundaries() {
+    let r = replay_fixture("kernel_sleep_task", 50.0);
+    // What the target measured around each time.sleep (tests/fixtures/README.md); the callback
+    // also prints its BLOCK line, about 0.25 ms here.
+    let measured = [150.099, 150.526, 150.125];
+    assert_eq!(r.episodes.len(), 3, "{:?}", durations(&r));
+    for (e, want) in r.episodes.iter().zip(measured) {
+        assert!(
+            e.duration_ms >= want && e.duration_ms - want < 0.5,
+            "{:?}",
+            durations(&r)
+        );
+        assert_eq!(e.culprit.function, "sleepy_handler");
+    }
+    assert!(
+        r.summary.contains("loopspy: clock: kernel"),
+        "{}",
+        r.summary
+    );
+    check_goldens("kernel_sleep_task", &r);
+}
+
+#[test]
+fn kernel_clock_splits_callbacks_of_one_iteration() {
+    let r = replay_fixture("kernel_back_to_back", 50.0);
+    let names: Vec<_> = r
+        .episodes
+        .iter()
+        .map(|e| e.culprit.function.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["first_callback", "second_callback", "twin", "twin"],
+        "{:?}",
+        durations(&r)
+    );
+    // The split inside one iteration lies between two 5 ms ticks.
+    for e in &r.episodes {
+        assert!((e.duration_ms - 100.0).abs() <= 5.0, "{:?}", durations(&r));
+    }
+    check_goldens("kernel_back_to_back", &r);
+}
+
+#[test]
+fn kernel_clock_gil_starvation() {
+    let r = replay_fixture("kernel_gil", 50.0);
+    assert_eq!(r.episodes.len(), 2, "{:?}", durations(&r));
+    for e in &r.episodes {
+        assert_eq!(e.kind, "gil");
+        assert_eq!(e.culprit.function, "gil_hog");
+        assert_eq!(
+            e.gil_holder.as_ref().and_then(|h| h.thread.as_deref()),
+            Some("gil-hog")
+        );
+    }
+    check_goldens("kernel_gil", &r);
+}

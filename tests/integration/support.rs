@@ -119,6 +119,12 @@ impl Target {
         stdin.write_all(b"go\n").unwrap();
     }
 
+    /// Wait for the target to exit; return every line it printed after READY.
+    pub fn lines(mut self) -> Vec<String> {
+        self.child.wait().unwrap();
+        self.lines.iter().collect()
+    }
+
     /// Wait for the target to exit; return its BLOCK lines.
     pub fn finish(mut self) -> Vec<Value> {
         self.child.wait().unwrap();
@@ -126,6 +132,15 @@ impl Target {
             .iter()
             .filter_map(|l| tagged(&l, "BLOCK"))
             .collect()
+    }
+}
+
+/// `--clock CLOCK` when `LOOPSPY_TEST_CLOCK` is set (`kernel` or `probe`): the live suite runs
+/// on either clock by this variable; unset, loopspy chooses (`auto`).
+pub fn clock_args() -> Vec<String> {
+    match std::env::var("LOOPSPY_TEST_CLOCK") {
+        Ok(c) if !c.is_empty() => vec!["--clock".into(), c],
+        _ => Vec::new(),
     }
 }
 
@@ -151,6 +166,7 @@ pub fn record_scenario(python: &Path, script: &Path, args: &[&str], extra: &[&st
         .arg(&svg)
         .arg("--episodes")
         .arg(&episodes)
+        .args(clock_args())
         .args(extra)
         .stderr(Stdio::piped())
         .spawn()
@@ -228,6 +244,13 @@ pub fn launch_scenario(args: &[&str], scenario: &str, dir: &Path) -> Child {
     Command::new(loopspy())
         .current_dir(dir)
         .args(args)
+        .args(
+            if args.first() == Some(&"record") || args.first() == Some(&"top") {
+                clock_args()
+            } else {
+                Vec::new()
+            },
+        )
         .arg("--")
         .arg(&py)
         .arg(repo().join("tests/py/scenarios.py"))

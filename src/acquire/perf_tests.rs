@@ -1,0 +1,120 @@
+use super::*;
+
+/// A sample record as the kernel writes it for our sample_type.
+fn sample(id: u64, tid: u32, time: u64, raw: Option<&[u8]>) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&id.to_ne_bytes());
+    body.extend_from_slice(&tid.to_ne_bytes()); // pid
+    body.extend_from_slice(&tid.to_ne_bytes());
+    body.extend_from_slice(&time.to_ne_bytes());
+    if let Some(raw) = raw {
+        // u32 size, then the data padded so the record stays 8-byte aligned.
+        let padded = (raw.len() + 4).div_ceil(8) * 8 - 4;
+        body.extend_from_slice(&(padded as u32).to_ne_bytes());
+        body.extend_from_slice(raw);
+        body.resize(body.len() + padded - raw.len(), 0);
+    }
+    let mut rec = Vec::new();
+    rec.extend_from_slice(&RECORD_SAMPLE.to_ne_bytes());
+    rec.extend_from_slice(&0u16.to_ne_bytes());
+    rec.extend_from_slice(&((body.len() + 8) as u16).to_ne_bytes());
+    rec.extend_from_slice(&body);
+    rec
+}
+
+/// The futex entry's raw record: common fields, then uaddr at 16 and op at 24.
+fn futex_raw(uaddr: u64, op: u64) -> Vec<u8> {
+    let mut raw = vec![0u8; 64];
+    raw[16..24].copy_from_slice(&uaddr.to_ne_bytes());
+    raw[24..32].copy_from_slice(&op.to_ne_bytes());
+    raw
+}
+
+const IDS: &[(u64, Point)] = &[
+    (11, Point::EpollEnter),
+    (12, Point::EpollExit),
+    (13, Point::FutexEnter),
+    (14, Point::FutexExit),
+];
+
+fn parse(buf: &[u8]) -> (Vec<Record>, u64) {
+    let mut got = Vec::new();
+    let lost = parse_records(buf, IDS, (16, 24), &mut |r| got.push(r));
+    (got, lost)
+}
+
+#[test]
+fn parses_epoll_and_futex_records() {
+    let mut buf = sample(12, 7, 1_000, None);
+    buf.extend(sample(13, 7, 2_000, Some(&futex_raw(0x5000, 128 | 9))));
+    buf.extend(sample(13, 7, 2_500, Some(&futex_raw(0x5000, 1)))); // FUTEX_WAKE: dropped
+    buf.extend(sample(14, 7, 3_000, None));
+    buf.extend(sample(11, 7, 4_000, None));
+    let (got, lost) = parse(&buf);
+    assert_eq!(lost, 0);
+    let calls: Vec<(u64, Call)> = got.iter().map(|r| (r.time_ns, r.call)).collect();
+    assert_eq!(
+        calls,
+        vec![
+            (1_000, Call::EpollExit),
+            (2_000, Call::FutexWait { uaddr: 0x5000 }),
+            (3_000, Call::FutexExit),
+            (4_000, Call::EpollEnter),
+        ]
+    );
+    assert!(got.iter().all(|r| r.tid == 7));
+}
+
+#[test]
+fn counts_lost_records_and_skips_unknown_ids() {
+    let mut buf = Vec::new();
+    buf.extend_from_slice(&RECORD_LOST.to_ne_bytes());
+    buf.extend_from_slice(&0u16.to_ne_bytes());
+    buf.extend_from_slice(&24u16.to_ne_bytes());
+    buf.extend_from_slice(&12u64.to_ne_bytes());
+    buf.extend_from_slice(&5u64.to_ne_bytes());
+    buf.extend(sample(99, 7, 1, None));
+    buf.extend(sample(11, 7, 2, None));
+    let (got, lost) = parse(&buf);
+    assert_eq!(lost, 5);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].call, Call::EpollEnter);
+}
+
+#[test]
+fn malformed_or_cut_records_never_panic() {
+    let mut whole = sample(12, 7, 1_000, None);
+    whole.extend(sample(13, 7, 2_000, Some(&futex_raw(0x5000, 0))));
+    for cut in 0..whole.len() {
+        let _ = parse(&whole[..cut]);
+    }
+    // A size field of 0 or past the end stops the parse.
+    let mut bad = whole.clone();
+    bad[6] = 0;
+    bad[7] = 0;
+    assert_eq!(parse(&bad).0.len(), 0);
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    for _ in 0..2000 {
+        let mut b = whole.clone();
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let at = (seed as usize) % b.len();
+        b[at] = (seed >> 32) as u8;
+        let _ = parse(&b);
+    }
+}
+
+#[test]
+fn reads_offsets_from_a_tracefs_format() {
+    let format = "name: sys_enter_futex\nID: 522\nformat:\n\
+        \tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\
+        \tfield:int __syscall_nr;\toffset:8;\tsize:4;\tsigned:1;\n\
+        \tfield:u32 * uaddr;\toffset:16;\tsize:8;\tsigned:0;\n\
+        \tfield:int op;\toffset:24;\tsize:8;\tsigned:0;\n\
+        \tfield:u32 * uaddr2;\toffset:48;\tsize:8;\tsigned:0;\n";
+    assert_eq!(field_offset(format, "uaddr"), Some(16));
+    assert_eq!(field_offset(format, "op"), Some(24));
+    assert_eq!(field_offset(format, "uaddr2"), Some(48));
+    assert_eq!(field_offset(format, "val"), None);
+}

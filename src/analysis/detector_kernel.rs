@@ -1,0 +1,181 @@
+//! The detector's input from the kernel clock: loop boundaries timed by the kernel
+//! ([`LoopEvent`]s: the loop thread left or entered epoll, waited for the GIL). On a traced
+//! thread these events alone open and close runs, at their exact times; samples only name the
+//! run's callback and split it where the loop dispatched a new one inside one iteration (a pop
+//! from the ready queue, or another callback on the stack), as on the probe clock.
+
+use super::{gil_key, Detector, Event, Track};
+use crate::analysis::loop_state::LoopState;
+use crate::analysis::run::Run;
+use crate::sample::{LoopEvent, LoopEventKind, Sample, ThreadSample};
+
+/// A run opened at an exact time `t`: its start is `t`, not the middle of a gap.
+fn exact_run(sample: &Sample, t: f64) -> Run {
+    let mut run = Run::start(None, Some(t), sample);
+    run.first = t;
+    run.last = t;
+    run.prev = Some(t);
+    run
+}
+
+impl Detector {
+    /// The kernel's events of one sample, in order.
+    pub(super) fn feed_events(&mut self, sample: &Sample, out: &mut Vec<Event>) {
+        for e in &sample.events {
+            if e.t.is_finite() && e.t.abs() < 1e9 {
+                self.feed_event(sample, e, out);
+            }
+        }
+    }
+
+    fn feed_event(&mut self, sample: &Sample, e: &LoopEvent, out: &mut Vec<Event>) {
+        let key = (sample.pid, e.tid);
+        let mut track = self.tracks.remove(&key).unwrap_or_default();
+        match e.kind {
+            LoopEventKind::Traced => {
+                track.kernel = true;
+                track.kernel_seen = false;
+            }
+            LoopEventKind::Untraced => {
+                track.kernel = false;
+                track.gil_since = None;
+            }
+            LoopEventKind::Busy => {
+                track.kernel = true;
+                track.kernel_seen = true;
+                self.end_exactly(key, &mut track, e.t, out);
+                if !self.seen.contains_key(&key) {
+                    self.remember_loop(key, track.name.clone());
+                }
+                track.idle = false;
+                track.run = Some(exact_run(sample, e.t));
+            }
+            LoopEventKind::Idle => {
+                track.kernel = true;
+                track.kernel_seen = true;
+                self.end_exactly(key, &mut track, e.t, out);
+                track.idle = true;
+                track.gil_since = None;
+            }
+            LoopEventKind::GilWait => track.gil_since = Some(e.t),
+            LoopEventKind::GilTaken => {
+                if let (Some(since), Some(run)) = (track.gil_since.take(), track.run.as_mut()) {
+                    run.gil_secs += (e.t - since.max(run.first)).max(0.0);
+                }
+            }
+            LoopEventKind::Lost => {
+                // What happened since the last record is unknown: end the run where it was
+                // last known to be going on, and wait for the next boundary.
+                if let Some(last) = track.run.as_ref().map(|r| r.last) {
+                    self.close(key, &mut track, Some(last), out);
+                }
+                track.gil_since = None;
+            }
+        }
+        // Tracing starting or stopping says nothing about the thread's state.
+        let boundary = !matches!(e.kind, LoopEventKind::Traced | LoopEventKind::Untraced);
+        if boundary && e.t > track.last_seen.unwrap_or(f64::MIN) {
+            track.last_seen = Some(e.t);
+        }
+        self.tracks.insert(key, track);
+    }
+
+    /// Close the track's run with its end at `t` exactly.
+    fn end_exactly(&mut self, key: (u32, u32), track: &mut Track, t: f64, out: &mut Vec<Event>) {
+        if let Some(run) = track.run.as_mut() {
+            if let Some(since) = track.gil_since {
+                run.gil_secs += (t - since.max(run.first)).max(0.0);
+                track.gil_since = Some(t);
+            }
+            // The end is the event itself: `close` places it between `last` and `next`.
+            run.last = t.max(run.first);
+            let end = run.last;
+            self.close(key, track, Some(end), out);
+        }
+    }
+
+    /// A stack sample of a traced loop thread: names the run the kernel opened, or splits it
+    /// when the stack shows another callback or the ready queue a dispatch. Never opens or
+    /// closes a run on its own: the kernel's events do.
+    pub(super) fn feed_traced_stack(
+        &mut self,
+        key: (u32, u32),
+        track: &mut Track,
+        sample: &Sample,
+        thread: &ThreadSample,
+        state: LoopState,
+        weight: u32,
+        out: &mut Vec<Event>,
+    ) {
+        let gil = track.gil_since.is_some() || thread.os.as_ref().is_some_and(|o| o.gil_wait);
+        let idle = state == LoopState::Idle;
+        let current = match state {
+            LoopState::Callback { key, depth } => Some((key, depth)),
+            LoopState::GilWait => Some((gil_key(), 0)),
+            LoopState::Idle | LoopState::Machinery if gil && track.run.is_some() => {
+                Some((gil_key(), 0))
+            }
+            _ => None,
+        };
+        // Tracing began during a callback: until the kernel's first boundary, a sample that
+        // sees one opens the run (its start lies between this sample and the previous one).
+        if track.run.is_none() && !track.kernel_seen {
+            if let Some((cb, _)) = &current {
+                track.run = Some(Run::start(Some(cb.clone()), track.last_seen, sample));
+            }
+        }
+        let stack = |idle: bool| Event::Stack {
+            pid: sample.pid,
+            thread: thread.label(),
+            frames: thread.frames.clone(),
+            idle,
+            count: weight,
+        };
+        let (Some((cb, depth)), true) = (current, track.run.is_some()) else {
+            // Idle by the kernel's account (a stack read racing the next boundary), or the
+            // loop's own code between callbacks.
+            out.push(stack(idle && track.run.is_none()));
+            return;
+        };
+        let split = track.run.as_ref().is_some_and(|run| {
+            run.key.as_ref().is_some_and(|k| *k != cb) || run.popped(thread.ready.as_ref())
+        });
+        if split {
+            self.close(key, track, Some(sample.mono), out);
+            let prev = track.last_seen;
+            track.run = Some(Run::start(None, prev, sample));
+        }
+        let run = track.run.as_mut().expect("a run is open");
+        run.key.get_or_insert(cb);
+        run.observe(sample, thread);
+        run.observe_stack(&thread.frames, depth, weight);
+    }
+
+    /// A probe tick of a traced loop thread (read while a callback runs long): a dispatch
+    /// splits the run; idleness is left to the kernel's events.
+    pub(super) fn feed_traced_probe(
+        &mut self,
+        key: (u32, u32),
+        track: &mut Track,
+        sample: &Sample,
+        thread: &ThreadSample,
+        out: &mut Vec<Event>,
+    ) {
+        let in_epoll = super::in_epoll(thread) && !thread.os.as_ref().is_some_and(|o| o.gil_wait);
+        if track.run.is_none() && !track.kernel_seen && !in_epoll {
+            // Tracing began during a callback (see `feed_traced_stack`).
+            track.run = Some(Run::start(None, track.last_seen, sample));
+        }
+        let Some(run) = track.run.as_ref() else {
+            return;
+        };
+        if run.popped(thread.ready.as_ref()) {
+            self.close(key, track, Some(sample.mono), out);
+            let prev = track.last_seen;
+            track.run = Some(Run::start(None, prev, sample));
+        }
+        if let Some(run) = track.run.as_mut() {
+            run.observe(sample, thread);
+        }
+    }
+}

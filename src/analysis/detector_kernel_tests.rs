@@ -1,0 +1,276 @@
+//! The detector on kernel-clock timelines: runs open and close at the kernel's event times;
+//! samples only name and split them.
+
+use super::detector::{Detector, DetectorConfig, Event};
+use crate::episode::Episode;
+use crate::sample::{Frame, LoopEvent, LoopEventKind, OsState, ReadyQueue, Sample, ThreadSample};
+
+const TID: u32 = 7;
+
+fn f(function: &str, file: &str) -> Frame {
+    Frame {
+        function: function.into(),
+        file: file.into(),
+        line: 3,
+    }
+}
+
+/// A loop thread's stack: in the selector (`None`) or inside callback `cb`.
+fn thread(cb: Option<&str>, ready_state: u64, syscall: &str, gil_wait: bool) -> ThreadSample {
+    let mut frames = match cb {
+        None => vec![f("EpollSelector.select", "/py/selectors.py")],
+        Some(name) => vec![
+            f(name, "/app/handlers.py"),
+            f("Handle._run", "/py/asyncio/events.py"),
+        ],
+    };
+    frames.push(f("BaseEventLoop._run_once", "/py/asyncio/base_events.py"));
+    frames.push(f("<module>", "/app/main.py"));
+    ThreadSample {
+        tid: TID,
+        name: Some("MainThread".into()),
+        event_loop: Some("_UnixSelectorEventLoop".into()),
+        gil: false,
+        active: true,
+        os: Some(OsState {
+            state: 'S',
+            syscall: Some(syscall.into()),
+            gil_wait,
+            cpu_ticks: None,
+        }),
+        ready: Some(ReadyQueue {
+            len: 0,
+            state: ready_state,
+        }),
+        task: None,
+        coroutine: None,
+        timers: None,
+        frames,
+    }
+}
+
+fn stack(t: f64, th: ThreadSample) -> Sample {
+    Sample {
+        wall: 1000.0 + t,
+        mono: t,
+        pid: 1,
+        probe: false,
+        threads: vec![th],
+        events: Vec::new(),
+    }
+}
+
+fn probe(t: f64, ready_state: u64) -> Sample {
+    let mut th = thread(None, ready_state, "clock_nanosleep", false);
+    th.frames.clear();
+    Sample {
+        probe: true,
+        ..stack(t, th)
+    }
+}
+
+/// A batch of kernel events, delivered at the time of the last one.
+fn events(list: &[(f64, LoopEventKind)]) -> Sample {
+    let at = list.last().map_or(0.0, |e| e.0);
+    Sample {
+        wall: 1000.0 + at,
+        mono: at,
+        pid: 1,
+        probe: true,
+        threads: Vec::new(),
+        events: list
+            .iter()
+            .map(|&(t, kind)| LoopEvent { tid: TID, t, kind })
+            .collect(),
+    }
+}
+
+fn run(samples: &[Sample]) -> (Vec<Episode>, Vec<Event>) {
+    let mut d = Detector::new(DetectorConfig { threshold: 0.05 }).with_interval(0.03);
+    let mut out = Vec::new();
+    for s in samples {
+        out.extend(d.feed(s));
+    }
+    out.extend(d.finish());
+    let eps = out
+        .iter()
+        .filter_map(|e| match e {
+            Event::Episode { episode, .. } => Some(episode.clone()),
+            _ => None,
+        })
+        .collect();
+    (eps, out)
+}
+
+use LoopEventKind::*;
+
+#[test]
+fn boundaries_are_the_kernels_event_times() {
+    let (eps, _) = run(&[
+        events(&[(0.0, Traced), (1.000_25, Busy)]),
+        stack(1.03, thread(Some("handler"), 5, "clock_nanosleep", false)),
+        stack(1.06, thread(Some("handler"), 5, "clock_nanosleep", false)),
+        events(&[(1.082_375, Idle)]),
+    ]);
+    assert_eq!(eps.len(), 1, "{eps:#?}");
+    let e = &eps[0];
+    assert!((e.duration_ms - 82.125).abs() < 1e-6, "{}", e.duration_ms);
+    assert!((e.start - 1001.000_25).abs() < 1e-9, "{}", e.start);
+    assert_eq!(e.culprit.function, "handler");
+    assert_eq!(e.samples, 2);
+    assert!(e.complete);
+}
+
+#[test]
+fn short_gaps_and_unnamed_runs_make_no_episode() {
+    let (eps, _) = run(&[
+        events(&[(0.0, Traced), (0.1, Busy), (0.13, Idle)]),
+        // Long, but no stack ever named it.
+        events(&[(0.2, Busy), (0.4, Idle)]),
+    ]);
+    assert!(eps.is_empty(), "{eps:#?}");
+}
+
+#[test]
+fn stacks_while_the_kernel_says_idle_open_no_run() {
+    let (eps, out) = run(&[
+        events(&[(0.0, Traced), (0.001, Busy), (0.002, Idle)]),
+        // A stack read that raced the next boundary shows a callback: it is not a run.
+        stack(0.05, thread(Some("handler"), 5, "running", false)),
+        stack(0.2, thread(Some("handler"), 5, "running", false)),
+        events(&[(0.3, Busy), (0.31, Idle)]),
+    ]);
+    assert!(eps.is_empty(), "{eps:#?}");
+    let stacks = out
+        .iter()
+        .filter(|e| matches!(e, Event::Stack { idle: false, .. }))
+        .count();
+    assert_eq!(stacks, 2, "the stacks still reach the flame graph");
+}
+
+#[test]
+fn a_dispatch_inside_one_iteration_splits_the_run() {
+    // Two 100 ms callbacks in one loop iteration: the ready queue's pop splits them.
+    let (eps, _) = run(&[
+        events(&[(0.0, Traced), (0.0, Busy)]),
+        stack(0.05, thread(Some("first"), 10, "clock_nanosleep", false)),
+        stack(0.08, thread(Some("first"), 10, "clock_nanosleep", false)),
+        probe(0.11, 11),
+        stack(0.14, thread(Some("second"), 11, "clock_nanosleep", false)),
+        events(&[(0.2, Idle)]),
+    ]);
+    let got: Vec<(&str, f64)> = eps
+        .iter()
+        .map(|e| (e.culprit.function.as_str(), e.duration_ms))
+        .collect();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[0].0, "first");
+    assert!((got[0].1 - 95.0).abs() < 1e-6, "{got:?}");
+    assert_eq!(got[1].0, "second");
+    assert!((got[1].1 - 105.0).abs() < 1e-6, "{got:?}");
+}
+
+#[test]
+fn a_different_callback_on_the_stack_splits_the_run() {
+    let (eps, _) = run(&[
+        events(&[(0.0, Traced), (0.0, Busy)]),
+        stack(0.06, thread(Some("first"), 10, "clock_nanosleep", false)),
+        stack(0.12, thread(Some("second"), 10, "clock_nanosleep", false)),
+        events(&[(0.2, Idle)]),
+    ]);
+    let names: Vec<&str> = eps.iter().map(|e| e.culprit.function.as_str()).collect();
+    assert_eq!(names, ["first", "second"]);
+    assert!((eps[0].duration_ms - 90.0).abs() < 1e-6);
+    assert!((eps[1].duration_ms - 110.0).abs() < 1e-6);
+}
+
+#[test]
+fn a_gil_wait_seen_by_the_kernel_is_a_gil_episode() {
+    // The selector returned, then the thread waited for the GIL: its stack still shows the
+    // selector and /proc caught it between two 5 ms waits (running), but the kernel saw the
+    // futex waits.
+    let (eps, _) = run(&[
+        events(&[(0.0, Traced), (0.0, Busy), (0.000_1, GilWait)]),
+        stack(0.03, thread(None, 5, "running", false)),
+        events(&[(0.09, GilTaken), (0.1, Idle)]),
+    ]);
+    assert_eq!(eps.len(), 1, "{eps:#?}");
+    assert_eq!(eps[0].kind, "gil");
+    assert!((eps[0].duration_ms - 100.0).abs() < 1e-6);
+}
+
+#[test]
+fn a_hang_in_progress_is_reported_from_the_kernels_start() {
+    let mut d = Detector::new(DetectorConfig { threshold: 0.05 });
+    d.feed(&events(&[(0.0, Traced), (1.0, Busy)]));
+    d.feed(&stack(
+        1.055,
+        thread(Some("stuck"), 5, "clock_nanosleep", false),
+    ));
+    let ongoing = d.ongoing(1.06);
+    assert_eq!(ongoing.len(), 1);
+    assert!((ongoing[0].4 - 0.06).abs() < 1e-9, "{ongoing:?}");
+    assert_eq!(ongoing[0].3, "stuck");
+}
+
+#[test]
+fn lost_records_end_the_run_where_it_was_last_seen() {
+    let (eps, _) = run(&[
+        events(&[(0.0, Traced), (0.0, Busy)]),
+        stack(0.07, thread(Some("handler"), 5, "clock_nanosleep", false)),
+        events(&[(0.5, Lost)]),
+        events(&[(0.6, Idle)]),
+    ]);
+    assert_eq!(eps.len(), 1);
+    assert!(
+        (eps[0].duration_ms - 70.0).abs() < 1e-6,
+        "{}",
+        eps[0].duration_ms
+    );
+}
+
+#[test]
+fn untraced_threads_go_back_to_probe_timing() {
+    let (eps, _) = run(&[
+        events(&[(0.0, Traced), (0.0, Busy), (0.001, Idle), (0.01, Untraced)]),
+        // From here the probe's ticks decide, as without a kernel clock.
+        probe(0.1, 5),
+        stack(0.105, thread(Some("handler"), 5, "clock_nanosleep", false)),
+        probe(0.2, 5),
+        stack(0.205, thread(None, 6, "epoll_wait", false)),
+    ]);
+    assert_eq!(eps.len(), 1, "{eps:#?}");
+    assert_eq!(eps[0].culprit.function, "handler");
+}
+
+#[test]
+fn old_recordings_without_events_still_parse() {
+    let line = r#"{"wall":1.0,"mono":0.5,"pid":3,"threads":[]}"#;
+    let s: Sample = serde_json::from_str(line).unwrap();
+    assert!(s.events.is_empty());
+    let with = serde_json::to_string(&events(&[(0.25, Busy)])).unwrap();
+    assert!(
+        with.contains(r#""events":[{"tid":7,"t":0.25,"kind":"busy"}]"#),
+        "{with}"
+    );
+}
+
+#[test]
+fn tracing_that_begins_inside_a_callback_keeps_its_start_from_the_samples() {
+    let (eps, _) = run(&[
+        stack(0.0, thread(None, 5, "epoll_wait", false)),
+        events(&[(0.002, Traced)]),
+        // The probe right after tracing began finds the thread in a callback.
+        probe(0.004, 6),
+        stack(0.05, thread(Some("handler"), 6, "clock_nanosleep", false)),
+        // The kernel's first boundary: the callback ends.
+        events(&[(0.21, Idle)]),
+    ]);
+    assert_eq!(eps.len(), 1, "{eps:#?}");
+    assert_eq!(eps[0].culprit.function, "handler");
+    assert!(
+        (eps[0].duration_ms - 208.0).abs() < 1e-6,
+        "{}",
+        eps[0].duration_ms
+    );
+}
