@@ -120,8 +120,13 @@ impl KernelSlot {
         let Some(b) = self.busy_at(t) else {
             return false;
         };
+        // The tick at the threshold itself: a hang in progress is seen then, not up to a tick
+        // interval later.
+        let at_threshold =
+            tick >= b + t.threshold && self.last_probe.is_none_or(|p| p < b + t.threshold);
         let due = tick >= b + QUIET
             && (stack_due
+                || at_threshold
                 || self
                     .last_probe
                     .is_none_or(|p| tick >= p + t.kernel_interval - t.kernel_interval / 10));
@@ -144,6 +149,10 @@ impl KernelSlot {
                 self.last_probe
                     .map_or(first, |p| (p + t.kernel_interval).max(first)),
             );
+            let threshold = b + t.threshold;
+            if self.last_probe.is_none_or(|p| p < threshold) {
+                wake = wake.min(threshold.max(first));
+            }
         }
         wake
     }
