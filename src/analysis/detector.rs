@@ -349,7 +349,7 @@ impl Detector {
         }
         track.ready_len = thread.ready.map(|r| r.len);
         if track.kernel {
-            self.feed_traced_stack(key, &mut track, sample, thread, state, weight, events);
+            self.feed_traced_stack(key, &mut track, sample, thread, (state, weight), events);
             track.last_seen = Some(sample.mono);
             self.tracks.insert(key, track);
             return;

@@ -103,8 +103,7 @@ impl Detector {
         track: &mut Track,
         sample: &Sample,
         thread: &ThreadSample,
-        state: LoopState,
-        weight: u32,
+        (state, weight): (LoopState, u32),
         out: &mut Vec<Event>,
     ) {
         let gil = track.gil_since.is_some() || thread.os.as_ref().is_some_and(|o| o.gil_wait);
