@@ -13,9 +13,10 @@
 use std::collections::HashMap;
 use std::ops::Range;
 use std::os::fd::RawFd;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{anyhow, Context, Result};
 
 use crate::acquire::perf::{self, Call, Record, ThreadTrace, Tracepoints};
 use crate::sample::{LoopEvent, LoopEventKind};
@@ -29,12 +30,51 @@ const RETRY: Duration = Duration::from_secs(30);
 /// continues the same wait (3.8–3.11 wait in 5 ms slices, and are briefly running between).
 const GIL_SLICE_GAP_NS: u64 = 200_000;
 
+/// The tracepoints, found once per run (the `Err` is the reason they cannot be used), with one
+/// trace of each held open for the whole run on a parked thread of ours. Closing the last perf
+/// event of a tracepoint unregisters it, which waits out an RCU grace period: 35-45 ms per
+/// event on this VM, about 300 ms per thread. With the pin held, untracing a loop thread or
+/// dropping an exited worker's clock closes in microseconds instead of stalling the sampler.
+static PINNED: OnceLock<Result<Tracepoints, String>> = OnceLock::new();
+
+/// Find the tracepoints and open them on a parked thread of ours, which stays for the run: the
+/// same permission checks as on the target's threads, minus ptrace rights.
+fn pin() -> Result<Tracepoints> {
+    let points = Tracepoints::discover()?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let theirs = points.clone();
+    std::thread::Builder::new()
+        .name("loopspy-pin".into())
+        .spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            let tid = unsafe { libc::gettid() } as u32;
+            match ThreadTrace::open(tid, &theirs, Some(0..1)) {
+                Ok(trace) => {
+                    let _ = tx.send(Ok(()));
+                    let _held = trace;
+                    loop {
+                        std::thread::park();
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            }
+        })
+        .context("starting the thread that holds the tracepoints")?;
+    rx.recv()
+        .context("the thread that holds the tracepoints ended")??;
+    Ok(points)
+}
+
 /// Per traced thread: the trace and what its records said so far.
 struct Traced {
     trace: ThreadTrace,
     pair: Pairing,
     window_start: Instant,
     window_records: u64,
+    /// The thread exited (its event hung up): drained once more, then dropped.
+    hung_up: bool,
 }
 
 /// Turns one thread's records into events, dropping short gaps.
@@ -202,17 +242,17 @@ impl KernelClock {
     }
 
     /// Whether perf tracepoints can be used here: found, and allowed on one of our own threads
-    /// (the same permission checks as on the target's, minus ptrace rights).
+    /// (the same permission checks as on the target's, minus ptrace rights). Checked once per
+    /// run.
     pub fn check() -> Result<()> {
         Self::tracepoints().map(drop)
     }
 
     fn tracepoints() -> Result<Tracepoints> {
-        let points = Tracepoints::discover()?;
-        // SAFETY: gettid has no preconditions.
-        let tid = unsafe { libc::gettid() } as u32;
-        ThreadTrace::open(tid, &points, Some(0..1))?;
-        Ok(points)
+        PINNED
+            .get_or_init(|| pin().map_err(|e| perf::unavailable_reason(&e)))
+            .clone()
+            .map_err(|reason| anyhow!(reason))
     }
 
     fn mono(&self, ns: u64) -> f64 {
@@ -269,6 +309,7 @@ impl KernelClock {
                             pair,
                             window_start: Instant::now(),
                             window_records: 0,
+                            hung_up: false,
                         },
                     );
                     out.push(LoopEvent {
@@ -294,7 +335,11 @@ impl KernelClock {
         let min_gap = self.min_gap_ns;
         let mut raw: Vec<(u32, u64, LoopEventKind)> = Vec::new();
         let mut over_limit = Vec::new();
+        let mut exited = Vec::new();
         for (&tid, t) in self.traced.iter_mut() {
+            if t.hung_up {
+                exited.push(tid);
+            }
             let mut local = Vec::new();
             let mut n = 0u64;
             let pair = &mut t.pair;
@@ -338,6 +383,16 @@ impl KernelClock {
             });
         }
         let now = self.mono(now_ns);
+        for tid in exited {
+            // Its last records are in; a thread of the same id later is traced anew.
+            self.traced.remove(&tid);
+            self.busy.remove(&tid);
+            out.push(LoopEvent {
+                tid,
+                t: now,
+                kind: LoopEventKind::Untraced,
+            });
+        }
         for tid in over_limit {
             self.traced.remove(&tid);
             self.busy.remove(&tid);
@@ -364,9 +419,23 @@ impl KernelClock {
         loops.iter().all(|t| self.traced.contains_key(t))
     }
 
-    /// The perf fds to poll: readable when a buffer is half full.
+    /// The perf fds to poll: readable when a buffer is half full. Threads that exited are
+    /// left out (their fds poll as ready until the next drain drops them).
     pub fn poll_fds(&self) -> Vec<RawFd> {
-        self.traced.values().map(|t| t.trace.poll_fd()).collect()
+        self.traced
+            .values()
+            .filter(|t| !t.hung_up)
+            .map(|t| t.trace.poll_fd())
+            .collect()
+    }
+
+    /// Mark the threads whose fds in `fds` hung up (from [`perf::poll_readable`]).
+    pub fn hung_up(&mut self, fds: &[RawFd]) {
+        for t in self.traced.values_mut() {
+            if fds.contains(&t.trace.poll_fd()) {
+                t.hung_up = true;
+            }
+        }
     }
 
     /// Whether the kernel dropped its uaddr filter on every traced thread (only for notes).

@@ -582,8 +582,9 @@ pub fn monotonic_ns() -> u64 {
 }
 
 /// Wait until one of `fds` is readable or `timeout` passes (microsecond resolution); EINTR
-/// counts as a timeout.
-pub fn poll_readable(fds: &[RawFd], timeout: std::time::Duration) -> Result<()> {
+/// counts as a timeout. Returns the fds that hung up: a traced thread that exited makes its
+/// event poll as ready forever, so the caller must stop polling it.
+pub fn poll_readable(fds: &[RawFd], timeout: std::time::Duration) -> Result<Vec<RawFd>> {
     let mut pfds: Vec<libc::pollfd> = fds
         .iter()
         .map(|&fd| libc::pollfd {
@@ -610,8 +611,13 @@ pub fn poll_readable(fds: &[RawFd], timeout: std::time::Duration) -> Result<()> 
         if e.kind() != io::ErrorKind::Interrupted {
             return Err(anyhow!(e).context("poll on perf events"));
         }
+        return Ok(Vec::new());
     }
-    Ok(())
+    Ok(pfds
+        .iter()
+        .filter(|p| p.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0)
+        .map(|p| p.fd)
+        .collect())
 }
 
 #[cfg(test)]

@@ -118,3 +118,27 @@ fn reads_offsets_from_a_tracefs_format() {
     assert_eq!(field_offset(format, "uaddr2"), Some(48));
     assert_eq!(field_offset(format, "val"), None);
 }
+
+#[test]
+fn a_traced_thread_that_exits_hangs_up_its_poll() {
+    let Ok(points) = Tracepoints::discover() else {
+        eprintln!("SKIPPED: perf tracepoints are not available here (needs root and tracefs)");
+        return;
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let worker = std::thread::spawn(move || {
+        // SAFETY: gettid has no preconditions.
+        tx.send(unsafe { libc::gettid() } as u32).unwrap();
+        go_rx.recv().unwrap();
+    });
+    let tid = rx.recv().unwrap();
+    let trace = ThreadTrace::open(tid, &points, None).unwrap();
+    let fd = trace.poll_fd();
+    let quiet = poll_readable(&[fd], std::time::Duration::from_millis(20)).unwrap();
+    assert!(quiet.is_empty(), "a live thread's fd does not hang up");
+    go_tx.send(()).unwrap();
+    worker.join().unwrap();
+    let gone = poll_readable(&[fd], std::time::Duration::from_secs(5)).unwrap();
+    assert_eq!(gone, vec![fd], "the exited thread's fd hangs up");
+}

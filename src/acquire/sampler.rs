@@ -335,7 +335,7 @@ pub fn run_tree<'s>(
         let wake = kernel_wake.unwrap_or(next);
         let now = Instant::now();
         if now < wake {
-            kernel::wait(&slots, wake - now)?;
+            kernel::wait(&mut slots, wake - now)?;
         }
         let tick = Instant::now();
         // A kernel-clock wake already due when computed ("as soon as possible") is not late;
@@ -356,7 +356,9 @@ pub fn run_tree<'s>(
         if kernel_wake.is_some() {
             next = tick;
         }
-        next += interval;
+        // Never more than one interval ahead: a wake that came early (a ring buffer filled)
+        // must not push the schedule into the future.
+        next = (next + interval).min(tick + interval);
         let wall = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs_f64())

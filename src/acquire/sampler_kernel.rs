@@ -251,8 +251,9 @@ pub(super) fn next_wake(slots: &[Slot], t: &Timing) -> Option<Instant> {
     slots.iter().map(|s| s.kernel.wake(s.last_stack, t)).min()
 }
 
-/// Sleep for `dur`, or less when a kernel clock's buffer fills.
-pub(super) fn wait(slots: &[Slot], dur: Duration) -> Result<()> {
+/// Sleep for `dur`, or less when a kernel clock's buffer fills or a traced thread exits (its
+/// clock then drops it at the next drain).
+pub(super) fn wait(slots: &mut [Slot], dur: Duration) -> Result<()> {
     let fds: Vec<std::os::fd::RawFd> = slots
         .iter()
         .filter_map(|s| s.kernel.clock.as_ref())
@@ -260,8 +261,13 @@ pub(super) fn wait(slots: &[Slot], dur: Duration) -> Result<()> {
         .collect();
     if fds.is_empty() {
         std::thread::sleep(dur);
-        Ok(())
-    } else {
-        perf::poll_readable(&fds, dur)
+        return Ok(());
     }
+    let hung_up = perf::poll_readable(&fds, dur)?;
+    if !hung_up.is_empty() {
+        for clock in slots.iter_mut().filter_map(|s| s.kernel.clock.as_mut()) {
+            clock.hung_up(&hung_up);
+        }
+    }
+    Ok(())
 }
