@@ -4,7 +4,7 @@
 //! what the blocking code did with the GIL.
 
 use crate::analysis::advice::{advise, Situation};
-use crate::analysis::classify::{io_kind_of_source, verdict, Clues};
+use crate::analysis::classify::{io_kind_of_source, library_vote, source_rule, verdict, Clues};
 use crate::analysis::culprit::{culprit_index, dispatcher};
 use crate::analysis::driver::{driver, is_orm};
 use crate::analysis::run::Run;
@@ -29,15 +29,17 @@ pub struct Blame {
     pub self_call: bool,
 }
 
-/// Blame the run. `os_kind` is its dominant kind, `top`/`depth` its most frequent stack and
-/// the depth of the callback's part in it, `sources` the target's files for culprit lines.
+/// Blame the run. `os_kind` is its dominant kind, `stacks` its stacks with their weight and
+/// the depth of the callback's part, heaviest first; `sources` the target's files for culprit
+/// lines.
 pub fn blame(
     run: &Run,
     os_kind: Option<&str>,
-    top: &[Frame],
-    depth: usize,
+    stacks: &[(Vec<Frame>, (u32, usize))],
     mut sources: Option<&mut SourceFiles>,
 ) -> Blame {
+    let empty: Vec<Frame> = Vec::new();
+    let (top, depth) = stacks.first().map_or((&empty, 0), |(f, (_, d))| (f, *d));
     // GIL starvation: blame the holder's code, not the loop's.
     let holder = (os_kind == Some("gil"))
         .then(|| {
@@ -63,8 +65,19 @@ pub fn blame(
         _ => None,
     };
     let fd = os_kind.and_then(|k| run.evidence.fd(k)).cloned();
+    // The library the loop's stacks show over the whole episode (a starved loop's stacks are
+    // its own, in the selector: the holder's single stack speaks for it).
+    let library = match holder {
+        Some(_) => None,
+        None => library_vote(stacks.iter().map(|(frames, (w, depth))| {
+            let callback = &frames[..(*depth).min(frames.len())];
+            let inner = culprit_index(callback, frames).map_or(&frames[..0], |i| &frames[..i]);
+            (source_rule(inner), *w)
+        })),
+    };
     let v = verdict(&Clues {
         os_kind,
+        library,
         inner: &stack[..index.unwrap_or(0).min(stack.len())],
         line: line.as_ref().map(|(t, l)| (t.as_str(), l.as_slice())),
         dispatcher: dispatched.map(|d| d.0),

@@ -8,6 +8,7 @@ use crate::os::fd::{FdTarget, FdType};
 use crate::sample::{Frame, OsState};
 
 /// One blocking source recognised by a frame of its own code.
+#[derive(Debug)]
 pub struct SourceRule {
     /// The `source` name written into episodes.
     pub source: &'static str,
@@ -350,6 +351,34 @@ fn fd_source(fd: &FdTarget) -> Option<&'static str> {
     }
 }
 
+/// The library an episode's stacks show, weighed by the time each stood for: `stacks` are
+/// `(library the stack's frames name, weight)`. The heaviest library with its share of the
+/// total: `true` from half, `false` from a quarter, `None` below. A single most frequent stack
+/// can miss the library's frame (samples between calls, an uneven gap), the whole episode not.
+pub fn library_vote(
+    stacks: impl IntoIterator<Item = (Option<&'static SourceRule>, u32)>,
+) -> Option<(&'static SourceRule, bool)> {
+    let mut total = 0u64;
+    let mut by: Vec<(&'static SourceRule, u64)> = Vec::new();
+    for (rule, w) in stacks {
+        total += u64::from(w);
+        if let Some(rule) = rule {
+            match by.iter_mut().find(|(r, _)| std::ptr::eq(*r, rule)) {
+                Some(e) => e.1 += u64::from(w),
+                None => by.push((rule, u64::from(w))),
+            }
+        }
+    }
+    let (rule, w) = by.into_iter().max_by_key(|(_, w)| *w)?;
+    if w * 2 >= total {
+        Some((rule, true))
+    } else if w * 4 >= total {
+        Some((rule, false))
+    } else {
+        None
+    }
+}
+
 /// Everything an episode's cause is read from.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Clues<'a> {
@@ -357,6 +386,10 @@ pub struct Clues<'a> {
     pub os_kind: Option<&'a str>,
     /// Frames inside the culprit, innermost first, ending just before it.
     pub inner: &'a [Frame],
+    /// The library the episode's stacks show, weighed by time ([`library_vote`]): `Some` with
+    /// `true` when it ran at least half of the episode (it names the source before the top
+    /// stack), `false` when at least a quarter (only when nothing else names one).
+    pub library: Option<(&'static SourceRule, bool)>,
     /// The culprit's line and its whole file, when readable.
     pub line: Option<(&'a str, &'a [String])>,
     /// The machinery that called the culprit.
@@ -386,7 +419,15 @@ pub fn verdict(c: &Clues) -> Verdict {
     let line = c
         .line
         .and_then(|(text, file)| line_rule(text, file, line_kind));
-    let mut named = source_rule(c.inner).map(|r| (r.source, r.kind)).or(line);
+    let (most, some) = match c.library {
+        Some((r, true)) => (Some((r.source, r.kind)), None),
+        Some((r, false)) => (None, Some((r.source, r.kind))),
+        None => (None, None),
+    };
+    let mut named = most
+        .or_else(|| source_rule(c.inner).map(|r| (r.source, r.kind)))
+        .or(line)
+        .or(some);
     // A generic file call (`.read(`, `.write(`) on what is not a file is named by the fd.
     if let (Some(("open", _)), Some(fd)) = (named, c.fd) {
         if fd.kind != FdType::File {

@@ -300,3 +300,51 @@ fn syscall_kinds() {
     assert_eq!(kind_of_syscall("poll", 'S'), "network");
     assert_eq!(kind_of_syscall("whatever", 'S'), "unknown");
 }
+
+/// Regression: a pydantic episode whose heaviest single stack sat between two validations
+/// (no pydantic frame) was named nothing; the whole episode's stacks name it.
+#[test]
+fn the_library_most_of_the_episode_shows() {
+    let pydantic = source_rule(&[f(
+        "BaseModel.model_validate",
+        "/venv/lib/python3.10/site-packages/pydantic/main.py",
+    )])
+    .unwrap();
+    let source = |v: Option<(&SourceRule, bool)>| v.map(|(r, most)| (r.source, most));
+    assert_eq!(
+        source(library_vote([(Some(pydantic), 60), (None, 40)])),
+        Some(("pydantic", true))
+    );
+    assert_eq!(
+        source(library_vote([(None, 70), (Some(pydantic), 30)])),
+        Some(("pydantic", false))
+    );
+    assert_eq!(
+        source(library_vote([(Some(pydantic), 20), (None, 80)])),
+        None
+    );
+    assert_eq!(source(library_vote([])), None);
+
+    let file = lines("import time");
+    // A quarter names the source only when nothing else does...
+    let weak = Clues {
+        os_kind: Some("cpu"),
+        library: library_vote([(None, 70), (Some(pydantic), 30)]),
+        ..Default::default()
+    };
+    assert_eq!(verdict(&weak).source.as_deref(), Some("pydantic"));
+    let v = verdict(&Clues {
+        os_kind: Some("sleep"),
+        line: Some(("time.sleep(1)", &file)),
+        ..weak
+    });
+    assert_eq!(v.source.as_deref(), Some("time.sleep"));
+    // ... half of the episode names it before the top stack's line.
+    let v = verdict(&Clues {
+        os_kind: Some("cpu"),
+        line: Some(("time.sleep(1)", &file)),
+        library: library_vote([(Some(pydantic), 50), (None, 50)]),
+        ..Default::default()
+    });
+    assert_eq!(v.source.as_deref(), Some("pydantic"));
+}

@@ -443,15 +443,14 @@ impl Detector {
         stacks.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then_with(|| a.0.cmp(&b.0)));
         // A run past the threshold normally has stacks (the sampler reads them every 10 ms
         // then); without any, the episode still stands, with the callback unknown.
-        let empty: Vec<Frame> = Vec::new();
-        let (top, depth) = stacks.first().map_or((&empty, &0), |(f, (_, d))| (f, d));
         // The kernel saw the thread wait for the GIL most of the run: that is what it did.
         let os_kind = if run.gil_secs * 2.0 >= duration && run.gil_secs > 0.0 {
             Some("gil")
         } else {
             dominant_kind(&run.kinds)
         };
-        let b = blame(&run, os_kind, top, *depth, self.sources.as_mut());
+        let b = blame(&run, os_kind, &stacks, self.sources.as_mut());
+        let top = stacks.first().map(|s| s.0.as_slice()).unwrap_or_default();
         let episode = Episode {
             pid: key.0,
             tid: key.1,
