@@ -24,11 +24,13 @@ struct Fix {
     lint: Option<&'static str>,
 }
 
-const HELD: &str = "it holds the GIL, so a worker thread would stall the loop just the same: run it in a process pool (`loop.run_in_executor(ProcessPoolExecutor(), fn)`)";
-const RELEASED: &str = "or run it in `await asyncio.to_thread(...)`, which frees the loop because the call releases the GIL";
-const UNKNOWN_CPU: &str = "Python code holds the GIL, so a process pool (`loop.run_in_executor(ProcessPoolExecutor(), fn)`) frees the loop; `asyncio.to_thread` only helps a C call that releases the GIL";
+const HELD: &str = "it holds the GIL, so a thread would stall the loop too: use a process pool (`loop.run_in_executor(ProcessPoolExecutor(), fn)`)";
+const RELEASED: &str = "or run it in `await asyncio.to_thread(...)`: the call releases the GIL, so a thread frees the loop";
+/// Computation no library names, which released the GIL (a C extension's call).
+const RELEASED_CPU: &str = "move the computation to a thread, `await asyncio.to_thread(fn)`: it runs in C code that releases the GIL, so the loop goes on";
+const UNKNOWN_CPU: &str = "a process pool (`ProcessPoolExecutor`) frees the loop from Python code, which holds the GIL; `asyncio.to_thread` only helps C calls that release it";
 
-const HTTP_LINT: &str = "ruff rule ASYNC210 (blocking-http-call-in-async-function) finds other blocking HTTP calls in async functions";
+const HTTP_LINT: &str = "ruff ASYNC210 (blocking-http-call-in-async-function) finds others";
 
 const fn io(fix: &'static str, lint: Option<&'static str>) -> Fix {
     Fix {
@@ -68,7 +70,7 @@ fn fix_for_source(source: &str) -> Option<Fix> {
         ),
         "httpx" => io(
             "use `httpx.AsyncClient`",
-            Some("ruff rule ASYNC212 (blocking-http-call-httpx-in-async-function, preview) finds other sync httpx calls in async functions"),
+            Some("ruff ASYNC212 (blocking-http-call-httpx-in-async-function, preview) finds others"),
         ),
         "boto3" => io("use aioboto3 (or aiobotocore)", None),
         "sqlalchemy" => io(
@@ -99,9 +101,9 @@ fn fix_for_source(source: &str) -> Option<Fix> {
             "log through `logging.handlers.QueueHandler` + `QueueListener`, so a background thread runs the handlers' `emit`",
             None,
         ),
-        "subprocess" => io(
+        "subprocess" => wait(
             "use `asyncio.create_subprocess_exec()` and await it",
-            Some("ruff rules ASYNC220, ASYNC221 and ASYNC222 (create-, run- and wait-for-process-in-async-function) find other such calls"),
+            Some("ruff ASYNC220-222 (create-, run-, wait-for-process-in-async-function) find others"),
         ),
         "socket" | "ssl" => io(
             "use asyncio streams (`asyncio.open_connection`) or the loop's `sock_*` methods",
@@ -118,11 +120,11 @@ fn fix_for_source(source: &str) -> Option<Fix> {
         ),
         "time.sleep" => wait(
             "replace `time.sleep(...)` with `await asyncio.sleep(...)`",
-            Some("ruff rule ASYNC251 (blocking-sleep-in-async-function) finds other calls like it"),
+            Some("ruff ASYNC251 (blocking-sleep-in-async-function) finds others"),
         ),
         "open" => io(
             "use aiofiles (or anyio's `open_file`)",
-            Some("ruff rule ASYNC230 (blocking-open-call-in-async-function) finds other such calls"),
+            Some("ruff ASYNC230 (blocking-open-call-in-async-function) finds others"),
         ),
         "os.fsync" => io("fsync less often (batch the writes), or use aiofiles' `os.fsync`", None),
         "re" => compute(
@@ -275,6 +277,9 @@ pub fn advise(s: &Situation) -> Option<String> {
             text.push_str("; ");
             text.push_str(HELD);
         }
+        (Some(false), _) if s.source.is_none() && s.kind == "cpu" => {
+            text = RELEASED_CPU.to_string()
+        }
         (Some(false), _) if fix.offload => {
             text.push_str(", ");
             text.push_str(RELEASED);
@@ -362,7 +367,7 @@ mod tests {
         // Plain CPU work without evidence: the honest both-ways answer.
         let a = advice("cpu", None, None);
         assert!(
-            a.contains("process pool") && a.contains("only helps a C call"),
+            a.contains("process pool") && a.contains("only helps C calls"),
             "{a}"
         );
     }
@@ -390,7 +395,7 @@ mod tests {
         assert!(advice("network", Some("requests"), None).contains("ASYNC210"));
         assert!(advice("network", Some("urllib"), None).contains("ASYNC210"));
         assert!(advice("file", Some("open"), None).contains("ASYNC230"));
-        assert!(advice("subprocess", Some("subprocess"), None).contains("ASYNC221"));
+        assert!(advice("subprocess", Some("subprocess"), None).contains("ASYNC220-222"));
         assert!(!advice("cpu", Some("re"), None).contains("ASYNC"));
     }
 

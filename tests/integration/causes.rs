@@ -140,7 +140,8 @@ const CASES: &[Case] = &[
         kind: &["subprocess"],
         source: Some("subprocess"),
         culprit: "block_subprocess",
-        advice: &["create_subprocess_exec", "ASYNC221"],
+        offload: false,
+        advice: &["create_subprocess_exec", "ASYNC220-222"],
         ..BASE
     },
     Case {
