@@ -34,6 +34,8 @@ record thread_ends thread_ends 200
 record exit_mid_block exit_mid_block 200
 record uvloop uvloop 200
 record gil gil 200 tests/py/causes.py
+record gil_held_regex regex 200 tests/py/causes.py
+record gil_released_hashlib hashlib 200 tests/py/causes.py
 record idle idle 100
 # The kernel clock (run as root): boundaries from perf tracepoints, ticks only in long callbacks.
 record kernel_sleep_task sleep_task 200 tests/py/scenarios.py kernel

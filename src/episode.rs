@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::sample::Frame;
 
 /// The innermost frame of the user's own code to blame, or a frame of a stack.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Location {
     pub function: String,
     pub file: String,
@@ -38,10 +38,16 @@ pub struct GilHolder {
     pub tid: u32,
     pub thread: Option<String>,
     pub stack: Vec<Location>,
+    /// The holder's own frame to blame (absent in older recordings' episodes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub culprit: Option<Location>,
+    /// The call or library the holder ran (`base64`, `re`, `gc`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 /// One blocking episode: the loop thread stayed inside one callback for at least the threshold.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Episode {
     pub pid: u32,
     pub tid: u32,
@@ -60,6 +66,22 @@ pub struct Episode {
     pub gil_holder: Option<GilHolder>,
     pub advice: Option<String>,
     pub complete: bool,
+    /// The database driver under an ORM `source` (`sqlite3`, `psycopg2`, `pymysql`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    /// Whether the blocking thread (the GIL holder, for `kind == "gil"`) held the GIL through
+    /// the episode (`true`) or released it (`false`); absent when the samples did not settle
+    /// it. The advice follows it: work that holds the GIL is not sent to `to_thread`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holds_gil: Option<bool>,
+    /// What the blocking syscalls waited on most: a pipe, a socket (with its peer), a file or a
+    /// terminal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fd: Option<crate::os::fd::FdTarget>,
+    /// The loop waited on a connection to one of the process's own listening sockets: a
+    /// handler calling its own server synchronously.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub self_call: bool,
 }
 
 impl Episode {

@@ -172,6 +172,7 @@ mod tests {
             mono: 0.5,
             pid: 7,
             threads: vec![ThreadSample {
+                gc: false,
                 tid: 7,
                 name: Some("MainThread".into()),
                 event_loop: None,

@@ -13,7 +13,7 @@ pub struct Frame {
 }
 
 /// What the OS said about a thread at sampling time (`/proc/PID/task/TID/{stat,syscall}`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OsState {
     /// Scheduler state letter from `stat`: R, S, D, ...
     pub state: char,
@@ -29,6 +29,11 @@ pub struct OsState {
     /// (`stat` fields 14 and 15): tells computing apart from kernel work such as fsync.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_ticks: Option<(u64, u64)>,
+    /// What the blocked syscall waits on (its fd resolved through `/proc/PID/fd`): a pipe, a
+    /// socket with its peer, a file or a terminal. Absent when the syscall has no fd (sleeps,
+    /// futexes, epoll), in recordings made before loopspy read it, or when it was unreadable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fd: Option<crate::os::fd::FdTarget>,
 }
 
 /// The ready queue of a loop (`collections.deque`): its length and its mutation counter, which
@@ -51,7 +56,7 @@ impl ReadyQueue {
 }
 
 /// One thread of the target as seen by one sample.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ThreadSample {
     /// OS thread id (0 when it could not be determined).
     pub tid: u32,
@@ -65,6 +70,11 @@ pub struct ThreadSample {
     /// Whether this thread held the GIL.
     #[serde(default)]
     pub gil: bool,
+    /// This thread, holding the GIL, was running the garbage collector: the interpreter's GC
+    /// state had its `collecting` flag set (read by `remote::gc_state`). Only full samples
+    /// read it; absent (false) in older recordings.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub gc: bool,
     /// Whether the thread was doing work (py-spy's verdict: on a CPU, or not in a known wait).
     #[serde(default)]
     pub active: bool,

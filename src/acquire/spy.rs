@@ -10,6 +10,7 @@ use py_spy::PythonSpy;
 
 use crate::acquire::sampler::SampleSource;
 use crate::os::thread_state::{parse_stat_state, ThreadProc};
+use crate::remote::gc_state::{mark_collector, GcFlag};
 use crate::remote::{AsyncioReader, PyThread, ThreadScanner};
 use crate::sample::{Frame, ReadyQueue, ThreadSample};
 
@@ -34,6 +35,8 @@ pub struct Spy {
     gil: Option<std::ops::Range<u64>>,
     /// Our reader of asyncio's own state (current tasks, timers), when the layout is known.
     asyncio: Option<AsyncioReader>,
+    /// The interpreter's "GC is collecting" flag, when its layout is known.
+    gc: Option<GcFlag>,
 }
 
 impl Spy {
@@ -53,7 +56,12 @@ impl Spy {
         let asyncio = scanner
             .as_ref()
             .and_then(|s| AsyncioReader::new(&spy, s.layout()).ok());
+        let v = (spy.version.major, spy.version.minor);
+        let runtime = crate::remote::pyruntime_address(&spy.process).ok();
+        let interp = spy.addresses.interpreter_address as u64;
+        let gc = GcFlag::locate(&spy.process, interp, runtime, v);
         let spy = Spy {
+            gc,
             asyncio,
             spy,
             scanner,
@@ -171,6 +179,7 @@ impl Spy {
         for (tid, event_loop, ready) in loops {
             let os = self.os_state(tid, with_stat);
             out.push(ThreadSample {
+                gc: false,
                 tid,
                 name: self.names.get(&tid).cloned(),
                 event_loop: Some(event_loop),
@@ -268,6 +277,7 @@ impl SampleSource for Spy {
             }
             let (task, coroutine, timers) = self.loop_tasks(trace.thread_id);
             out.push(ThreadSample {
+                gc: false,
                 task,
                 coroutine,
                 timers,
@@ -284,6 +294,8 @@ impl SampleSource for Spy {
                 frames: trace.frames.iter().map(Frame::from_py_spy).collect(),
             });
         }
+        let collecting = self.gc.and_then(|g| g.collecting(&self.spy.process));
+        mark_collector(&mut out, collecting);
         // Forget the names and /proc handles of threads that are gone.
         if self.names.len() > out.len() {
             self.names

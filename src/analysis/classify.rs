@@ -1,11 +1,14 @@
-//! Why a callback blocked: `kind` (where the time went, from the thread's OS state) and `source`
-//! (the call or library to blame, from the frames), with the fix to suggest. The rules live in
-//! one table so a new library is one line.
+//! Why a callback blocked: `kind` (where the time went, from the thread's OS state and the fd it
+//! waited on) and `source` (the call or library to blame, from the frames, the culprit's line,
+//! the machinery that dispatched it, the GC flag and the fd). The rules live in tables so a new
+//! library is one line; the fixes are in `advice`.
 
-use crate::analysis::culprit::{origin, Origin};
-use crate::sample::Frame;
+use crate::analysis::culprit::{origin, Dispatcher, Origin};
+use crate::os::fd::{FdTarget, FdType};
+use crate::sample::{Frame, OsState};
 
-/// One blocking source: how to recognise it in a frame and what to do about it.
+/// One blocking source recognised by a frame of its own code.
+#[derive(Debug)]
 pub struct SourceRule {
     /// The `source` name written into episodes.
     pub source: &'static str,
@@ -15,69 +18,131 @@ pub struct SourceRule {
     pub function: &'static str,
     /// The kind to report when the OS state says nothing more precise.
     pub kind: &'static str,
-    pub advice: &'static str,
 }
 
-const HTTP: &str = "use an async HTTP client (httpx.AsyncClient or aiohttp), or wrap the call in `await asyncio.to_thread(...)`";
-const SQL: &str = "use SQLAlchemy's asyncio extension (AsyncSession with an async driver), or run the query in `asyncio.to_thread`";
+const fn rule(source: &'static str, file: &'static str, kind: &'static str) -> SourceRule {
+    SourceRule {
+        source,
+        file,
+        function: "",
+        kind,
+    }
+}
 
 /// Ordered from the most specific library to the most generic module: the outermost matching
-/// frame below the user's code wins, so `requests` is blamed rather than the socket it uses.
+/// frame below the user's code wins, so `requests` is blamed rather than the socket it uses, and
+/// FastAPI's encoder rather than the pydantic models it dumps.
 pub const SOURCE_RULES: &[SourceRule] = &[
-    SourceRule { source: "requests", file: "/requests/", function: "", kind: "network", advice: HTTP },
-    SourceRule { source: "urllib3", file: "/urllib3/", function: "", kind: "network", advice: HTTP },
-    SourceRule { source: "boto3", file: "/boto3/", function: "", kind: "network", advice: "use aioboto3 (or aiobotocore), or run the call in `asyncio.to_thread`" },
-    SourceRule { source: "boto3", file: "/botocore/", function: "", kind: "network", advice: "use aioboto3 (or aiobotocore), or run the call in `asyncio.to_thread`" },
-    SourceRule { source: "sqlalchemy", file: "/sqlalchemy/", function: "", kind: "network", advice: SQL },
-    SourceRule { source: "psycopg2", file: "/psycopg2/", function: "", kind: "network", advice: "use asyncpg or psycopg 3's async connection" },
-    SourceRule { source: "pymysql", file: "/pymysql/", function: "", kind: "network", advice: "use aiomysql (or asyncmy)" },
-    SourceRule { source: "redis", file: "/redis/", function: "", kind: "network", advice: "use `redis.asyncio`" },
-    SourceRule { source: "celery", file: "/celery/", function: "", kind: "network", advice: "never block on a result's `.get()` in async code: use `.apply_async()` and poll or await via a callback" },
-    SourceRule { source: "numpy", file: "/numpy/", function: "", kind: "cpu", advice: "run large array work in `asyncio.to_thread` or a separate process" },
-    SourceRule { source: "torch", file: "/torch/", function: "", kind: "cpu", advice: "run large tensor work in `asyncio.to_thread` or a separate process" },
-    SourceRule { source: "logging", file: "/logging/", function: "", kind: "file", advice: "log through `logging.handlers.QueueHandler` + `QueueListener` so a background thread does the writing" },
-    SourceRule { source: "subprocess", file: "/subprocess.py", function: "", kind: "subprocess", advice: "use `asyncio.create_subprocess_exec()`" },
-    SourceRule { source: "sqlite3", file: "/sqlite3/", function: "", kind: "file", advice: "use aiosqlite, or run the query in `asyncio.to_thread`" },
-    SourceRule { source: "urllib", file: "/urllib/request.py", function: "", kind: "network", advice: HTTP },
-    SourceRule { source: "http.client", file: "/http/client.py", function: "", kind: "network", advice: HTTP },
-    SourceRule { source: "socket", file: "/socket.py", function: "", kind: "network", advice: "use asyncio streams (`asyncio.open_connection`) or `loop.sock_*` methods" },
-    SourceRule { source: "ssl", file: "/ssl.py", function: "", kind: "network", advice: "use asyncio streams with `ssl=` instead of blocking sockets" },
-    SourceRule { source: "threading", file: "/threading.py", function: "", kind: "lock", advice: "don't wait on threads or thread locks in async code: use `asyncio.Lock`, or `await asyncio.to_thread(...)` for the wait" },
-    SourceRule { source: "queue", file: "/queue.py", function: "", kind: "lock", advice: "use `asyncio.Queue`, or `await asyncio.to_thread(q.get)`" },
-    SourceRule { source: "concurrent.futures", file: "/concurrent/futures/", function: "", kind: "lock", advice: "await the future with `asyncio.wrap_future` instead of calling `.result()`" },
+    rule("fastapi", "/fastapi/", "cpu"),
+    rule("pydantic", "/pydantic/", "cpu"),
+    rule("requests", "/requests/", "network"),
+    rule("httpx", "/httpx/", "network"),
+    rule("urllib3", "/urllib3/", "network"),
+    rule("boto3", "/boto3/", "network"),
+    rule("boto3", "/botocore/", "network"),
+    rule("sqlalchemy", "/sqlalchemy/", "network"),
+    rule("django", "/django/db/", "network"),
+    rule("psycopg2", "/psycopg2/", "network"),
+    rule("psycopg", "/psycopg/", "network"),
+    rule("pymysql", "/pymysql/", "network"),
+    rule("MySQLdb", "/MySQLdb/", "network"),
+    rule("redis", "/redis/", "network"),
+    rule("celery", "/celery/", "network"),
+    rule("numpy", "/numpy/", "cpu"),
+    rule("torch", "/torch/", "cpu"),
+    rule("logging", "/logging/", "file"),
+    rule("subprocess", "/subprocess.py", "subprocess"),
+    rule("sqlite3", "/sqlite3/", "file"),
+    rule("yaml", "/yaml/", "cpu"),
+    rule("json", "/json/", "cpu"),
+    rule("pickle", "/pickle.py", "cpu"),
+    rule("base64", "/base64.py", "cpu"),
+    rule("zlib", "/gzip.py", "cpu"),
+    rule("hashlib", "/hashlib.py", "cpu"),
+    rule("re", "/re/", "cpu"),
+    rule("re", "/re.py", "cpu"),
+    rule("re", "/sre_compile.py", "cpu"),
+    rule("re", "/sre_parse.py", "cpu"),
+    rule("import", "<frozen importlib._bootstrap", "cpu"),
+    rule("import", "/importlib/__init__.py", "cpu"),
+    rule("urllib", "/urllib/request.py", "network"),
+    rule("http.client", "/http/client.py", "network"),
+    rule("socket", "/socket.py", "network"),
+    rule("ssl", "/ssl.py", "network"),
+    rule("threading", "/threading.py", "lock"),
+    rule("queue", "/queue.py", "lock"),
+    rule("concurrent.futures", "/concurrent/futures/", "lock"),
 ];
 
 /// A C-level call recognised from the text of the culprit's line, for calls that leave no
-/// Python frame (`time.sleep`, `socket.recv`, `os.fsync`, `sqlite3`'s `execute`, `Lock.acquire`).
+/// Python frame (`time.sleep`, `socket.recv`, `os.fsync`, `sqlite3`'s `execute`, a compiled
+/// regex's `match`, `pickle.dumps`, `hashlib.pbkdf2_hmac`, `Lock.acquire`).
 pub struct LineRule {
     /// Any of these substrings of the line.
     pub needles: &'static [&'static str],
     /// The source; `DATABASE` is resolved from the file's imports.
     pub source: &'static str,
     pub kind: &'static str,
+    /// When not empty, the rule holds only in a file that imports this module: for method names
+    /// other types share (`.match(`).
+    pub imported: &'static str,
+    /// When not empty, the rule holds only while the OS showed one of these kinds (or nothing):
+    /// `.join(` waits on a thread only when the thread waits on a lock, not in `", ".join(x)`.
+    pub only_when: &'static [&'static str],
 }
 
-const DATABASE: &str = "<database>";
+/// The source of a DB-API call (`.execute(`), resolved to the driver the file imports.
+pub(crate) const DATABASE: &str = "<database>";
+
+const fn line(
+    needles: &'static [&'static str],
+    source: &'static str,
+    kind: &'static str,
+) -> LineRule {
+    LineRule {
+        needles,
+        source,
+        kind,
+        imported: "",
+        only_when: &[],
+    }
+}
 
 /// Checked in order; the first rule with a needle in the line wins.
 pub const LINE_RULES: &[LineRule] = &[
-    LineRule {
-        needles: &["requests."],
-        source: "requests",
-        kind: "network",
-    },
-    LineRule {
-        needles: &["urlopen("],
-        source: "urllib",
-        kind: "network",
-    },
-    LineRule {
-        needles: &["subprocess.", "os.system(", "os.waitpid("],
-        source: "subprocess",
-        kind: "subprocess",
-    },
-    LineRule {
-        needles: &[
+    line(&["requests."], "requests", "network"),
+    line(&["urlopen("], "urllib", "network"),
+    line(
+        &["subprocess.", "os.system(", "os.waitpid("],
+        "subprocess",
+        "subprocess",
+    ),
+    line(&["gc.collect("], "gc", "cpu"),
+    line(
+        &[
+            "pickle.dumps(",
+            "pickle.loads(",
+            "pickle.dump(",
+            "pickle.load(",
+        ],
+        "pickle",
+        "cpu",
+    ),
+    line(&["hashlib.", "pbkdf2_hmac(", "scrypt("], "hashlib", "cpu"),
+    line(&["base64.", "binascii."], "base64", "cpu"),
+    line(
+        &["zlib.", "gzip.compress(", "gzip.decompress("],
+        "zlib",
+        "cpu",
+    ),
+    line(
+        &["json.dumps(", "json.loads(", "orjson.", "ujson."],
+        "json",
+        "cpu",
+    ),
+    line(&["import_module(", "__import__("], "import", "cpu"),
+    line(
+        &[
             ".execute(",
             ".executemany(",
             ".executescript(",
@@ -86,26 +151,18 @@ pub const LINE_RULES: &[LineRule] = &[
             ".fetchmany(",
             ".commit(",
         ],
-        source: DATABASE,
-        kind: "network",
-    },
-    LineRule {
-        needles: &[" np.", "(np.", "=np.", "[np.", "numpy."],
-        source: "numpy",
-        kind: "cpu",
-    },
-    LineRule {
-        needles: &[" torch.", "(torch.", "=torch.", "[torch."],
-        source: "torch",
-        kind: "cpu",
-    },
-    LineRule {
-        needles: &["time.sleep(", "sleep("],
-        source: "time.sleep",
-        kind: "sleep",
-    },
-    LineRule {
-        needles: &[
+        DATABASE,
+        "network",
+    ),
+    line(&[" np.", "(np.", "=np.", "[np.", "numpy."], "numpy", "cpu"),
+    line(
+        &[" torch.", "(torch.", "=torch.", "[torch."],
+        "torch",
+        "cpu",
+    ),
+    line(&["time.sleep(", "sleep("], "time.sleep", "sleep"),
+    line(
+        &[
             ".recv(",
             ".recv_into(",
             ".recvfrom(",
@@ -114,21 +171,36 @@ pub const LINE_RULES: &[LineRule] = &[
             ".connect(",
             "create_connection(",
         ],
-        source: "socket",
-        kind: "network",
-    },
+        "socket",
+        "network",
+    ),
+    line(
+        &["os.fsync(", "os.fdatasync(", "fsync("],
+        "os.fsync",
+        "file",
+    ),
     LineRule {
-        needles: &["os.fsync(", "os.fdatasync(", "fsync("],
-        source: "os.fsync",
-        kind: "file",
+        only_when: &["lock"],
+        ..line(&[".acquire(", ".wait(", ".join("], "threading", "lock")
     },
-    LineRule {
-        needles: &[".acquire(", ".wait(", ".join("],
-        source: "threading",
-        kind: "lock",
-    },
+    // A compiled pattern's methods: only in a file that imports `re`, while computing.
     LineRule {
         needles: &[
+            ".match(",
+            ".fullmatch(",
+            ".search(",
+            ".findall(",
+            ".finditer(",
+            ".sub(",
+            ".subn(",
+        ],
+        source: "re",
+        kind: "cpu",
+        imported: "re",
+        only_when: &["cpu"],
+    },
+    line(
+        &[
             "open(",
             ".write(",
             ".flush(",
@@ -139,31 +211,53 @@ pub const LINE_RULES: &[LineRule] = &[
             "read_bytes(",
             "write_bytes(",
         ],
-        source: "open",
-        kind: "file",
-    },
+        "open",
+        "file",
+    ),
 ];
 
 /// Database modules a file may import, most specific first: the one imported names the driver
 /// behind an `.execute(` line.
 const DATABASE_MODULES: &[&str] = &["sqlalchemy", "psycopg2", "pymysql", "redis", "sqlite3"];
 
+/// Whether the file's lines import `module` (`import m`, `import m as x`, `from m import ...`).
+pub fn imports(file: &[String], module: &str) -> bool {
+    file.iter().any(|l| {
+        let l = l.trim_start();
+        let rest = l
+            .strip_prefix("import ")
+            .or_else(|| l.strip_prefix("from "))
+            .map(str::trim_start);
+        rest.is_some_and(|r| {
+            r.strip_prefix(module)
+                .is_some_and(|after| after.is_empty() || after.starts_with([' ', '.', ',', '\t']))
+        })
+    })
+}
+
+/// Whether `rule` names the call on `code` (a line without its comment).
+pub(crate) fn applies(rule: &LineRule, code: &str, file: &[String], os_kind: Option<&str>) -> bool {
+    rule.needles.iter().any(|n| code.contains(n))
+        && (rule.imported.is_empty() || imports(file, rule.imported))
+        && (rule.only_when.is_empty()
+            || os_kind.is_none_or(|k| k == "unknown" || rule.only_when.contains(&k)))
+}
+
 /// The source named by the culprit's line (`line`), with the whole file for its imports.
-pub fn line_rule(line: &str, file: &[String]) -> Option<(&'static str, &'static str)> {
+/// `os_kind` is the episode's kind from the OS (rules for shared method names need `cpu`).
+pub fn line_rule(
+    line: &str,
+    file: &[String],
+    os_kind: Option<&str>,
+) -> Option<(&'static str, &'static str)> {
     let code = line.split('#').next().unwrap_or("");
     let rule = LINE_RULES
         .iter()
-        .find(|r| r.needles.iter().any(|n| code.contains(n)))?;
+        .find(|r| applies(r, code, file, os_kind))?;
     if rule.source != DATABASE {
         return Some((rule.source, rule.kind));
     }
-    let imported = |m: &str| {
-        file.iter().any(|l| {
-            let l = l.trim_start();
-            l.starts_with(&format!("import {m}")) || l.starts_with(&format!("from {m}"))
-        })
-    };
-    let module = DATABASE_MODULES.iter().find(|m| imported(m))?;
+    let module = DATABASE_MODULES.iter().find(|m| imports(file, m))?;
     let kind = if *module == "sqlite3" {
         "file"
     } else {
@@ -176,38 +270,13 @@ pub fn line_rule(line: &str, file: &[String]) -> Option<(&'static str, &'static 
 pub fn io_kind_of_source(source: &str) -> Option<&'static str> {
     match source {
         "os.fsync" | "open" | "logging" => Some("file"),
-        "socket" | "ssl" | "urllib" | "http.client" | "requests" | "urllib3" => Some("network"),
+        "socket" | "ssl" | "urllib" | "http.client" | "requests" | "urllib3" | "httpx" => {
+            Some("network")
+        }
         "subprocess" => Some("subprocess"),
+        "stdout" | "stderr" | "pipe" => Some("pipe"),
         _ => None,
     }
-}
-
-/// The fix for a source named by a line rule or a frame rule.
-pub fn source_advice(source: &str) -> Option<&'static str> {
-    if let Some(rule) = SOURCE_RULES.iter().find(|r| r.source == source) {
-        return Some(rule.advice);
-    }
-    Some(match source {
-        "time.sleep" => "replace `time.sleep(...)` with `await asyncio.sleep(...)`",
-        "os.fsync" | "open" => {
-            "use aiofiles, or run the file work in `await asyncio.to_thread(...)`"
-        }
-        _ => return None,
-    })
-}
-
-/// The fix for a kind when no library rule matched.
-pub fn kind_advice(kind: &str) -> Option<&'static str> {
-    Some(match kind {
-        "cpu" => "move the computation off the loop: `await asyncio.to_thread(fn)` or a process pool (`loop.run_in_executor(ProcessPoolExecutor(), fn)`)",
-        "sleep" => "replace `time.sleep(...)` with `await asyncio.sleep(...)`",
-        "network" => "use an asyncio-native client for this service, or wrap the call in `await asyncio.to_thread(...)`",
-        "file" => "use aiofiles, or run the file work in `await asyncio.to_thread(...)`",
-        "subprocess" => "use `asyncio.create_subprocess_exec()` and await it",
-        "lock" => "don't block on thread locks in async code: use `asyncio.Lock`, or acquire it in `asyncio.to_thread`",
-        "gil" => "the GIL holder starves the loop: move that work to a process, or use a C extension that releases the GIL",
-        _ => return None,
-    })
 }
 
 /// Kind from one OS observation: a syscall name (or `running`) and the scheduler state.
@@ -216,14 +285,42 @@ pub fn kind_of_syscall(syscall: &str, state: char) -> &'static str {
         "running" => "cpu",
         "clock_nanosleep" | "nanosleep" | "pselect6" | "select" => "sleep",
         "poll" | "ppoll" | "recvfrom" | "recvmsg" | "sendto" | "sendmsg" | "connect" | "accept"
-        | "accept4" => "network",
+        | "accept4" | "recvmmsg" | "sendmmsg" => "network",
         "fsync" | "fdatasync" | "sync_file_range" | "openat" | "read" | "write" | "pread64"
-        | "pwrite64" => "file",
+        | "pwrite64" | "readv" | "writev" | "sendfile" | "flock" | "ftruncate" | "fallocate" => {
+            "file"
+        }
         "wait4" | "waitid" => "subprocess",
         "futex" => "lock",
         _ if state == 'D' => "file",
         _ => "unknown",
     }
+}
+
+/// The kind of waiting on an fd: a pipe is not disk I/O, and a `read` on a socket is network.
+pub fn kind_of_fd(fd: &FdTarget) -> Option<&'static str> {
+    match fd.kind {
+        FdType::Pipe => Some("pipe"),
+        FdType::Socket => Some("network"),
+        FdType::Tty => Some("tty"),
+        FdType::File => Some("file"),
+        FdType::Other => None,
+    }
+}
+
+/// Kind from one sample's OS state: a wait for the GIL, else the fd waited on, else the
+/// syscall; `None` when the syscall was unreadable.
+pub fn kind_of_os(os: &OsState) -> Option<&'static str> {
+    if os.gil_wait {
+        return Some("gil");
+    }
+    let syscall = os.syscall.as_deref()?;
+    Some(
+        os.fd
+            .as_ref()
+            .and_then(kind_of_fd)
+            .unwrap_or_else(|| kind_of_syscall(syscall, os.state)),
+    )
 }
 
 /// The library rule to blame: the outermost matching frame among the frames inside the culprit
@@ -241,294 +338,126 @@ pub fn source_rule(inner: &[Frame]) -> Option<&'static SourceRule> {
         })
 }
 
-/// The verdict for one episode.
+/// The source an fd names when nothing more specific did: the standard streams, a pipe, a
+/// terminal; a socket when the line only said "a file call".
+fn fd_source(fd: &FdTarget) -> Option<&'static str> {
+    match (fd.kind, fd.fd) {
+        (FdType::Pipe | FdType::Tty, Some(1)) => Some("stdout"),
+        (FdType::Pipe | FdType::Tty, Some(2)) => Some("stderr"),
+        (FdType::Pipe, _) => Some("pipe"),
+        (FdType::Tty, _) => Some("tty"),
+        (FdType::Socket, _) => Some("socket"),
+        _ => None,
+    }
+}
+
+/// The library an episode's stacks show, weighed by the time each stood for: `stacks` are
+/// `(library the stack's frames name, weight)`. The heaviest library with its share of the
+/// total: `true` from half, `false` from a quarter, `None` below. A single most frequent stack
+/// can miss the library's frame (samples between calls, an uneven gap), the whole episode not.
+pub fn library_vote(
+    stacks: impl IntoIterator<Item = (Option<&'static SourceRule>, u32)>,
+) -> Option<(&'static SourceRule, bool)> {
+    let mut total = 0u64;
+    let mut by: Vec<(&'static SourceRule, u64)> = Vec::new();
+    for (rule, w) in stacks {
+        total += u64::from(w);
+        if let Some(rule) = rule {
+            match by.iter_mut().find(|(r, _)| std::ptr::eq(*r, rule)) {
+                Some(e) => e.1 += u64::from(w),
+                None => by.push((rule, u64::from(w))),
+            }
+        }
+    }
+    let (rule, w) = by.into_iter().max_by_key(|(_, w)| *w)?;
+    if w * 2 >= total {
+        Some((rule, true))
+    } else if w * 4 >= total {
+        Some((rule, false))
+    } else {
+        None
+    }
+}
+
+/// Everything an episode's cause is read from.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Clues<'a> {
+    /// The kind most samples showed (`dominant_kind`), `None` without OS state.
+    pub os_kind: Option<&'a str>,
+    /// Frames inside the culprit, innermost first, ending just before it.
+    pub inner: &'a [Frame],
+    /// The library the episode's stacks show, weighed by time ([`library_vote`]): `Some` with
+    /// `true` when it ran at least half of the episode (it names the source before the top
+    /// stack), `false` when at least a quarter (only when nothing else names one).
+    pub library: Option<(&'static SourceRule, bool)>,
+    /// The culprit's line and its whole file, when readable.
+    pub line: Option<(&'a str, &'a [String])>,
+    /// The machinery that called the culprit.
+    pub dispatcher: Option<Dispatcher>,
+    /// The blocking thread ran the garbage collector in most of its samples.
+    pub collector: bool,
+    /// What the blocking syscalls waited on, most often.
+    pub fd: Option<&'a FdTarget>,
+}
+
+/// The cause of one episode: where the time went and what to blame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdict {
     pub kind: String,
     pub source: Option<String>,
-    pub advice: Option<String>,
 }
 
-/// Combine the dominant OS kind with the frames and the culprit's line (`line`: the line's text
-/// and the whole file). The source comes from a library frame, else from the line, else from the
-/// kind; the OS kind wins where it is precise (a `requests` call that spends its time on CPU is
-/// `cpu`).
-pub fn verdict(os_kind: Option<&str>, inner: &[Frame], line: Option<(&str, &[String])>) -> Verdict {
-    let named = source_rule(inner)
-        .map(|r| (r.source, r.kind))
-        .or_else(|| line.and_then(|(text, file)| line_rule(text, file)));
-    let kind = match (os_kind, named) {
+/// Combine the clues. The source comes from the GC flag, else the dispatching machinery, else a
+/// library frame, else the line, else the fd, else the kind; the OS kind wins where it is
+/// precise (a `requests` call that spends its time on CPU is `cpu`).
+pub fn verdict(c: &Clues) -> Verdict {
+    // For a starved loop the line is the GIL holder's, which computes while the loop waits.
+    let line_kind = match c.os_kind {
+        Some("gil") => Some("cpu"),
+        k => k,
+    };
+    let line = c
+        .line
+        .and_then(|(text, file)| line_rule(text, file, line_kind));
+    let (most, some) = match c.library {
+        Some((r, true)) => (Some((r.source, r.kind)), None),
+        Some((r, false)) => (None, Some((r.source, r.kind))),
+        None => (None, None),
+    };
+    let mut named = most
+        .or_else(|| source_rule(c.inner).map(|r| (r.source, r.kind)))
+        .or(line)
+        .or(some);
+    // A generic file call (`.read(`, `.write(`) on what is not a file is named by the fd.
+    if let (Some(("open", _)), Some(fd)) = (named, c.fd) {
+        if fd.kind != FdType::File {
+            named = fd_source(fd).map(|s| (s, kind_of_fd(fd).unwrap_or("file")));
+        }
+    }
+    if c.collector {
+        named = Some(("gc", "cpu"));
+    } else if let Some(d) = c.dispatcher {
+        named = Some(match d {
+            Dispatcher::Logging => ("logging", "file"),
+            Dispatcher::Import => ("import", "cpu"),
+            Dispatcher::Finalizer => ("finalizer", named.map_or("cpu", |n| n.1)),
+        });
+    }
+    let kind = match (c.os_kind, named) {
         (Some(k), _) if k != "unknown" => k,
         (_, Some((_, k))) => k,
         _ => "unknown",
     };
     let source = match named {
         Some((s, _)) => Some(s),
-        None if kind == "sleep" => Some("time.sleep"),
-        None => None,
-    };
-    let advice = match source {
-        // Starvation is fixed in the holder, whatever library it runs.
-        _ if kind == "gil" => kind_advice(kind),
-        Some(s) => source_advice(s).or_else(|| kind_advice(kind)),
-        None => kind_advice(kind),
+        None => match kind {
+            "sleep" => Some("time.sleep"),
+            "pipe" | "tty" | "network" => c.fd.and_then(fd_source),
+            _ => None,
+        },
     };
     Verdict {
         kind: kind.to_string(),
         source: source.map(String::from),
-        advice: advice.map(String::from),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn f(function: &str, file: &str) -> Frame {
-        Frame {
-            function: function.into(),
-            file: file.into(),
-            line: 1,
-        }
-    }
-
-    #[test]
-    fn requests_is_blamed_over_the_socket_it_uses() {
-        let inner = vec![
-            f("recv_into", "/py/lib/python3.11/socket.py"),
-            f("HTTPResponse.begin", "/py/lib/python3.11/http/client.py"),
-            f(
-                "HTTPAdapter.send",
-                "/venv/lib/python3.11/site-packages/requests/adapters.py",
-            ),
-            f("get", "/venv/lib/python3.11/site-packages/requests/api.py"),
-        ];
-        let v = verdict(Some("network"), &inner, None);
-        assert_eq!(v.source.as_deref(), Some("requests"));
-        assert_eq!(v.kind, "network");
-        assert!(v.advice.unwrap().contains("httpx.AsyncClient"));
-    }
-
-    #[test]
-    fn bare_sleep_is_time_sleep() {
-        let v = verdict(Some("sleep"), &[], None);
-        assert_eq!(v.source.as_deref(), Some("time.sleep"));
-        assert!(v.advice.unwrap().contains("asyncio.sleep"));
-    }
-
-    #[test]
-    fn cpu_without_library_gets_to_thread_advice() {
-        let v = verdict(Some("cpu"), &[], None);
-        assert_eq!((v.kind.as_str(), v.source), ("cpu", None));
-        assert!(v.advice.unwrap().contains("to_thread"));
-    }
-
-    fn lines(text: &str) -> Vec<String> {
-        text.lines().map(String::from).collect()
-    }
-
-    #[test]
-    fn c_calls_named_by_their_line() {
-        let file = lines("import sqlite3\nimport socket\n");
-        let v = verdict(
-            Some("cpu"),
-            &[],
-            Some(("    conn.execute(q).fetchone()", &file)),
-        );
-        assert_eq!(
-            (v.kind.as_str(), v.source.as_deref()),
-            ("cpu", Some("sqlite3"))
-        );
-        assert!(v.advice.unwrap().contains("aiosqlite"));
-        let v = verdict(
-            Some("network"),
-            &[],
-            Some(("    s.recv(100)  # wait", &file)),
-        );
-        assert_eq!(v.source.as_deref(), Some("socket"));
-        let v = verdict(Some("file"), &[], Some(("os.fsync(f.fileno())", &file)));
-        assert_eq!(v.source.as_deref(), Some("os.fsync"));
-        let v = verdict(Some("lock"), &[], Some(("LOCK.acquire()", &file)));
-        assert_eq!(
-            (v.kind.as_str(), v.source.as_deref()),
-            ("lock", Some("threading"))
-        );
-        let v = verdict(
-            Some("cpu"),
-            &[],
-            Some(("return sum(range(n))  # .execute( in a comment", &file)),
-        );
-        assert_eq!(v.source, None);
-    }
-
-    #[test]
-    fn database_driver_comes_from_the_imports() {
-        for (import, want) in [
-            ("import psycopg2", "psycopg2"),
-            ("import pymysql", "pymysql"),
-            ("from sqlalchemy.orm import Session", "sqlalchemy"),
-            ("import redis", "redis"),
-        ] {
-            let file = lines(import);
-            let v = verdict(Some("network"), &[], Some(("cur.execute(sql)", &file)));
-            assert_eq!(v.source.as_deref(), Some(want), "{import}");
-        }
-        let v = verdict(Some("network"), &[], Some(("cur.execute(sql)", &[])));
-        assert_eq!(v.source, None, "an unknown driver is not guessed");
-    }
-
-    #[test]
-    fn gil_advice_wins_over_library_advice() {
-        let inner = vec![f(
-            "dot",
-            "/venv/lib/python3.11/site-packages/numpy/core/x.py",
-        )];
-        let v = verdict(Some("gil"), &inner, None);
-        assert_eq!(
-            (v.kind.as_str(), v.source.as_deref()),
-            ("gil", Some("numpy"))
-        );
-        assert!(v.advice.unwrap().contains("GIL"));
-    }
-
-    /// One constructed frame per rule, at the path a real install has.
-    #[test]
-    fn every_source_rule_matches_its_library() {
-        for rule in SOURCE_RULES {
-            let file = if rule.file.ends_with(".py") {
-                format!("/usr/lib/python3.11{}", rule.file)
-            } else {
-                format!("/venv/lib/python3.11/site-packages{}core.py", rule.file)
-            };
-            let v = verdict(None, &[f("call", &file)], None);
-            assert_eq!(v.source.as_deref(), Some(rule.source), "{file}");
-            assert_eq!(v.kind, rule.kind, "{file}");
-            assert_eq!(v.advice.as_deref(), Some(rule.advice), "{file}");
-        }
-    }
-
-    #[test]
-    fn every_line_rule_matches_its_call() {
-        let file = lines("import sqlite3");
-        for rule in LINE_RULES {
-            for needle in rule.needles {
-                let line = format!("    x = {needle}arg)");
-                let (source, _) = line_rule(&line, &file).unwrap_or_else(|| panic!("{line}"));
-                // The first rule with a needle in the line wins (`time.sleep(` before `sleep(`).
-                let first = LINE_RULES
-                    .iter()
-                    .find(|r| r.needles.iter().any(|n| line.contains(n)))
-                    .unwrap();
-                let want = if first.source == DATABASE {
-                    "sqlite3"
-                } else {
-                    first.source
-                };
-                assert_eq!(source, want, "{line}");
-            }
-        }
-    }
-
-    /// Stacks shaped like the third-party libraries' own, for those that need a server to run:
-    /// (frames inside the user's call, the culprit line and the file's import, source, advice).
-    #[test]
-    fn third_party_stacks() {
-        let sp = "/venv/lib/python3.11/site-packages";
-        let p = |rest: &str| format!("{sp}/{rest}");
-        let cases: Vec<(Vec<Frame>, Option<(&str, &str)>, &str, &str)> = vec![
-            // SQLAlchemy sync session → engine → the DBAPI driver.
-            (
-                vec![
-                    f("do_execute", &p("sqlalchemy/engine/default.py")),
-                    f("Session.execute", &p("sqlalchemy/orm/session.py")),
-                ],
-                None,
-                "sqlalchemy",
-                "AsyncSession",
-            ),
-            // redis-py: command → connection → socket.
-            (
-                vec![
-                    f("SocketBuffer._read_from_socket", &p("redis/connection.py")),
-                    f("Redis.get", &p("redis/commands/core.py")),
-                ],
-                None,
-                "redis",
-                "redis.asyncio",
-            ),
-            // boto3 → botocore → urllib3.
-            (
-                vec![
-                    f(
-                        "HTTPConnectionPool.urlopen",
-                        &p("urllib3/connectionpool.py"),
-                    ),
-                    f("Endpoint._send", &p("botocore/endpoint.py")),
-                    f(
-                        "ServiceResource.put_object",
-                        &p("boto3/resources/factory.py"),
-                    ),
-                ],
-                None,
-                "boto3",
-                "aioboto3",
-            ),
-            // celery: AsyncResult.get waits on the result backend.
-            (
-                vec![
-                    f("BaseBackend.wait_for", &p("celery/backends/base.py")),
-                    f("AsyncResult.get", &p("celery/result.py")),
-                ],
-                None,
-                "celery",
-                "apply_async",
-            ),
-            // numpy: a Python-level wrapper over C.
-            (
-                vec![f("solve", &p("numpy/linalg/linalg.py"))],
-                None,
-                "numpy",
-                "to_thread",
-            ),
-            // psycopg2, pymysql and numpy's C functions leave no frame: the line and imports name them.
-            (
-                vec![],
-                Some(("cur.execute(sql)", "import psycopg2")),
-                "psycopg2",
-                "asyncpg",
-            ),
-            (
-                vec![],
-                Some(("cur.execute(sql)", "import pymysql")),
-                "pymysql",
-                "aiomysql",
-            ),
-            (
-                vec![],
-                Some(("total = np.dot(a, b)", "import numpy as np")),
-                "numpy",
-                "to_thread",
-            ),
-        ];
-        for (frames, line, source, advice) in cases {
-            let file = line.map(|(_, import)| lines(import)).unwrap_or_default();
-            let v = verdict(None, &frames, line.map(|(l, _)| (l, file.as_slice())));
-            assert_eq!(v.source.as_deref(), Some(source), "{frames:?} {line:?}");
-            assert!(
-                v.advice.as_deref().unwrap_or("").contains(advice),
-                "{source}: {:?}",
-                v.advice
-            );
-        }
-    }
-
-    #[test]
-    fn syscall_kinds() {
-        assert_eq!(kind_of_syscall("running", 'R'), "cpu");
-        assert_eq!(kind_of_syscall("clock_nanosleep", 'S'), "sleep");
-        assert_eq!(kind_of_syscall("wait4", 'S'), "subprocess");
-        assert_eq!(kind_of_syscall("fsync", 'D'), "file");
-        assert_eq!(kind_of_syscall("poll", 'S'), "network");
-        assert_eq!(kind_of_syscall("whatever", 'S'), "unknown");
     }
 }

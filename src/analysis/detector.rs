@@ -5,11 +5,11 @@
 
 use std::collections::HashMap;
 
-use crate::analysis::classify::{io_kind_of_source, verdict};
+use crate::analysis::blame::blame;
 use crate::analysis::culprit::culprit;
 use crate::analysis::loop_state::{classify, Anchor, CallbackKey, LoopState, GIL_WAIT_FUNCTION};
 use crate::analysis::run::Run;
-use crate::episode::{Episode, GilHolder, Location};
+use crate::episode::{Episode, Location};
 use crate::os::source_files::SourceFiles;
 use crate::sample::{Frame, Sample, ThreadSample};
 
@@ -398,7 +398,9 @@ impl Detector {
         next: Option<f64>,
         events: &mut Vec<Event>,
     ) {
-        let Some(run) = track.run.take() else { return };
+        let Some(mut run) = track.run.take() else {
+            return;
+        };
         // Each boundary lies between two samples; take the middle of the gap, so the error is
         // at most half a gap on each side.
         // Each boundary lies between two samples: take the middle of the gap, but no further
@@ -417,12 +419,12 @@ impl Detector {
         };
         let duration = (end - start).max(0.0);
         let task = run.task();
-        let mut stacks: Vec<(Vec<Frame>, (u32, usize))> = run.stacks.into_iter().collect();
-        // Most frequent first; ties broken by the stack itself so output is deterministic.
-        stacks.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then_with(|| a.0.cmp(&b.0)));
         // A run no stack sample ever named (probe ticks alone, e.g. an interpreter shutting
         // down after its loop stopped) is not known to be a callback: no episode.
         if duration < self.config.threshold || run.key.is_none() {
+            let mut stacks: Vec<(Vec<Frame>, (u32, usize))> = run.stacks.into_iter().collect();
+            // Most frequent first; ties broken by the stack itself so output is deterministic.
+            stacks.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then_with(|| a.0.cmp(&b.0)));
             let thread = crate::sample::thread_label(track.name.as_deref(), key.1);
             for (frames, (count, _)) in stacks {
                 events.push(Event::Stack {
@@ -435,52 +437,20 @@ impl Detector {
             }
             return;
         }
+        // An episode's stacks weigh the time each stood for inside the episode alone, in
+        // milliseconds adding up to its duration (`weights`), most first.
+        let mut stacks = std::mem::take(&mut run.timeline).weigh(start, end);
+        stacks.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then_with(|| a.0.cmp(&b.0)));
         // A run past the threshold normally has stacks (the sampler reads them every 10 ms
         // then); without any, the episode still stands, with the callback unknown.
-        let empty: Vec<Frame> = Vec::new();
-        let (top, depth) = stacks.first().map_or((&empty, &0), |(f, (_, d))| (f, d));
         // The kernel saw the thread wait for the GIL most of the run: that is what it did.
         let os_kind = if run.gil_secs * 2.0 >= duration && run.gil_secs > 0.0 {
             Some("gil")
         } else {
             dominant_kind(&run.kinds)
         };
-        // GIL starvation: blame the holder's code, not the loop's.
-        let holder = (os_kind == Some("gil"))
-            .then(|| {
-                run.holders
-                    .iter()
-                    .max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)))
-            })
-            .flatten()
-            .map(|(h, _)| h.clone());
-        let (blame_stack, callback): (&[Frame], &[Frame]) = match &holder {
-            Some((_, _, frames)) => (frames, frames),
-            None => (top, &top[..(*depth).min(top.len())]),
-        };
-        let blamed = culprit(callback, blame_stack);
-        let culprit_index = blamed
-            .and_then(|b| blame_stack.iter().position(|f| std::ptr::eq(f, b)))
-            .unwrap_or(0);
-        let line = match (blamed, self.sources.as_mut()) {
-            (Some(b), Some(files)) => files.file(&b.file).and_then(|lines| {
-                let text = lines.get((b.line as usize).checked_sub(1)?)?.clone();
-                Some((text, lines))
-            }),
-            _ => None,
-        };
-        let mut v = verdict(
-            os_kind,
-            &blame_stack[..culprit_index],
-            line.as_ref().map(|(t, l)| (t.as_str(), l.as_slice())),
-        );
-        // CPU spent mostly in the kernel on behalf of an I/O call (fsync, large writes) is that
-        // I/O, not computation.
-        if v.kind == "cpu" && kernel_bound(run.cpu) {
-            if let Some(io) = v.source.as_deref().and_then(io_kind_of_source) {
-                v.kind = io.to_string();
-            }
-        }
+        let b = blame(&run, os_kind, &stacks, self.sources.as_mut());
+        let top = stacks.first().map(|s| s.0.as_slice()).unwrap_or_default();
         let episode = Episode {
             pid: key.0,
             tid: key.1,
@@ -488,8 +458,8 @@ impl Detector {
             start: start + run.wall_offset,
             duration_ms: duration * 1000.0,
             samples: run.samples,
-            kind: v.kind,
-            source: v.source,
+            kind: b.kind,
+            source: b.source,
             // The task's own coroutine names the callback better than its outermost frame.
             coroutine: task.as_ref().and_then(|t| t.1.clone()).or_else(|| {
                 run.key
@@ -498,7 +468,7 @@ impl Detector {
                     .map(|k| k.function.clone())
             }),
             task: task.map(|t| t.0),
-            culprit: blamed.map(Location::from).unwrap_or_else(|| Location {
+            culprit: b.culprit.unwrap_or_else(|| Location {
                 function: run
                     .key
                     .as_ref()
@@ -507,27 +477,16 @@ impl Detector {
                 line: 0,
             }),
             stack: top.iter().map(Location::from).collect(),
-            gil_holder: holder.map(|(tid, thread, frames)| GilHolder {
-                tid,
-                thread,
-                stack: frames.iter().map(Location::from).collect(),
-            }),
-            advice: v.advice,
+            gil_holder: b.holder,
+            advice: b.advice,
             complete: next.is_some(),
+            driver: b.driver,
+            holds_gil: b.holds_gil,
+            fd: b.fd,
+            self_call: b.self_call,
         };
         let stacks = stacks.into_iter().map(|(f, (c, _))| (f, c)).collect();
         events.push(Event::Episode { episode, stacks });
-    }
-}
-
-/// Whether the thread's CPU time over a run went mostly to the kernel (at least two ticks).
-fn kernel_bound(cpu: Option<((u64, u64), (u64, u64))>) -> bool {
-    match cpu {
-        Some(((u0, s0), (u1, s1))) => {
-            let (user, sys) = (u1.saturating_sub(u0), s1.saturating_sub(s0));
-            sys >= 2 && sys > user
-        }
-        None => false,
     }
 }
 

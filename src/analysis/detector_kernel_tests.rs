@@ -27,12 +27,14 @@ fn thread(cb: Option<&str>, ready_state: u64, syscall: &str, gil_wait: bool) -> 
     frames.push(f("BaseEventLoop._run_once", "/py/asyncio/base_events.py"));
     frames.push(f("<module>", "/app/main.py"));
     ThreadSample {
+        gc: false,
         tid: TID,
         name: Some("MainThread".into()),
         event_loop: Some("_UnixSelectorEventLoop".into()),
         gil: false,
         active: true,
         os: Some(OsState {
+            fd: None,
             state: 'S',
             syscall: Some(syscall.into()),
             gil_wait,

@@ -26,12 +26,14 @@ fn thread(busy: bool, task: Option<(&str, &str)>) -> ThreadSample {
         vec![f("EpollSelector.select", "/py/selectors.py"), base]
     };
     ThreadSample {
+        gc: false,
         tid: 7,
         name: Some("MainThread".into()),
         event_loop: Some("_UnixSelectorEventLoop".into()),
         gil: false,
         active: true,
         os: Some(OsState {
+            fd: None,
             state: 'S',
             syscall: Some(
                 if busy {

@@ -54,12 +54,14 @@ fn thread(tid: u32, doing: Doing, ready_state: u64) -> ThreadSample {
         Doing::Cb(_) => "clock_nanosleep",
     };
     ThreadSample {
+        gc: false,
         tid,
         name: Some("MainThread".into()),
         event_loop: Some("_UnixSelectorEventLoop".into()),
         gil: false,
         active: true,
         os: Some(OsState {
+            fd: None,
             state: 'S',
             syscall: Some(syscall.into()),
             gil_wait: false,
@@ -378,4 +380,47 @@ fn probe_ticks_split_back_to_back_callbacks() {
 fn short_runs_between_stacks_make_no_episode() {
     let samples = probe_timeline(0.001, 1.0, &[("a", 0.1, 0.13), ("b", 0.5, 0.54)], 100);
     assert!(run_samples(&samples).is_empty());
+}
+
+/// Regression (issue 10 §3e): an 89 ms episode was drawn 183 ms wide, its first stack weighing
+/// the time since the last 10 Hz stack before it. Stacks are now weighed by the episode's own
+/// time, and the widths under an episode add up to its duration.
+#[test]
+fn episode_stacks_weigh_the_episode_alone() {
+    let mut d = Detector::new(DetectorConfig { threshold: 0.05 }).with_interval(0.001);
+    let (from, to) = (0.151, 0.240);
+    let doing = |t: f64| {
+        if (from..to).contains(&t) {
+            (Doing::Cb("handler"), 1)
+        } else {
+            (Doing::Idle, if t >= from { 1 } else { 0 })
+        }
+    };
+    let full = [0.0, 0.1, 0.2, 0.21, 0.22, 0.23, 0.3];
+    let mut events = Vec::new();
+    for ms in 0..=300 {
+        let t = ms as f64 / 1000.0;
+        let (what, q) = doing(t);
+        let mut s = sample(t, vec![thread(7, what, q)]);
+        if !full.iter().any(|f| (f - t).abs() < 1e-9) {
+            // A probe tick: OS state and ready queue only.
+            s.probe = true;
+            s.threads[0].frames.clear();
+        }
+        events.extend(d.feed(&s));
+    }
+    let (episode, stacks) = events
+        .into_iter()
+        .find_map(|e| match e {
+            Event::Episode { episode, stacks } => Some((episode, stacks)),
+            _ => None,
+        })
+        .expect("an episode");
+    assert!(
+        (episode.duration_ms - 89.0).abs() <= 2.0,
+        "{}",
+        episode.duration_ms
+    );
+    let width: u32 = stacks.iter().map(|(_, n)| n).sum();
+    assert_eq!(width as f64, episode.duration_ms.round(), "{stacks:?}");
 }

@@ -214,6 +214,7 @@ impl Gen {
             frames.clear();
         }
         ThreadSample {
+            gc: false,
             tid: l.tid,
             name: Some(format!("loop-{}", l.tid)),
             event_loop: Some(
@@ -227,6 +228,7 @@ impl Gen {
             gil: rng.chance(0.5),
             active: true,
             os: Some(OsState {
+                fd: None,
                 state: if syscall == "running" { 'R' } else { 'S' },
                 syscall: Some(syscall.into()),
                 gil_wait: false,
@@ -290,6 +292,7 @@ impl Gen {
             th.os = match rng.below(3) {
                 0 => None,
                 _ => Some(OsState {
+                    fd: None,
                     state: *rng.pick(&['R', 'S', 'D', 'Z', 'X', '?', '\0', '語']),
                     syscall: match rng.below(3) {
                         0 => None,
@@ -369,6 +372,7 @@ impl Gen {
         if !probe {
             // A plain worker thread, and sometimes a stranger that shows up once.
             threads.push(ThreadSample {
+                gc: false,
                 tid: 99,
                 name: Some("worker".into()),
                 event_loop: None,

@@ -175,6 +175,7 @@ mod tests {
 
     fn thread(frames: Vec<Frame>, event_loop: Option<&str>, syscall: Option<&str>) -> ThreadSample {
         ThreadSample {
+            gc: false,
             tid: 1,
             name: None,
             event_loop: event_loop.map(String::from),
@@ -185,6 +186,7 @@ mod tests {
             coroutine: None,
             timers: None,
             os: syscall.map(|s| OsState {
+                fd: None,
                 state: 'S',
                 syscall: Some(s.into()),
                 gil_wait: false,

@@ -4,8 +4,10 @@
 
 use std::collections::HashMap;
 
-use crate::analysis::classify::kind_of_syscall;
+use crate::analysis::classify::kind_of_os;
+use crate::analysis::evidence::Evidence;
 use crate::analysis::loop_state::CallbackKey;
+use crate::analysis::weights::Timeline;
 use crate::sample::{Frame, ReadyQueue, Sample, ThreadSample};
 
 #[derive(Debug)]
@@ -36,6 +38,10 @@ pub struct Run {
     pub tasks: HashMap<Option<(String, Option<String>)>, u32>,
     /// Seconds of the run the kernel saw the thread wait for the GIL (kernel clock only).
     pub gil_secs: f64,
+    /// GIL, GC and fd evidence, for the advice.
+    pub evidence: Evidence,
+    /// The stack samples in time order, to weigh an episode's stacks by its own time.
+    pub timeline: Timeline,
 }
 
 impl Run {
@@ -55,6 +61,8 @@ impl Run {
             latest: None,
             tasks: HashMap::new(),
             gil_secs: 0.0,
+            evidence: Evidence::default(),
+            timeline: Timeline::default(),
         }
     }
 
@@ -92,15 +100,12 @@ impl Run {
         self.last = sample.mono;
         self.samples += 1;
         self.ready = thread.ready;
+        let kind = thread.os.as_ref().and_then(kind_of_os);
+        self.evidence.observe(sample, thread, kind);
         let Some(os) = &thread.os else { return };
         if let Some(ticks) = os.cpu_ticks {
             self.cpu = Some((self.cpu.map_or(ticks, |c| c.0), ticks));
         }
-        let kind = match &os.syscall {
-            _ if os.gil_wait => Some("gil"),
-            Some(sc) => Some(kind_of_syscall(sc, os.state)),
-            None => None,
-        };
         if let Some(kind) = kind {
             *self.kinds.entry(kind).or_insert(0) += 1;
         }
@@ -114,9 +119,11 @@ impl Run {
         }
     }
 
-    /// A stack sample of the run, standing for `weight` ms.
+    /// A stack sample of the run, standing for `weight` ms of ordinary work (if the run stays
+    /// short of an episode), taken at the time of the last [`Run::observe`].
     pub fn observe_stack(&mut self, frames: &[Frame], depth: usize, weight: u32) {
         self.latest = Some((frames.to_vec(), depth));
         self.stacks.entry(frames.to_vec()).or_insert((0, depth)).0 += weight;
+        self.timeline.push(self.last, frames, depth);
     }
 }

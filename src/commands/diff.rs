@@ -522,6 +522,7 @@ mod tests {
             gil_holder: None,
             advice: None,
             complete: true,
+            ..Default::default()
         }
     }
 

@@ -4,6 +4,7 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
+use crate::os::fd::FdResolver;
 use crate::sample::OsState;
 
 /// Open `/proc/PID/task/TID/{stat,syscall}` of one thread.
@@ -13,6 +14,8 @@ pub struct ThreadProc {
     syscall: Option<File>,
     /// The scheduler state at the last `stat` read.
     last_state: Option<char>,
+    /// Resolves the fd a blocked syscall waits on.
+    fds: FdResolver,
 }
 
 impl ThreadProc {
@@ -22,6 +25,7 @@ impl ThreadProc {
             stat: File::open(format!("{dir}/stat")).ok(),
             syscall: File::open(format!("{dir}/syscall")).ok(),
             last_state: None,
+            fds: FdResolver::new(pid),
         }
     }
 
@@ -29,7 +33,9 @@ impl ThreadProc {
     /// `gil` is the address range of the interpreter's GIL: a futex wait inside it is a wait
     /// for the GIL, anything else a lock. Without `with_stat` only the syscall is read (the
     /// cheapest file, for fast ticks): the scheduler state is then inferred (`running` is R)
-    /// or carried over, and CPU times are not reported.
+    /// or carried over, and CPU times are not reported. A syscall that waits on an fd has it
+    /// resolved (`OsState::fd`): one `readlink` when the thread entered that call, none while
+    /// it stays in it.
     pub fn read(&mut self, gil: Option<std::ops::Range<u64>>, with_stat: bool) -> Option<OsState> {
         let mut buf = [0u8; 512];
         let mut cpu_ticks = None;
@@ -46,17 +52,25 @@ impl ThreadProc {
             }
             None => None,
         };
-        let gil_wait = matches!((&call, gil), (Some((name, Some(uaddr))), Some(range))
-            if name == "futex" && range.contains(uaddr));
+        let gil_wait = matches!((&call, gil), (Some((name, args)), Some(range))
+            if name == "futex" && args.first().is_some_and(|a| range.contains(a)));
         let state = match &call {
             Some((name, _)) if name == "running" => 'R',
             _ => self.last_state.unwrap_or('S'),
         };
+        let fd = match &call {
+            Some((name, args)) => self.fds.resolve(name, args),
+            None => None,
+        };
+        if fd.is_none() {
+            self.fds.forget_last();
+        }
         Some(OsState {
             state,
             syscall: call.map(|(name, _)| name),
             gil_wait,
             cpu_ticks,
+            fd,
         })
     }
 }
@@ -76,19 +90,21 @@ pub fn parse_stat_cpu(stat: &str) -> Option<(u64, u64)> {
     Some((utime, stime))
 }
 
-/// `running`, or the name of the syscall the thread is blocked in with its first argument. A
-/// thread that is blocked outside any syscall reads `-1`, which we report as `None`.
-pub fn parse_syscall(text: &str) -> Option<(String, Option<u64>)> {
+/// `running`, or the name of the syscall the thread is blocked in with its arguments (up to
+/// the six the kernel prints; fewer when a field is unreadable). A thread that is blocked
+/// outside any syscall reads `-1`, which we report as `None`.
+pub fn parse_syscall(text: &str) -> Option<(String, Vec<u64>)> {
     let mut fields = text.split_whitespace();
     let first = fields.next()?;
     if first == "running" {
-        return Some(("running".to_string(), None));
+        return Some(("running".to_string(), Vec::new()));
     }
     let nr: i64 = first.parse().ok()?;
-    let arg0 = fields
-        .next()
-        .and_then(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).ok());
-    (nr >= 0).then(|| (super::syscalls::name(nr), arg0))
+    let args = fields
+        .take(6)
+        .map_while(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).ok())
+        .collect();
+    (nr >= 0).then(|| (super::syscalls::name(nr), args))
 }
 
 #[cfg(test)]
@@ -110,11 +126,47 @@ mod tests {
 
     #[test]
     fn syscall_lines() {
-        assert_eq!(parse_syscall("running\n"), Some(("running".into(), None)));
+        assert_eq!(
+            parse_syscall("running\n"),
+            Some(("running".into(), Vec::new()))
+        );
         assert_eq!(parse_syscall("-1 0x7ffc 0x7f00\n"), None);
-        let (_, arg0) = parse_syscall("202 0x7f12 0x2 0x3 0x4 0x5 0x6 0x7ffc 0x7f00\n").unwrap();
-        assert_eq!(arg0, Some(0x7f12));
+        let (_, args) = parse_syscall("202 0x7f12 0x2 0x3 0x4 0x5 0x6 0x7ffc 0x7f00\n").unwrap();
+        assert_eq!(
+            args,
+            vec![0x7f12, 2, 3, 4, 5, 6],
+            "the stack and pc are not arguments"
+        );
         assert_eq!(parse_syscall(""), None);
+    }
+
+    /// A thread of ours blocked reading a pipe: its OsState says `read` on a pipe.
+    #[test]
+    fn a_thread_blocked_on_a_pipe() {
+        use std::io::{Read, Write};
+        let (mut reader, mut writer) = std::io::pipe().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let blocked = std::thread::spawn(move || {
+            tx.send(unsafe { libc::gettid() } as u32).unwrap();
+            let mut b = [0u8; 1];
+            reader.read_exact(&mut b).unwrap();
+        });
+        let tid = rx.recv().unwrap();
+        let mut proc_ = ThreadProc::open(std::process::id(), tid);
+        // Until the thread has entered read(2); bounded, not timed.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let st = loop {
+            let st = proc_.read(None, true).expect("thread readable");
+            if st.syscall.as_deref() == Some("read") || std::time::Instant::now() > deadline {
+                break st;
+            }
+            std::thread::yield_now();
+        };
+        writer.write_all(b"x").unwrap();
+        blocked.join().unwrap();
+        assert_eq!(st.syscall.as_deref(), Some("read"), "{st:?}");
+        let fd = st.fd.expect("the fd is resolved");
+        assert_eq!(fd.kind, crate::os::fd::FdType::Pipe);
     }
 
     #[test]

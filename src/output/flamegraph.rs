@@ -295,6 +295,7 @@ mod tests {
             gil_holder: None,
             advice: None,
             complete: true,
+            ..Default::default()
         }
     }
 

@@ -300,12 +300,14 @@ mod tests {
 
     fn thread(syscall: &str, function: &str) -> ThreadSample {
         ThreadSample {
+            gc: false,
             tid: 1,
             name: Some("MainThread".into()),
             event_loop: Some("_UnixSelectorEventLoop".into()),
             gil: true,
             active: true,
             os: Some(OsState {
+                fd: None,
                 state: if syscall == "running" { 'R' } else { 'S' },
                 syscall: Some(syscall.into()),
                 gil_wait: false,

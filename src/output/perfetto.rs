@@ -386,6 +386,7 @@ mod tests {
             gil_holder: None,
             advice: Some("use asyncio.sleep".into()),
             complete: true,
+            ..Default::default()
         });
         let mut out = Vec::new();
         t.write(1000.0, json!({}), &mut out).unwrap();

@@ -154,9 +154,63 @@ pub fn write(out: &mut dyn Write, s: &Summary) -> Result<()> {
     Ok(())
 }
 
+/// `kind, source`: a database call reads as a query (on its driver, under an ORM), a wait on a
+/// socket or file names its peer or path, and a call to the process's own server says so.
 fn why(e: &Episode) -> String {
-    match &e.source {
-        Some(src) => format!("{}, {src}", e.kind),
-        None => e.kind.clone(),
+    let database = |s: &str| {
+        matches!(
+            s,
+            "sqlalchemy" | "django" | "sqlite3" | "psycopg2" | "psycopg" | "pymysql" | "MySQLdb"
+        )
+    };
+    let mut out = match (&e.source, &e.driver) {
+        (Some(src), Some(driver)) => format!("{}, database query: {src} on {driver}", e.kind),
+        (Some(src), None) if database(src) => format!("{}, database query: {src}", e.kind),
+        (Some(src), None) => format!("{}, {src}", e.kind),
+        (None, _) => e.kind.clone(),
+    };
+    if e.self_call {
+        out.push_str(", calling its own server");
+    } else if let Some(at) =
+        e.fd.as_ref()
+            .and_then(|f| f.peer.as_ref().or(f.path.as_ref()))
+    {
+        out.push_str(&format!(" on {at}"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn episode(kind: &str, source: Option<&str>, driver: Option<&str>) -> Episode {
+        Episode {
+            kind: kind.into(),
+            source: source.map(String::from),
+            driver: driver.map(String::from),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_query_under_an_orm_reads_as_a_database_query() {
+        let e = episode("cpu", Some("sqlalchemy"), Some("sqlite3"));
+        assert_eq!(why(&e), "cpu, database query: sqlalchemy on sqlite3");
+        let e = episode("network", Some("psycopg2"), None);
+        assert_eq!(why(&e), "network, database query: psycopg2");
+        assert_eq!(
+            why(&episode("sleep", Some("time.sleep"), None)),
+            "sleep, time.sleep"
+        );
+    }
+
+    #[test]
+    fn the_peer_or_path_and_a_self_call_are_named() {
+        let mut e = episode("network", Some("urllib"), None);
+        e.fd = serde_json::from_str(r#"{"fd":5,"type":"socket","peer":"10.0.0.7:443"}"#).ok();
+        assert_eq!(why(&e), "network, urllib on 10.0.0.7:443");
+        e.self_call = true;
+        assert_eq!(why(&e), "network, urllib, calling its own server");
     }
 }

@@ -31,6 +31,7 @@ mod code;
 mod collections;
 mod coro;
 mod dict;
+pub mod gc_state;
 mod kinds;
 mod mem;
 mod objects;
@@ -355,7 +356,7 @@ impl ThreadScanner {
 
 /// Address of `_PyRuntime` (3.13+): the dynamic symbol, else the `.PyRuntime` section that
 /// holds it (3.10+ builds). py-spy's symbol addresses already include the load bias.
-fn pyruntime_address(process: &remoteprocess::Process) -> Result<u64> {
+pub fn pyruntime_address(process: &remoteprocess::Process) -> Result<u64> {
     let info = py_spy::python_process_info::PythonProcessInfo::new(process)
         .context("cannot parse the target's python binaries")?;
     if let Some(&addr) = info.get_symbol("_PyRuntime") {

@@ -3,6 +3,7 @@
 //! `cli` checks bad input and exit codes; `outputs` how and where output files are written.
 
 mod causes;
+mod causes_advice;
 mod cli;
 mod container;
 mod diff;

@@ -205,14 +205,47 @@ fn gil_starvation_recording() {
     for e in &r.episodes {
         assert_eq!(e.kind, "gil");
         assert_eq!(e.culprit.function, "gil_hog");
-        assert_eq!(
-            e.gil_holder.as_ref().and_then(|h| h.thread.as_deref()),
-            Some("gil-hog")
-        );
+        let holder = e.gil_holder.as_ref().unwrap();
+        assert_eq!(holder.thread.as_deref(), Some("gil-hog"));
+        assert_eq!(holder.culprit.as_ref(), Some(&e.culprit));
+        assert_eq!(e.holds_gil, Some(true));
     }
     assert!(r.svg.contains("GIL held by gil-hog"));
     assert!(r.summary.contains("GIL held by gil-hog"), "{}", r.summary);
     check_goldens("gil", &r);
+}
+
+/// A backtracking regex held the GIL through each episode: the advice is the regex's own fix,
+/// never a thread. Each episode's frame is as wide as it lasted.
+#[test]
+fn gil_held_advice() {
+    let r = replay_fixture("gil_held_regex", 50.0);
+    assert_eq!(r.episodes.len(), 2, "{:?}", durations(&r));
+    for e in &r.episodes {
+        assert_eq!(
+            (e.kind.as_str(), e.source.as_deref(), e.holds_gil),
+            ("cpu", Some("re"), Some(true))
+        );
+        let advice = e.advice.as_deref().unwrap();
+        assert!(advice.contains("bound the input"), "{advice}");
+        assert!(!advice.contains("to_thread"), "{advice}");
+    }
+    crate::causes::check_widths("gil_held_regex", &r.svg);
+    check_goldens("gil_held_regex", &r);
+}
+
+/// `hashlib.pbkdf2_hmac` released the GIL: a thread frees the loop, and the advice says so.
+/// (Offline there is no source line to name `hashlib` by.)
+#[test]
+fn gil_released_advice() {
+    let r = replay_fixture("gil_released_hashlib", 50.0);
+    assert_eq!(r.episodes.len(), 2, "{:?}", durations(&r));
+    for e in &r.episodes {
+        assert_eq!((e.kind.as_str(), e.holds_gil), ("cpu", Some(false)));
+        assert!(e.advice.as_deref().unwrap().contains("to_thread"));
+    }
+    crate::causes::check_widths("gil_released_hashlib", &r.svg);
+    check_goldens("gil_released_hashlib", &r);
 }
 
 #[test]

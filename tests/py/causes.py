@@ -1,7 +1,8 @@
 """Targets for the blocking-cause tests: each scenario blocks its asyncio loop twice in one way
-(sleep, HTTP, socket, file, sqlite, subprocess, logging, CPU, a C call, GIL starvation, a lock)
-and prints a BLOCK line with the duration measured inside the target. Same READY / go protocol
-as scenarios.py. Lines marked `# CAUSE name` are where the culprit must point.
+(sleep, HTTP, socket, a FIFO, fsync, sqlite, subprocess, logging, CPU, a C call, GIL starvation,
+a lock, and the kinds of causes_advice.py) and prints a BLOCK line with the duration measured
+inside the target. Same READY / go protocol as scenarios.py. Lines marked `# CAUSE name` are
+where the culprit must point.
 
 Usage: python causes.py NAME
 """
@@ -19,6 +20,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import causes_advice  # noqa: E402
 from scenarios import native_id, read_go, report, say, wait_go  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -63,8 +65,8 @@ def block_fsync():
 
 
 def block_file_read():
-    # A read that waits on its file: a FIFO whose writer (another thread) is 150 ms late, the
-    # same syscall picture as a read from a slow disk or network filesystem.
+    # An open that waits on a FIFO whose writer (another thread) is 150 ms late: a pipe, not
+    # disk I/O, although the call is the same `open` as for a file.
     path = tempfile.mktemp(prefix="loopspy-fifo-")
     os.mkfifo(path)
     writer = threading.Timer(0.15, lambda: open(path, "w").write("late\n"))
@@ -132,13 +134,21 @@ BLOCKERS = {
     "subprocess": block_subprocess, "logging": block_logging, "cpu": block_cpu,
     "c_call": block_c_call, "lock": block_lock,
 }
+BLOCKERS.update(causes_advice.BLOCKERS)
 
 
-def gil_hog():
+def long_c_call():
+    sum(range(25_000_000))  # CAUSE gil
+
+
+GIL_WORK = dict(causes_advice.GIL_WORK, gil=long_c_call)
+
+
+def gil_hog(name):
     """A thread holding the GIL in one long C call while the loop wants to wake up."""
     t0 = time.monotonic()
-    sum(range(25_000_000))  # CAUSE gil
-    say("BLOCK", name="gil", ms=(time.monotonic() - t0) * 1000.0, tid=native_id(),
+    GIL_WORK[name]()
+    say("BLOCK", name=name, ms=(time.monotonic() - t0) * 1000.0, tid=native_id(),
         thread=threading.current_thread().name)
 
 
@@ -158,12 +168,13 @@ async def ticker(seconds):
 
 
 async def main(name):
+    await causes_advice.setup(name, PORT)
     threading.Thread(target=read_go, daemon=True, name="stdin-reader").start()
     say("READY", tid=native_id())
     await wait_go()
-    if name == "gil":
+    if name in GIL_WORK:
         for _ in range(2):
-            hog = threading.Thread(target=gil_hog, name="gil-hog")
+            hog = threading.Thread(target=gil_hog, args=(name,), name="gil-hog")
             hog.start()
             await ticker(0.05)
             while hog.is_alive():
@@ -175,7 +186,8 @@ async def main(name):
 
 if __name__ == "__main__":
     scenario = sys.argv[1]
-    server = start_server() if scenario in ("urllib", "requests", "socket", "logging") else None
+    needs_server = ("urllib", "requests", "socket", "logging") + causes_advice.NEEDS_SERVER
+    server = start_server() if scenario in needs_server else None
     if scenario == "logging":
         LOG.addHandler(logging.handlers.HTTPHandler("127.0.0.1:%d" % PORT, "/log", method="GET"))
     if scenario == "requests":
