@@ -8,7 +8,7 @@ per stall of the loop that lasted 50 ms or more, and exits. Each BLOCK gives the
 boundaries on the wall clock (`start`, `end`, Unix seconds, like an episode's `start`) and its
 length in ms:
 
-- a stall begins when a heartbeat was due (5 ms after it went to sleep: the loop leaves its
+- a stall begins when a heartbeat was due (its timer's own deadline: the loop leaves its
   selector then and wants the GIL) and ends when the heartbeat runs again;
 - a heartbeat step that itself took long (the loop lost the GIL inside it) is part of the stall.
 
@@ -45,20 +45,26 @@ def decode():  # binascii holds the GIL for the whole call
 
 
 async def beat(steps):
-    """Record each step of the heartbeat: (resumed, suspended), monotonic seconds."""
+    """Record each step of the heartbeat: (resumed, suspended, due), monotonic seconds (the
+    loop's clock). `due` is the deadline of the timer that wakes the next step: the step may
+    lose the GIL between `suspended` and arming its timer (a worker thread just started asks
+    for it), and the loop then rightly waits in its selector until the later deadline."""
+    loop = asyncio.get_running_loop()
     while True:
         resumed = time.monotonic()
-        steps.append([resumed, None])
-        steps[-1][1] = time.monotonic()
-        await asyncio.sleep(BEAT)
+        woken = loop.create_future()
+        # What asyncio.sleep(BEAT) does, keeping the handle: loopspy names the starved task
+        # from this timer (its first argument is the future the task awaits).
+        timer = loop.call_later(BEAT, asyncio.futures._set_result_unless_cancelled, woken, None)
+        steps.append([resumed, time.monotonic(), timer.when()])
+        await woken
 
 
 def stalls(steps, threshold=0.05):
     """Intervals where the loop was unavailable for at least `threshold` s."""
     out = []
     cur = None
-    for (r0, s0), (r1, s1) in zip(steps, steps[1:]):
-        due = s0 + BEAT
+    for (_, _, due), (r1, s1, _) in zip(steps, steps[1:]):
         for lo, hi in ((due, r1), (r1, s1)):  # waiting past the due time; a slow step
             if hi - lo < 0.002:
                 continue
