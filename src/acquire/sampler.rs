@@ -94,8 +94,10 @@ pub struct Limits<'a> {
     pub rate: f64,
     /// Full stacks per second in the background (for the flame graph of ordinary work).
     pub stack_rate: f64,
-    /// Seconds: while a loop thread's callback has run this long, stacks are read every
-    /// `BURST` so the episode's culprit and stack are known.
+    /// Seconds: a callback running this long is an episode. Once one has run half of it,
+    /// stacks are read every `BURST`, so that the episode's callback, culprit and stack are
+    /// known: a run no stack names is not reported, and a block just past the threshold must
+    /// get a stack read even when the sampler runs late.
     pub threshold: f64,
     pub duration: Option<Duration>,
     pub stop: &'a AtomicBool,
@@ -108,7 +110,7 @@ pub struct Limits<'a> {
 
 /// Give up when this many reads in a row failed while the target still runs.
 const MAX_CONSECUTIVE_ERRORS: u64 = 500;
-/// Stack interval while a callback runs past the threshold.
+/// Stack interval while a callback runs past half the threshold.
 const BURST: Duration = Duration::from_millis(10);
 /// The tick rate when the source cannot probe and every tick reads full stacks.
 pub const STACK_ONLY_MAX_RATE: f64 = 100.0;
@@ -128,7 +130,7 @@ fn in_epoll(t: &ThreadSample) -> bool {
 }
 
 /// Follow the loop threads of one tick; true when one of them has been in one callback for
-/// at least `threshold`.
+/// at least `threshold` (here: half the episode threshold).
 fn track_runs(
     clocks: &mut HashMap<u32, RunClock>,
     threads: &[ThreadSample],
@@ -236,7 +238,7 @@ impl<'s> Slot<'s> {
                     });
                     self.kernel.observe_read(tick, popped, limits);
                 }
-                self.long_run = track_runs(&mut self.clocks, &threads, tick, limits.threshold);
+                self.long_run = track_runs(&mut self.clocks, &threads, tick, limits.burst_after);
                 Read::Sample(Sample {
                     wall,
                     mono,
@@ -263,6 +265,8 @@ struct Timing {
     start: Instant,
     /// Kernel clock: the tick interval while a callback runs past `QUIET`.
     kernel_interval: Duration,
+    /// Stacks are read every `BURST` once a callback has run this long.
+    burst_after: Duration,
 }
 
 /// Run the loop over one process, handing each sample to `sink` with the stats so far.
@@ -308,6 +312,9 @@ pub fn run_tree<'s>(
         threshold: Duration::from_secs_f64(limits.threshold),
         start,
         kernel_interval: Duration::from_secs_f64(1.0 / limits.kernel_rate),
+        // Half the threshold: a 55 ms block at a 50 ms threshold, with the sampler 30 ms late
+        // at the wrong moment, got no stack read at all and was not reported.
+        burst_after: Duration::from_secs_f64(limits.threshold / 2.0),
     };
     let mut stats = SamplerStats {
         rate: limits.rate,
@@ -531,5 +538,90 @@ mod tests {
             "{}",
             stats.samples
         );
+    }
+
+    /// A loop thread inside one callback from the start, never back in epoll.
+    struct Busy {
+        stacks: Vec<Instant>,
+        until: Instant,
+    }
+
+    impl Busy {
+        fn thread(&self) -> ThreadSample {
+            ThreadSample {
+                gc: false,
+                loop_ended: false,
+                tid: 7,
+                name: None,
+                event_loop: Some("_UnixSelectorEventLoop".into()),
+                gil: false,
+                active: true,
+                os: Some(crate::sample::OsState {
+                    state: 'S',
+                    syscall: Some("clock_nanosleep".into()),
+                    gil_wait: false,
+                    cpu_ticks: None,
+                    fd: None,
+                }),
+                ready: Some(ReadyQueue { len: 0, state: 1 }),
+                task: None,
+                coroutine: None,
+                timers: None,
+                frames: Vec::new(),
+            }
+        }
+    }
+
+    impl SampleSource for Busy {
+        fn pid(&self) -> u32 {
+            42
+        }
+        fn sample(&mut self) -> Result<Vec<ThreadSample>> {
+            if Instant::now() >= self.until {
+                bail!("gone");
+            }
+            self.stacks.push(Instant::now());
+            Ok(vec![self.thread()])
+        }
+        fn probe(&mut self) -> Option<Result<Vec<ThreadSample>>> {
+            if Instant::now() >= self.until {
+                return Some(Err(anyhow::anyhow!("gone")));
+            }
+            Some(Ok(vec![self.thread()]))
+        }
+        fn alive(&mut self) -> bool {
+            Instant::now() < self.until
+        }
+    }
+
+    #[test]
+    fn stacks_are_read_before_a_callback_reaches_the_threshold() {
+        // Background stacks once a second; a callback running from the start. The burst of
+        // stack reads must begin at half the threshold (100 ms), so the run is named well
+        // before it becomes an episode, however late a tick or two may be.
+        let stop = AtomicBool::new(false);
+        let start = Instant::now();
+        let mut src = Busy {
+            stacks: Vec::new(),
+            until: start + Duration::from_millis(400),
+        };
+        let limits = Limits {
+            rate: 1000.0,
+            stack_rate: 1.0,
+            threshold: 0.2,
+            duration: None,
+            stop: &stop,
+            clock: ClockChoice::Probe,
+            kernel_rate: 100.0,
+        };
+        run(&mut src, &limits, &mut |_, _| Ok(())).unwrap();
+        let second = src.stacks.get(1).expect("a burst read a stack");
+        let after = second.duration_since(src.stacks[0]);
+        assert!(
+            after >= Duration::from_millis(100) && after < Duration::from_millis(200),
+            "{after:?}"
+        );
+        // Then one every BURST.
+        assert!(src.stacks.len() >= 10, "{}", src.stacks.len());
     }
 }

@@ -37,6 +37,14 @@ pub struct Spy {
     asyncio: Option<AsyncioReader>,
     /// The interpreter's "GC is collecting" flag, when its layout is known.
     gc: Option<GcFlag>,
+    /// Threads (OS tid) whose loop stopped (and maybe restarted) since the last sample: the
+    /// next sample says so once (`loop_ended`), so the detector ends what they ran there.
+    ended: std::collections::HashSet<u32>,
+    /// pthread ids of the threads that run or ran a loop: their running-loop slots are
+    /// watched at every tick.
+    loop_threads: std::collections::HashSet<u64>,
+    /// A ready queue the last scan found did not read at the last probe.
+    suspect: bool,
 }
 
 impl Spy {
@@ -72,6 +80,9 @@ impl Spy {
             tid_of: HashMap::new(),
             names: HashMap::new(),
             probes: 0,
+            ended: Default::default(),
+            loop_threads: Default::default(),
+            suspect: false,
         };
         (spy, notice)
     }
@@ -83,11 +94,44 @@ impl Spy {
     }
 
     fn rescan(&mut self) {
+        self.rescan_after(&[]);
+    }
+
+    /// Scan again; `changed` are the threads whose running-loop slot was seen to change.
+    fn rescan_after(&mut self, changed: &[u64]) {
         let Some(scanner) = self.scanner.as_mut() else {
             return;
         };
         if let Ok(found) = scanner.scan(&self.spy.process) {
-            self.threads = found.into_iter().map(|t| (t.pthread_id, t)).collect();
+            let threads: HashMap<u64, PyThread> =
+                found.into_iter().map(|t| (t.pthread_id, t)).collect();
+            // Loops that stopped: their thread runs no loop now or another one, or is gone,
+            // or its slot changed in place since the last scan (run_forever returned, even if
+            // the same loop runs again now: asyncio.run's teardown runs it a few more times).
+            // A slot found elsewhere (the thread's dict grew) is no change by itself.
+            for (pthread, old) in &self.threads {
+                let (Some(tid), Some(old_loop)) = (old.native_tid, &old.running_loop) else {
+                    continue;
+                };
+                let new = threads.get(pthread);
+                let same_loop = new
+                    .and_then(|t| t.running_loop.as_ref())
+                    .is_some_and(|l| l.address == old_loop.address);
+                let in_place = changed.contains(pthread)
+                    && new.and_then(|t| t.loop_slot).map(|w| w.addr)
+                        == old.loop_slot.map(|w| w.addr);
+                if !same_loop || in_place {
+                    self.ended.insert(tid);
+                }
+            }
+            self.loop_threads.retain(|p| threads.contains_key(p));
+            self.loop_threads.extend(
+                threads
+                    .values()
+                    .filter(|t| t.running_loop.is_some())
+                    .map(|t| t.pthread_id),
+            );
+            self.threads = threads;
         }
         if let Some(a) = self.asyncio.as_mut() {
             a.refresh(&self.spy.process);
@@ -112,6 +156,14 @@ impl Spy {
         }
     }
 
+    /// For the thread `pthread`, when its loop waits outside any callback (for the GIL): the
+    /// task it will step for its due timer (see `remote::waiting`).
+    fn waiting_task(&mut self, pthread: u64) -> Option<crate::remote::CurrentTask> {
+        let (a, t) = (self.asyncio.as_mut()?, self.threads.get(&pthread)?);
+        let l = t.running_loop.as_ref()?;
+        a.due_timer_task(&self.spy.process, l.address, monotonic_now())
+    }
+
     /// Map the threads and their loops now rather than at the next sample, for a one-shot read
     /// (`loopspy dump`).
     pub fn prepare(&mut self) {
@@ -127,6 +179,26 @@ impl Spy {
         Option<&mut AsyncioReader>,
     ) {
         (&self.spy.process, &self.threads, self.asyncio.as_mut())
+    }
+
+    /// The threads that started or stopped an event loop since the last scan: one 8-byte read
+    /// of the running-loop slot of each thread that runs or ran one. A loop closed and a new
+    /// one started (`asyncio.run` called again) must not be read through the old loop's
+    /// ready queue and task records for up to a second.
+    fn loops_changed(&self) -> Vec<u64> {
+        let Some(scanner) = self.scanner.as_ref() else {
+            return Vec::new();
+        };
+        self.loop_threads
+            .iter()
+            .filter(|p| {
+                self.threads
+                    .get(p)
+                    .and_then(|t| t.loop_slot.as_ref())
+                    .is_some_and(|w| !scanner.loop_slot_unchanged(&self.spy.process, w))
+            })
+            .copied()
+            .collect()
     }
 
     /// pthread id → the ready queue of the loop it runs, for the loops the last scan found.
@@ -149,18 +221,47 @@ impl Spy {
         // No loop known yet (the program has not started one): look again, often, since a
         // scan is a handful of reads; until one runs, ticks read stacks instead.
         let no_loop = !self.threads.values().any(|t| t.running_loop.is_some());
-        if no_loop
-            && self
-                .last_scan
-                .is_none_or(|t| t.elapsed() >= Duration::from_millis(100))
+        let since_scan = self.last_scan.map(|t| t.elapsed());
+        let changed = self.loops_changed();
+        if (no_loop && since_scan.is_none_or(|t| t >= Duration::from_millis(100)))
+            || (self.suspect && since_scan.is_none_or(|t| t >= Duration::from_millis(10)))
+            || !changed.is_empty()
         {
-            self.rescan();
+            self.rescan_after(&changed);
+        }
+        let mut out = Vec::new();
+        let ended = std::mem::take(&mut self.ended);
+        // A loop that stopped, on a thread that runs none now: the thread, once, with no loop.
+        let running: Vec<u32> = self
+            .threads
+            .values()
+            .filter(|t| t.running_loop.is_some())
+            .filter_map(|t| t.native_tid)
+            .collect();
+        for &tid in ended.iter().filter(|t| !running.contains(t)) {
+            let os = self.os_state(tid, false);
+            out.push(ThreadSample {
+                gc: false,
+                loop_ended: true,
+                tid,
+                name: self.names.get(&tid).cloned(),
+                event_loop: None,
+                gil: false,
+                active: true,
+                os,
+                ready: None,
+                task: None,
+                coroutine: None,
+                timers: None,
+                frames: Vec::new(),
+            });
         }
         if !self.threads.values().any(|t| t.running_loop.is_some()) {
-            return None;
+            return (!out.is_empty()).then_some(out);
         }
         let scanner = self.scanner.as_ref()?;
         let mut loops: Vec<(u32, String, Option<ReadyQueue>)> = Vec::new();
+        let mut suspect = false;
         for t in self.threads.values() {
             let (Some(tid), Some(lp)) = (t.native_tid, t.running_loop.as_ref()) else {
                 continue;
@@ -169,10 +270,13 @@ impl Spy {
                 .ready
                 .and_then(|d| scanner.read_ready(&self.spy.process, d))
                 .map(|(len, state)| ReadyQueue { len, state });
+            // The deque the scan found is gone: the loop was closed (or replaced at the same
+            // address); look again soon.
+            suspect |= lp.ready.is_some() && ready.is_none();
             loops.push((tid, lp.type_name.clone(), ready));
         }
+        self.suspect = suspect;
         loops.sort_by_key(|l| l.0);
-        let mut out = Vec::with_capacity(loops.len());
         // `stat` (scheduler state, CPU times) on one tick in ten; the syscall on every tick.
         self.probes += 1;
         let with_stat = self.probes % 10 == 0;
@@ -180,6 +284,7 @@ impl Spy {
             let os = self.os_state(tid, with_stat);
             out.push(ThreadSample {
                 gc: false,
+                loop_ended: ended.contains(&tid),
                 tid,
                 name: self.names.get(&tid).cloned(),
                 event_loop: Some(event_loop),
@@ -212,6 +317,12 @@ impl SampleSource for Spy {
     }
 
     fn sample(&mut self) -> Result<Vec<ThreadSample>> {
+        // A loop started or stopped since the last scan: map the loops again first, so that
+        // nothing below reads the old loop's ready queue or task records.
+        let changed = self.loops_changed();
+        if !changed.is_empty() {
+            self.rescan_after(&changed);
+        }
         // Ready queues before stacks: a pop seen between two samples splits a callback in two,
         // so a queue read older than its stack errs on the side of splitting, never merging.
         let ready = self.ready_queues();
@@ -225,6 +336,7 @@ impl SampleSource for Spy {
             self.rescan();
         }
         let single = traces.len() == 1;
+        let ended = std::mem::take(&mut self.ended);
         let mut out = Vec::with_capacity(traces.len());
         for trace in &traces {
             let scanned = self.threads.get(&trace.thread_id);
@@ -275,9 +387,16 @@ impl SampleSource for Spy {
                     self.names.insert(tid, n.clone());
                 }
             }
-            let (task, coroutine, timers) = self.loop_tasks(trace.thread_id);
+            let (mut task, mut coroutine, timers) = self.loop_tasks(trace.thread_id);
+            let frames: Vec<Frame> = trace.frames.iter().map(Frame::from_py_spy).collect();
+            if task.is_none() && event_loop.is_some() && waits_outside_callback(&os, &frames) {
+                if let Some(w) = self.waiting_task(trace.thread_id) {
+                    (task, coroutine) = (w.name, w.coroutine);
+                }
+            }
             out.push(ThreadSample {
                 gc: false,
+                loop_ended: ended.contains(&tid),
                 task,
                 coroutine,
                 timers,
@@ -291,7 +410,7 @@ impl SampleSource for Spy {
                     .iter()
                     .find(|(p, _)| *p == trace.thread_id)
                     .map(|&(_, q)| q),
-                frames: trace.frames.iter().map(Frame::from_py_spy).collect(),
+                frames,
             });
         }
         let collecting = self.gc.and_then(|g| g.collecting(&self.spy.process));
@@ -330,6 +449,31 @@ impl SampleSource for Spy {
     fn gil_range(&self) -> Option<std::ops::Range<u64>> {
         self.gil.clone()
     }
+}
+
+/// Whether a loop thread waits outside any callback: for the GIL (by the OS), or out of epoll
+/// with its innermost frame still in the selector (between two of CPython's timed GIL waits).
+fn waits_outside_callback(os: &Option<crate::sample::OsState>, frames: &[Frame]) -> bool {
+    let Some(os) = os else { return false };
+    let in_selector = frames
+        .first()
+        .is_some_and(|f| f.file.ends_with("selectors.py"));
+    let in_epoll = matches!(
+        os.syscall.as_deref(),
+        Some("epoll_wait" | "epoll_pwait" | "epoll_pwait2")
+    );
+    os.gil_wait || (in_selector && os.syscall.is_some() && !in_epoll)
+}
+
+/// CLOCK_MONOTONIC now, in seconds: asyncio's `loop.time()`.
+fn monotonic_now() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes the timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
 
 /// Size of CPython's `struct _gil_runtime_state` (3.8–3.14, x86-64 and aarch64).
