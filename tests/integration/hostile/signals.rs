@@ -228,6 +228,54 @@ fn record_ends_within_a_second_of_any_signal() {
     }
 }
 
+/// SIGINT, SIGTERM and SIGHUP each end `monitor` (sampler and HTTP server) within a second,
+/// with its episodes log whole.
+#[test]
+fn monitor_ends_within_a_second_of_any_signal() {
+    let mut app = Proc::spawn(target(&python(), &["loop"]));
+    let pid = app.tagged("READY", Duration::from_secs(30))["pid"]
+        .as_u64()
+        .unwrap()
+        .to_string();
+    for (sig, name) in [
+        (libc::SIGINT, "SIGINT"),
+        (libc::SIGTERM, "SIGTERM"),
+        (libc::SIGHUP, "SIGHUP"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let eps = dir.path().join("e.jsonl");
+        let mut mon = Proc::spawn(loopspy(&[
+            "monitor",
+            "--pid",
+            &pid,
+            "--listen",
+            "127.0.0.1:0",
+            "--episodes",
+            eps.to_str().unwrap(),
+        ]));
+        mon.sampling();
+        // The loop blocks 80 ms in every 130: wait for one episode, so the log has content.
+        let has_line = || std::fs::read_to_string(&eps).is_ok_and(|t| t.contains('\n'));
+        assert!(
+            within(Duration::from_secs(10), has_line),
+            "{name}: no episode"
+        );
+        let sent = Instant::now();
+        mon.signal(sig);
+        let status = mon.wait_for(Duration::from_secs(1));
+        let took = sent.elapsed();
+        let err = mon.rest_of_stderr();
+        assert!(status.is_some(), "{name}: still running 1 s later: {err}");
+        assert!(status.unwrap().success(), "{name}: {err}");
+        let text = std::fs::read_to_string(&eps).unwrap();
+        assert!(!text.is_empty() && text.ends_with('\n'), "{name}: {text:?}");
+        for line in text.lines() {
+            serde_json::from_str::<serde_json::Value>(line).expect("whole JSON lines");
+        }
+        eprintln!("{name}: monitor ended {took:?} after the signal");
+    }
+}
+
 /// `top` in plain mode ends within a second of SIGTERM or SIGHUP and reaps its target.
 #[test]
 fn top_ends_within_a_second_of_a_signal() {
