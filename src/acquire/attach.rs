@@ -9,11 +9,18 @@ use anyhow::{Context, Result};
 use py_spy::config::{LineNo, LockingStrategy};
 use py_spy::{Config, PythonSpy};
 
+use crate::acquire::sampler::Reattached;
 use crate::acquire::spy::{process_alive, Spy};
 use crate::error::{is_permission, UserError};
+use crate::os::process::live_thread;
+use crate::os::signals;
+use crate::output::escape::escape;
 
 /// How long a launched interpreter gets to become readable.
 const LAUNCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a launched target gets to end after SIGINT before it is killed: short enough that
+/// loopspy itself ends within a second of a signal.
+const STOP_GRACE: Duration = Duration::from_millis(700);
 
 /// An attached target.
 pub struct Target {
@@ -45,7 +52,9 @@ fn comm(pid: u32) -> String {
 }
 
 fn cmdline(pid: u32) -> String {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
+    // A zombie leader shows an empty command line: read it through a live thread.
+    let reader = live_thread(pid).unwrap_or(pid);
+    std::fs::read(format!("/proc/{reader}/cmdline"))
         .map(|b| {
             b.split(|c| *c == 0)
                 .filter(|s| !s.is_empty())
@@ -56,26 +65,24 @@ fn cmdline(pid: u32) -> String {
         .unwrap_or_default()
 }
 
-/// Check the PID before asking py-spy, so the common failures get their own message.
-fn precheck(pid: u32) -> Result<()> {
-    let stat = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s,
-        Err(_) => return Err(UserError::NoSuchProcess(pid).into()),
-    };
-    if matches!(
-        crate::os::thread_state::parse_stat_state(&stat),
-        Some('Z' | 'X')
-    ) {
-        return Err(UserError::Zombie(pid).into());
+/// Check the PID before asking py-spy, so the common failures get their own message. Returns
+/// the thread to read the process through: the leader, or a live thread when the main thread
+/// has exited (`pthread_exit`) and the others run on.
+fn precheck(pid: u32) -> Result<u32> {
+    if std::fs::metadata(format!("/proc/{pid}/stat")).is_err() {
+        return Err(UserError::NoSuchProcess(pid).into());
     }
-    match std::fs::read_to_string(format!("/proc/{pid}/maps")) {
+    let Some(reader) = live_thread(pid) else {
+        return Err(UserError::Zombie(pid).into());
+    };
+    match std::fs::read_to_string(format!("/proc/{reader}/maps")) {
         Ok(maps) if maps.is_empty() && !process_alive(pid) => Err(UserError::Zombie(pid).into()),
         Ok(maps) if !maps.contains("python") => Err(UserError::NotPython {
             pid,
             comm: comm(pid),
         }
         .into()),
-        Ok(_) => Ok(()),
+        Ok(_) => Ok(reader),
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
             Err(UserError::PermissionDenied(pid).into())
         }
@@ -116,6 +123,7 @@ fn classify_attach_error(pid: u32, err: anyhow::Error) -> anyhow::Error {
 fn finish(pid: u32, spy: PythonSpy, child: Option<Child>) -> Result<Target> {
     check_version(pid, &spy)?;
     let (spy, notice) = Spy::new(spy);
+    let spy = spy.with_process_id(pid);
     Ok(Target {
         python_version: spy.python_version(),
         spy: Some(spy),
@@ -128,8 +136,8 @@ fn finish(pid: u32, spy: PythonSpy, child: Option<Child>) -> Result<Target> {
 
 /// Attach to a running process.
 pub fn attach(pid: u32) -> Result<Target> {
-    precheck(pid)?;
-    let spy = PythonSpy::new(pid as py_spy::Pid, &spy_config())
+    let reader = precheck(pid)?;
+    let spy = PythonSpy::new(reader as py_spy::Pid, &spy_config())
         .map_err(|e| classify_attach_error(pid, e))?;
     finish(pid, spy, None)
 }
@@ -145,7 +153,80 @@ pub enum ChildOutput {
     StdoutToStderr,
 }
 
-/// Launch `command` and attach once its interpreter is readable.
+/// What one try at attaching to a process that may still be starting up gave.
+enum Attempt {
+    Attached(Box<Target>),
+    /// Its interpreter is not readable yet, and why.
+    NotYet(anyhow::Error),
+}
+
+/// One try at attaching to `pid`. An error when it will never work: gone, a zombie, not
+/// Python (as far as can be told now), not ours to read, an unsupported version.
+fn try_attach(pid: u32) -> Result<Attempt> {
+    let reader = precheck(pid)?;
+    let err = match PythonSpy::new(reader as py_spy::Pid, &spy_config()) {
+        Ok(mut spy) => match spy.get_stack_traces() {
+            Ok(traces) if !traces.is_empty() => {
+                return finish(pid, spy, None).map(|t| Attempt::Attached(Box::new(t)))
+            }
+            Ok(_) => anyhow::anyhow!("no Python thread yet"),
+            Err(e) => e,
+        },
+        Err(e) => e,
+    };
+    if is_permission(&err) {
+        return Err(UserError::PermissionDenied(pid).into());
+    }
+    Ok(Attempt::NotYet(err))
+}
+
+/// Whether an attach error may go away while a process starts up (a shell or a shim that
+/// will exec the interpreter, a process that just exited and will be seen as such).
+fn may_change(err: &anyhow::Error) -> bool {
+    matches!(
+        err.downcast_ref::<UserError>(),
+        Some(UserError::NotPython { .. } | UserError::Zombie(_) | UserError::NoSuchProcess(_))
+    )
+}
+
+/// Attach afresh to `pid` after it exec'd a new program or lost its main thread (called by
+/// the sampler every 50 ms until it gives up). `Ok(None)` while the new program is not
+/// readable yet; an error saying why when it never will be.
+pub fn reattach(pid: u32) -> Result<Option<Reattached>> {
+    match try_attach(pid) {
+        Ok(Attempt::Attached(mut t)) => {
+            let spy = t.spy.take().context("attached without a reader")?;
+            Ok(Some(Reattached {
+                source: Box::new(spy),
+                what: format!("`{}` (Python {})", t.command, t.python_version),
+            }))
+        }
+        Ok(Attempt::NotYet(_)) => Ok(None),
+        Err(e) => match e.downcast_ref::<UserError>() {
+            Some(UserError::NotPython { comm, .. }) => {
+                anyhow::bail!("it now runs `{comm}`, which is not Python")
+            }
+            _ => Err(e),
+        },
+    }
+}
+
+/// Whether `pid` runs a Python interpreter, by its mappings (the same test as `precheck`).
+fn runs_python(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|m| m.contains("python"))
+}
+
+/// The first Python process below `pid` (a wrapper such as `sh -c`, `env` or `uv run` starts
+/// the interpreter as its child).
+fn python_descendant(pid: u32) -> Option<u32> {
+    crate::acquire::tree::descendants(pid)
+        .into_iter()
+        .find(|&p| runs_python(p))
+}
+
+/// Launch `command` and attach once its interpreter is readable. When the command is not
+/// Python itself (`sh -c 'python3 app.py; ...'`), its first Python descendant is followed,
+/// and stderr says so. Gives up after 10 s, or when a stop (Ctrl-C) is asked for.
 /// With `quiet`, the command's stdout and stderr go to /dev/null (a full-screen view owns the
 /// terminal); its stdin is never touched.
 pub fn launch(command: &[String], quiet: bool) -> Result<Target> {
@@ -178,28 +259,73 @@ pub fn launch_with(command: &[String], output: ChildOutput) -> Result<Target> {
         reason: e.to_string(),
     })?;
     let pid = child.id();
+    // A second Ctrl-C exits at once: the command must not be left behind, running or a zombie.
+    signals::kill_on_forced_exit(pid);
     let started = Instant::now();
-    let config = spy_config();
+    let mut last_error: Option<anyhow::Error> = None;
     loop {
         if let Some(status) = child.try_wait()? {
+            signals::reaped(pid);
             return Err(UserError::ExitedBeforeAttach {
                 command: shown,
                 status: status.to_string(),
             }
             .into());
         }
-        let err = match PythonSpy::new(pid as py_spy::Pid, &config) {
-            Ok(mut spy) => match spy.get_stack_traces() {
-                Ok(traces) if !traces.is_empty() => return finish(pid, spy, Some(child)),
-                Ok(_) => anyhow::anyhow!("no Python thread yet"),
-                Err(e) => e,
-            },
-            Err(e) => e,
-        };
-        if started.elapsed() > LAUNCH_TIMEOUT {
+        let interrupted = signals::stop_requested();
+        if interrupted || started.elapsed() > LAUNCH_TIMEOUT {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(classify_attach_error(pid, err));
+            signals::reaped(pid);
+            if interrupted {
+                return Err(UserError::Interrupted {
+                    during: format!("while waiting for `{shown}` to start Python"),
+                }
+                .into());
+            }
+            return Err(match last_error {
+                Some(e) if e.downcast_ref::<UserError>().is_some() => e,
+                Some(e) => classify_attach_error(pid, e),
+                None => classify_attach_error(pid, anyhow::anyhow!("no Python interpreter found")),
+            });
+        }
+        let reading = if runs_python(pid) {
+            Some(pid)
+        } else {
+            python_descendant(pid)
+        };
+        if let Some(p) = reading {
+            match try_attach(p) {
+                Ok(Attempt::Attached(mut target)) => {
+                    if p != pid {
+                        signals::kill_on_forced_exit(p);
+                        crate::output::escape::print_err(&format!(
+                            "loopspy: `{}` is not Python; following its Python child process {p} (`{}`)",
+                            escape(&shown),
+                            escape(&target.command)
+                        ));
+                    }
+                    target.child = Some(child);
+                    return Ok(*target);
+                }
+                Ok(Attempt::NotYet(e)) => last_error = Some(e),
+                // The process it ran may still exec the interpreter (a shell, a shim).
+                Err(e) if may_change(&e) => last_error = Some(e),
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    signals::reaped(pid);
+                    return Err(e);
+                }
+            }
+        } else if std::fs::metadata(format!("/proc/{pid}/maps")).is_ok() {
+            last_error = Some(
+                UserError::NotPython {
+                    pid,
+                    comm: comm(pid),
+                }
+                .into(),
+            );
         }
         // The interpreter is still starting up: its runtime is not in memory yet.
         std::thread::sleep(Duration::from_millis(10));
@@ -207,19 +333,29 @@ pub fn launch_with(command: &[String], output: ChildOutput) -> Result<Target> {
 }
 
 impl Target {
-    /// Stop a target loopspy launched (at the end of the recording) and reap it.
+    /// Stop a target loopspy launched (at the end of the recording) and reap it: SIGINT, like
+    /// Ctrl-C, so the program can clean up; SIGKILL after `STOP_GRACE`. When loopspy follows
+    /// a Python child of the command it launched (a wrapper), that child is stopped too.
     pub fn stop_child(&mut self) {
+        let followed = self.pid;
         if let Some(child) = self.child.as_mut() {
+            let also = (followed != child.id()).then_some(followed as i32);
             if child.try_wait().ok().flatten().is_none() {
-                // SIGINT first, like Ctrl-C, so the program can clean up; then insist.
-                unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-                let deadline = Instant::now() + Duration::from_secs(2);
+                for p in also.into_iter().chain([child.id() as i32]) {
+                    unsafe { libc::kill(p, libc::SIGINT) };
+                }
+                let deadline = Instant::now() + STOP_GRACE;
                 while Instant::now() < deadline && child.try_wait().ok().flatten().is_none() {
                     std::thread::sleep(Duration::from_millis(10));
                 }
                 let _ = child.kill();
             }
+            if let Some(p) = also.filter(|&p| process_alive(p as u32)) {
+                unsafe { libc::kill(p, libc::SIGKILL) };
+            }
             let _ = child.wait();
+            signals::reaped(child.id());
+            signals::reaped(followed);
         }
     }
 }

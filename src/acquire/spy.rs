@@ -9,7 +9,7 @@ use anyhow::Result;
 use py_spy::PythonSpy;
 
 use crate::acquire::sampler::SampleSource;
-use crate::os::thread_state::{parse_stat_state, ThreadProc};
+use crate::os::thread_state::ThreadProc;
 use crate::remote::gc_state::{mark_collector, GcFlag};
 use crate::remote::{AsyncioReader, PyThread, ThreadScanner};
 use crate::sample::{Frame, ReadyQueue, ThreadSample};
@@ -45,6 +45,13 @@ pub struct Spy {
     loop_threads: std::collections::HashSet<u64>,
     /// A ready queue the last scan found did not read at the last probe.
     suspect: bool,
+    /// The process (thread group) id; reads go through `spy.pid`, which is a live thread's
+    /// id instead when the main thread has exited.
+    pid: u32,
+    /// The program image attached to: gone after an `exec()`.
+    image: Option<crate::os::process::Image>,
+    /// Whether the last full read failed (then a leader that exited is looked for).
+    failing: bool,
 }
 
 impl Spy {
@@ -68,8 +75,12 @@ impl Spy {
         let runtime = crate::remote::pyruntime_address(&spy.process).ok();
         let interp = spy.addresses.interpreter_address as u64;
         let gc = GcFlag::locate(&spy.process, interp, runtime, v);
+        let pid = spy.pid as u32;
         let spy = Spy {
             gc,
+            image: crate::os::process::Image::open(pid),
+            pid,
+            failing: false,
             asyncio,
             spy,
             scanner,
@@ -85,6 +96,13 @@ impl Spy {
             suspect: false,
         };
         (spy, notice)
+    }
+
+    /// Name the process `pid` (its thread group) when reads go through another of its
+    /// threads (`PythonSpy::new` was given a live thread's id because the leader exited).
+    pub fn with_process_id(mut self, pid: u32) -> Spy {
+        self.pid = pid;
+        self
     }
 
     /// `3.11.7`
@@ -313,7 +331,7 @@ impl Spy {
 
 impl SampleSource for Spy {
     fn pid(&self) -> u32 {
-        self.spy.pid as u32
+        self.pid
     }
 
     fn sample(&mut self) -> Result<Vec<ThreadSample>> {
@@ -326,7 +344,9 @@ impl SampleSource for Spy {
         // Ready queues before stacks: a pop seen between two samples splits a callback in two,
         // so a queue read older than its stack errs on the side of splitting, never merging.
         let ready = self.ready_queues();
+        self.failing = true;
         let traces = self.spy.get_stack_traces()?;
+        self.failing = false;
         let stale = self.last_scan.is_none_or(|t| t.elapsed() >= RESCAN);
         if stale
             || traces
@@ -371,7 +391,7 @@ impl SampleSource for Spy {
             let mut name = trace
                 .thread_name
                 .clone()
-                .or_else(|| (tid == self.spy.pid as u32).then(|| "MainThread".to_string()));
+                .or_else(|| (tid == self.pid).then(|| "MainThread".to_string()));
             if tid != 0
                 && self
                     .tid_of
@@ -432,7 +452,24 @@ impl SampleSource for Spy {
     }
 
     fn alive(&mut self) -> bool {
-        process_alive(self.spy.pid as u32)
+        process_alive(self.pid)
+    }
+
+    fn replaced(&mut self) -> Option<String> {
+        if self.image.as_ref().is_some_and(|i| i.gone()) {
+            // Gone with a new image in its place: an exec. Without one, the process is
+            // exiting (its memory goes before its threads do): not a replacement.
+            let reader = self.spy.pid as u32;
+            return crate::os::process::has_image(reader).then(|| "called exec()".into());
+        }
+        // Reads through an exited main thread fail although the process runs on.
+        let through_leader = self.spy.pid as u32 == self.pid;
+        (self.failing && through_leader && crate::os::process::leader_gone(self.pid))
+            .then(|| "lost its main thread (pthread_exit)".into())
+    }
+
+    fn reattach(&mut self) -> Result<Option<crate::acquire::sampler::Reattached>> {
+        crate::acquire::attach::reattach(self.pid)
     }
 
     fn loop_tids(&self) -> Vec<u32> {
@@ -493,10 +530,8 @@ fn gil_range(spy: &PythonSpy) -> Option<std::ops::Range<u64>> {
     Some(start..start + GIL_STATE_SIZE)
 }
 
-/// Whether the process exists and is not a zombie.
+/// Whether the process exists and one of its threads is neither a zombie nor dead (a main
+/// thread that called `pthread_exit` leaves a zombie leader beside live threads).
 pub fn process_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !matches!(parse_stat_state(&stat), Some('Z' | 'X') | None),
-        Err(_) => false,
-    }
+    crate::os::process::alive(pid)
 }

@@ -65,10 +65,10 @@ impl WorkerFinder {
             *tries += 1;
             if let Ok(mut target) = attach(pid) {
                 if let Some(spy) = target.spy.take() {
-                    eprintln!(
+                    crate::output::escape::print_err(&format!(
                         "loopspy: following worker process {pid} ({})",
-                        target.command
-                    );
+                        crate::output::escape::escape(&target.command)
+                    ));
                     self.attempts.remove(&pid);
                     out.push(Box::new(spy));
                 }

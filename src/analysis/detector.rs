@@ -124,6 +124,11 @@ impl Detector {
         self
     }
 
+    /// Notes on the source files read (files not trusted because they changed on disk).
+    pub fn source_notes(&self) -> Vec<String> {
+        self.sources.as_ref().map(|s| s.notes()).unwrap_or_default()
+    }
+
     /// Process one sample and return what it completed.
     pub fn feed(&mut self, sample: &Sample) -> Vec<Event> {
         // A corrupt timestamp (NaN, infinite, centuries away) cannot be placed in time.

@@ -9,6 +9,7 @@
 //! recording: only what stays bounded); the HTTP server and a slow poller of asyncio's task
 //! counts run on their own threads.
 
+use crate::output::escape::escape;
 use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -229,7 +230,7 @@ pub fn run(args: &MonitorArgs) -> Result<()> {
         }
     };
     if let Some(n) = &target.notice {
-        let _ = writeln!(std::io::stderr(), "loopspy: note: {n}");
+        let _ = writeln!(std::io::stderr(), "loopspy: note: {}", escape(n));
     }
     let header = Header {
         loopspy_recording: FORMAT_VERSION,
@@ -310,7 +311,8 @@ pub fn run(args: &MonitorArgs) -> Result<()> {
     };
     let announce = format!(
         "loopspy: sampling process {} (Python {}), {clock}; Ctrl-C to stop",
-        target.pid, target.python_version
+        target.pid,
+        escape(&target.python_version)
     );
     let mut announced = false;
     let mut noted: Option<String> = None;

@@ -5,14 +5,18 @@
 use std::io::{self, Write};
 
 use super::model::{Dump, LoopDump, TaskDump, ThreadDump};
+use crate::output::escape::escape;
 use crate::sample::{short_path, thread_label};
 
+/// Write one line. Its names come from the target: escaped, so none can move the cursor,
+/// retitle the terminal or forge a line (the line's own text has no control characters).
+fn put(out: &mut dyn Write, line: &str) -> io::Result<()> {
+    writeln!(out, "{}", escape(line))
+}
+
 pub fn text(d: &Dump, out: &mut dyn Write) -> io::Result<()> {
-    writeln!(
-        out,
-        "Process {}: {}\nPython {}",
-        d.pid, d.command, d.python_version
-    )?;
+    put(out, &format!("Process {}: {}", d.pid, d.command))?;
+    put(out, &format!("Python {}", d.python_version))?;
     writeln!(out, "\nThreads ({})", d.threads.len())?;
     for t in &d.threads {
         thread(t, out)?;
@@ -28,7 +32,7 @@ pub fn text(d: &Dump, out: &mut dyn Write) -> io::Result<()> {
     if !d.notes.is_empty() {
         writeln!(out)?;
         for n in &d.notes {
-            writeln!(out, "note: {n}")?;
+            put(out, &format!("note: {n}"))?;
         }
     }
     Ok(())
@@ -45,9 +49,9 @@ fn thread(t: &ThreadDump, out: &mut dyn Write) -> io::Result<()> {
     if let Some(l) = &t.event_loop {
         head.push_str(&format!(", runs event loop {l}"));
     }
-    writeln!(out, "{head}")?;
+    put(out, &head)?;
     for f in &t.stack {
-        writeln!(out, "      {}  {}", f.function, f.location())?;
+        put(out, &format!("      {}  {}", f.function, f.location()))?;
     }
     Ok(())
 }
@@ -66,13 +70,15 @@ fn event_loop(l: &LoopDump, out: &mut dyn Write) -> io::Result<()> {
         (None, None) => "no task running".into(),
     };
     parts.push(now);
-    writeln!(
+    put(
         out,
-        "  {} on {} at {}: {}",
-        l.loop_type,
-        thread_label(l.thread.as_deref(), l.tid),
-        l.address,
-        parts.join(", ")
+        &format!(
+            "  {} on {} at {}: {}",
+            l.loop_type,
+            thread_label(l.thread.as_deref(), l.tid),
+            l.address,
+            parts.join(", ")
+        ),
     )
 }
 
@@ -93,7 +99,7 @@ fn task(d: &Dump, t: &TaskDump, out: &mut dyn Write) -> io::Result<()> {
             .and_then(|x| x.name.as_deref());
         head.push_str(&format!("  (loop on {})", thread_label(tname, tid)));
     }
-    writeln!(out, "{head}")?;
+    put(out, &head)?;
     for (depth, f) in t.await_chain.iter().enumerate() {
         let at = match f.line {
             Some(line) => format!("{}:{line}", short_path(&f.file)),
@@ -103,11 +109,17 @@ fn task(d: &Dump, t: &TaskDump, out: &mut dyn Write) -> io::Result<()> {
             "suspended" => String::new(),
             other => format!("  ({other})"),
         };
-        writeln!(out, "    {}{}  {at}{state}", "  ".repeat(depth), f.function)?;
+        put(
+            out,
+            &format!("    {}{}  {at}{state}", "  ".repeat(depth), f.function),
+        )?;
     }
     if let Some(a) = &t.awaiting {
         let depth = t.await_chain.len();
-        writeln!(out, "    {}awaiting {}", "  ".repeat(depth), a.label())?;
+        put(
+            out,
+            &format!("    {}awaiting {}", "  ".repeat(depth), a.label()),
+        )?;
     }
     Ok(())
 }
@@ -276,6 +288,39 @@ mod tests {
             want,
             "golden {} differs (LOOPSPY_BLESS=1 to rewrite)",
             path.display()
+        );
+    }
+
+    /// Every string the target named, with a terminal escape and a line break in it, comes
+    /// out escaped: one line each, no control character.
+    #[test]
+    fn names_from_the_target_are_escaped() {
+        const BAD: &str = "x\x1b]0;T\x07\r\nFAKE";
+        let mut m = model();
+        m.command = BAD.into();
+        m.threads[0].name = Some(BAD.into());
+        m.threads[0].stack[0] = frame(BAD, BAD, 1);
+        m.loops[0].loop_type = BAD.into();
+        m.tasks[1].name = Some(BAD.into());
+        m.tasks[1].coroutine = Some(BAD.into());
+        m.tasks[1].await_chain[0] = link(BAD, BAD, Some(3), "suspended");
+        m.tasks[1].awaiting = Some(Awaiting::Future {
+            type_name: BAD.into(),
+        });
+        let mut out = Vec::new();
+        text(&m, &mut out).unwrap();
+        let got = String::from_utf8(out).unwrap();
+        let mut plain = Vec::new();
+        text(&model(), &mut plain).unwrap();
+        assert_eq!(
+            got.lines().count(),
+            String::from_utf8(plain).unwrap().lines().count()
+        );
+        assert!(!got.chars().any(|c| c.is_control() && c != '\n'), "{got}");
+        assert!(!got.lines().any(|l| l.starts_with("FAKE")), "{got}");
+        assert!(
+            got.matches("x\\x1b]0;T\\x07\\r\\nFAKE").count() >= 10,
+            "{got}"
         );
     }
 

@@ -4,6 +4,7 @@
 //! by every command.
 
 pub mod episodes;
+pub mod escape;
 pub mod flamegraph;
 pub mod labeled;
 pub mod perfetto;

@@ -8,6 +8,7 @@ use anyhow::Result;
 
 use crate::acquire::sampler::SamplerStats;
 use crate::episode::Episode;
+use crate::output::escape::escape;
 
 /// Everything the summary reports.
 pub struct Summary<'a> {
@@ -18,6 +19,9 @@ pub struct Summary<'a> {
     pub threshold_ms: f64,
     /// Files written, in order.
     pub outputs: &'a [String],
+    /// Things the reader should know about how the results were made (one line each), e.g.
+    /// source files whose text was not trusted.
+    pub notes: &'a [String],
 }
 
 const WORST_SHOWN: usize = 5;
@@ -46,7 +50,7 @@ impl EpisodeTally {
         self.max_error_ms = self.max_error_ms.max(e.duration_error_ms.unwrap_or(0.0));
         let entry = self
             .by_culprit
-            .entry(format!("{}  [{}]", e.culprit_label(), why(e)))
+            .entry(escape(&format!("{}  [{}]", e.culprit_label(), why(e))).into_owned())
             .or_insert((0, 0.0, 0.0, e.advice.clone()));
         entry.0 += 1;
         entry.1 += e.duration_ms;
@@ -84,7 +88,7 @@ pub fn write(out: &mut dyn Write, s: &Summary) -> Result<()> {
         error_share,
         st.late,
         st.max_late_ms,
-        st.end
+        escape(&st.end)
     )?;
     match (st.clock.as_str(), &st.clock_note) {
         ("", _) => {}
@@ -100,7 +104,11 @@ pub fn write(out: &mut dyn Write, s: &Summary) -> Result<()> {
     if s.loops.is_empty() {
         writeln!(out, "loopspy: no asyncio event loop was found in the target (is it running one? loops are found while they run)")?;
     } else {
-        writeln!(out, "loopspy: event loops seen on {}", s.loops.join(", "))?;
+        writeln!(
+            out,
+            "loopspy: event loops seen on {}",
+            escape(&s.loops.join(", "))
+        )?;
     }
     let t = s.episodes;
     if t.count == 0 {
@@ -134,13 +142,13 @@ pub fn write(out: &mut dyn Write, s: &Summary) -> Result<()> {
                 out,
                 "    {}  {}  [{}]  on {}{}{}{}",
                 duration_label(e, tick_ms),
-                e.culprit_label(),
-                why(e),
-                crate::sample::thread_label(e.thread.as_deref(), e.tid),
+                escape(&e.culprit_label()),
+                escape(&why(e)),
+                escape(&crate::sample::thread_label(e.thread.as_deref(), e.tid)),
                 match &e.gil_holder {
                     Some(h) => format!(
                         ", GIL held by {}",
-                        crate::sample::thread_label(h.thread.as_deref(), h.tid)
+                        escape(&crate::sample::thread_label(h.thread.as_deref(), h.tid))
                     ),
                     None => String::new(),
                 },
@@ -165,12 +173,15 @@ pub fn write(out: &mut dyn Write, s: &Summary) -> Result<()> {
                 "    {n:>4}x  total {total:>8.0} ms  worst {worst:>7.0} ms  {label}"
             )?;
             if let Some(a) = advice {
-                writeln!(out, "           fix: {a}")?;
+                writeln!(out, "           fix: {}", escape(a))?;
             }
         }
     }
+    for n in s.notes {
+        writeln!(out, "loopspy: note: {}", escape(n))?;
+    }
     if !s.outputs.is_empty() {
-        writeln!(out, "loopspy: wrote {}", s.outputs.join(", "))?;
+        writeln!(out, "loopspy: wrote {}", escape(&s.outputs.join(", ")))?;
     }
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! and episodes; `render` draws it (pure, golden-tested at fixed sizes); `terminal` is the thin
 //! I/O layer (raw mode, keys, refresh, and a plain-text mode when stdout is not a terminal).
 
+pub mod keys;
 pub mod model;
 pub mod render;
 pub mod terminal;

@@ -43,6 +43,17 @@ impl SortKey {
     }
 }
 
+/// How the view reaches the user, which decides what its footer says about keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ViewKind {
+    /// The full-screen view, with keys.
+    #[default]
+    FullScreen,
+    /// Plain-text snapshots (stdout is not a terminal); `reads_q` when stdin is a terminal
+    /// from which `q` (then Enter) is read.
+    Plain { reads_q: bool },
+}
+
 /// One event loop's row.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoopRow {
@@ -95,6 +106,7 @@ pub struct TopModel {
     pub help: bool,
     /// Set when sampling ended: why (target exited, error).
     pub ended: Option<String>,
+    pub view: ViewKind,
 }
 
 impl TopModel {
@@ -115,6 +127,7 @@ impl TopModel {
             selected: 0,
             help: false,
             ended: None,
+            view: ViewKind::FullScreen,
         }
     }
 

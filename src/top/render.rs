@@ -9,15 +9,22 @@ use ratatui::widgets::{Cell, Paragraph, Row, Table, Wrap};
 use ratatui::{Frame, Terminal};
 
 use crate::analysis::detector::{LoopView, ViewState};
+use crate::output::escape::escape;
 use crate::sample::{short_path, thread_label};
-use crate::top::model::TopModel;
+use crate::top::model::{TopModel, ViewKind};
 
 const BLOCKED: Style = Style::new().fg(Color::Red).add_modifier(Modifier::BOLD);
 const TITLE: Style = Style::new().add_modifier(Modifier::BOLD);
 const DIM: Style = Style::new().fg(Color::DarkGray);
 
+/// Text from the target, escaped: ratatui drops control characters, and the plain-text mode
+/// prints this buffer too; escaped, a hostile name shows what it is.
+fn esc(s: &str) -> String {
+    escape(s).into_owned()
+}
+
 fn loc(l: &crate::episode::Location) -> String {
-    format!("{}:{}", short_path(&l.file), l.line)
+    format!("{}:{}", esc(short_path(&l.file)), l.line)
 }
 
 /// What a loop is doing now, as one styled line.
@@ -33,15 +40,15 @@ fn state_line(view: &LoopView, threshold_ms: f64) -> Span<'static> {
         } if *secs * 1000.0 >= threshold_ms => {
             let at = culprit
                 .as_ref()
-                .map(|c| format!("{} ({})", c.function, loc(c)))
-                .unwrap_or_else(|| callback.clone());
+                .map(|c| format!("{} ({})", esc(&c.function), loc(c)))
+                .unwrap_or_else(|| esc(callback));
             let kind = kind
                 .as_deref()
-                .map(|k| format!(" [{k}]"))
+                .map(|k| format!(" [{}]", esc(k)))
                 .unwrap_or_default();
             Span::styled(format!("BLOCKED for {secs:.1} s in {at}{kind}"), BLOCKED)
         }
-        ViewState::Running { callback, .. } => Span::raw(format!("running {callback}")),
+        ViewState::Running { callback, .. } => Span::raw(format!("running {}", esc(callback))),
     }
 }
 
@@ -55,7 +62,11 @@ fn header(m: &TopModel, paused: bool) -> Paragraph<'static> {
     };
     let mut first = vec![
         Span::styled(format!("loopspy top  pid {}", m.pid), TITLE),
-        Span::raw(format!("  Python {}  {}", m.python_version, m.command)),
+        Span::raw(format!(
+            "  Python {}  {}",
+            esc(&m.python_version),
+            esc(&m.command)
+        )),
     ];
     if paused {
         first.push(Span::styled("  [paused]", BLOCKED));
@@ -87,7 +98,7 @@ fn loops_table(m: &TopModel) -> Table<'static> {
         .iter()
         .map(|r| {
             let v = &r.view;
-            let who = thread_label(v.thread.as_deref(), v.tid);
+            let who = esc(&thread_label(v.thread.as_deref(), v.tid));
             Row::new(vec![
                 Cell::from(if multi {
                     format!("{} {who}", v.pid)
@@ -163,9 +174,9 @@ fn culprits_table(m: &TopModel, height: u16) -> Table<'static> {
         .enumerate()
         .map(|(i, c)| {
             let row = Row::new(vec![
-                Cell::from(c.culprit.function.clone()),
+                Cell::from(esc(&c.culprit.function)),
                 Cell::from(loc(&c.culprit)),
-                Cell::from(c.why.clone()),
+                Cell::from(esc(&c.why)),
                 Cell::from(format!("{:>5}", c.count)),
                 Cell::from(format!("{:>8.0}", c.total_ms)),
                 Cell::from(format!("{:>6.0}", c.worst_ms)),
@@ -217,7 +228,7 @@ fn detail(m: &TopModel) -> Paragraph<'static> {
     if let Some(a) = &c.advice {
         lines.push(Line::from(vec![
             Span::styled("fix: ", TITLE),
-            Span::raw(a.clone()),
+            Span::raw(esc(a)),
         ]));
     }
     for f in c
@@ -226,7 +237,7 @@ fn detail(m: &TopModel) -> Paragraph<'static> {
         .filter(|f| !f.file.contains("/asyncio/"))
         .take(6)
     {
-        lines.push(Line::from(format!("  {} ({})", f.function, loc(f))));
+        lines.push(Line::from(format!("  {} ({})", esc(&f.function), loc(f))));
     }
     Paragraph::new(lines).wrap(Wrap { trim: false })
 }
@@ -239,13 +250,13 @@ fn recent(m: &TopModel) -> Paragraph<'static> {
             Line::from(format!(
                 "{:>7.0} ms  {} ({})  {}  on {}",
                 e.duration_ms,
-                e.culprit.function,
+                esc(&e.culprit.function),
                 loc(&e.culprit),
-                match &e.source {
+                esc(&match &e.source {
                     Some(s) => format!("{}/{s}", e.kind),
                     None => e.kind.clone(),
-                },
-                thread_label(e.thread.as_deref(), e.tid)
+                }),
+                esc(&thread_label(e.thread.as_deref(), e.tid))
             ))
         })
         .collect();
@@ -253,12 +264,23 @@ fn recent(m: &TopModel) -> Paragraph<'static> {
 }
 
 fn footer(m: &TopModel) -> Line<'static> {
-    match &m.ended {
-        Some(why) => Line::styled(
-            format!("sampling ended: {why}. The last state stays on screen; q quits."),
+    match (&m.ended, m.view) {
+        (Some(why), ViewKind::FullScreen) => Line::styled(
+            format!(
+                "sampling ended: {}. The last state stays on screen; q quits.",
+                esc(why)
+            ),
             BLOCKED,
         ),
-        None => Line::styled(
+        (Some(why), ViewKind::Plain { .. }) => {
+            Line::styled(format!("sampling ended: {}.", esc(why)), BLOCKED)
+        }
+        // Plain snapshots read no keys but `q` (then Enter) from a terminal on stdin.
+        (None, ViewKind::Plain { reads_q: true }) => {
+            Line::styled("q then Enter, or Ctrl-C, quits", DIM)
+        }
+        (None, ViewKind::Plain { reads_q: false }) => Line::styled("Ctrl-C quits", DIM),
+        (None, ViewKind::FullScreen) => Line::styled(
             format!(
                 "q quit  p pause  s sort ({})  ↑↓ select  ? help",
                 m.sort.label()

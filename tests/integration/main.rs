@@ -9,6 +9,7 @@ mod container;
 mod diff;
 mod dump;
 mod formats;
+mod hostile;
 mod kernel;
 mod live;
 mod monitor;
