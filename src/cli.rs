@@ -112,6 +112,11 @@ pub struct SamplingArgs {
     /// multiprocessing), including workers started after loopspy attached.
     #[arg(long)]
     pub subprocesses: bool,
+    /// Do not read which HTTP request a blocked task was serving. By default loopspy reads
+    /// the method, path (never the query string) and route template of the request from the
+    /// task's frames: no headers, no body.
+    #[arg(long)]
+    pub no_request: bool,
 }
 
 #[derive(Debug, Args)]

@@ -42,6 +42,8 @@ pub struct WorkerFinder {
     root: u32,
     /// Children that could not be attached yet, and how many times that was tried.
     attempts: HashMap<u32, u32>,
+    /// Whether workers' samples read the request a blocked task serves (`--no-request`).
+    read_requests: bool,
 }
 
 impl WorkerFinder {
@@ -49,7 +51,14 @@ impl WorkerFinder {
         WorkerFinder {
             root,
             attempts: HashMap::new(),
+            read_requests: true,
         }
+    }
+
+    /// Read requests in the workers found (off with `--no-request`).
+    pub fn reading_requests(mut self, on: bool) -> WorkerFinder {
+        self.read_requests = on;
+        self
     }
 
     /// New Python descendants, attached; `known` are the pids already sampled.
@@ -64,7 +73,8 @@ impl WorkerFinder {
             }
             *tries += 1;
             if let Ok(mut target) = attach(pid) {
-                if let Some(spy) = target.spy.take() {
+                if let Some(mut spy) = target.spy.take() {
+                    spy.set_read_requests(self.read_requests);
                     crate::output::escape::print_err(&format!(
                         "loopspy: following worker process {pid} ({})",
                         crate::output::escape::escape(&target.command)

@@ -455,6 +455,7 @@ impl Detector {
             run.key = Some(gil_key());
         }
         let task = run.task();
+        let request = run.request();
         // A run no stack sample ever named (probe ticks alone, e.g. an interpreter shutting
         // down after its loop stopped) is not known to be a callback: no episode.
         if duration < self.config.threshold || run.key.is_none() {
@@ -516,6 +517,7 @@ impl Detector {
             holds_gil: b.holds_gil,
             fd: b.fd,
             self_call: b.self_call,
+            request,
         };
         let stacks = stacks.into_iter().map(|(f, (c, _))| (f, c)).collect();
         events.push(Event::Episode { episode, stacks });

@@ -72,14 +72,14 @@ pub enum AwaitTarget {
 }
 
 pub struct AsyncioReader {
-    layout: Layout,
+    pub(super) layout: Layout,
     pub(super) al: AsyncLayout,
     pid: i32,
     interp: u64,
     /// Address of the `sys.modules` pointer.
     modules_ptr: u64,
     pub(super) kinds: Kinds,
-    codes: CodeCache,
+    pub(super) codes: CodeCache,
     qualnames: Qualnames,
     pub(super) tasks: TaskReader,
     pub(super) globals: Globals,
@@ -91,6 +91,8 @@ pub struct AsyncioReader {
     modules_seen: Option<u64>,
     /// Slot offsets of `TimerHandle`, for `due_timer_task`.
     pub(super) handle_slots: super::waiting::HandleSlots,
+    /// The request reader's caches (see `request`).
+    pub(super) requests: super::request::RequestState,
 }
 
 impl AsyncioReader {
@@ -125,6 +127,7 @@ impl AsyncioReader {
             timer_slots: HashMap::new(),
             modules_seen: None,
             handle_slots: Default::default(),
+            requests: super::request::RequestState::for_minor(minor),
         };
         reader.refresh(&spy.process);
         Ok(reader)
@@ -142,6 +145,7 @@ impl AsyncioReader {
         self.qualnames.clear();
         self.timer_slots.clear();
         self.handle_slots.clear();
+        self.requests.refresh();
         if self.al.minor >= 14 && self.debug.is_none() {
             if let Ok(Some(o)) = asyncio_offsets(self.pid) {
                 self.debug = Some(o);

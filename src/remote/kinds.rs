@@ -108,7 +108,8 @@ impl Kinds {
         self.names.of_type(mem, tp)
     }
 
-    fn mro_names<M: ProcessMemory + ?Sized>(
+    /// `tp_name` of every type in `tp`'s MRO, itself first.
+    pub fn mro_names<M: ProcessMemory + ?Sized>(
         &mut self,
         mem: &M,
         tp: u64,

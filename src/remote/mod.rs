@@ -37,6 +37,7 @@ mod mem;
 mod objects;
 mod offsets;
 mod ready;
+mod request;
 mod strings;
 mod task_sets;
 mod tasks;
