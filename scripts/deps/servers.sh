@@ -12,7 +12,7 @@ set -uo pipefail
 root="${PYENV_ROOT:-$HOME/.pyenv}"
 dest="${LOOPSPY_SERVERS:-/opt/loopspy-servers}"
 PACKAGES=(uvicorn gunicorn fastapi django aiohttp sqlalchemy psycopg2-binary pymysql redis
-          boto3 celery numpy requests "moto[server]")
+          boto3 "celery[redis]" numpy requests "moto[server]")
 
 missing=()
 for cmd in initdb:postgresql redis-server:redis-server mariadbd:mariadb-server; do
@@ -35,7 +35,7 @@ for dir in "$root"/versions/3.11.* "$newest"; do
   [ -x "$py" ] || continue
   minor=$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
   venv="$dest/$minor"
-  if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import fastapi, uvicorn, gunicorn, django, aiohttp, sqlalchemy, psycopg2, pymysql, redis, boto3, celery, numpy, requests, moto" 2>/dev/null; then
+  if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import fastapi, uvicorn, gunicorn, django, aiohttp, sqlalchemy, psycopg2, pymysql, redis, boto3, celery, numpy, requests, moto, packaging" 2>/dev/null; then
     continue
   fi
   mkdir -p "$dest"

@@ -259,7 +259,11 @@ fn endpoints(out: &mut dyn Write, t: &EpisodeTally) -> Result<()> {
         }
     }
     if by.len() > ENDPOINTS_SHOWN {
-        writeln!(out, "           and {} more endpoints", by.len() - ENDPOINTS_SHOWN)?;
+        writeln!(
+            out,
+            "           and {} more endpoints",
+            by.len() - ENDPOINTS_SHOWN
+        )?;
     }
     Ok(())
 }

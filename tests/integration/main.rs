@@ -16,6 +16,7 @@ mod monitor;
 mod offline;
 mod offline_timing;
 mod outputs;
+mod servers;
 mod support;
 mod timing;
 mod top;
