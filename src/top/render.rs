@@ -167,7 +167,27 @@ fn loops_table(m: &TopModel) -> Table<'static> {
     .header(header)
 }
 
-fn culprits_table(m: &TopModel, height: u16) -> Table<'static> {
+/// `file:line` in at most `width` columns: leading path components go first, never the line.
+fn fit_loc(l: &crate::episode::Location, width: usize) -> String {
+    let full = loc(l);
+    if full.chars().count() <= width {
+        return full;
+    }
+    let name = l.file.rsplit('/').next().unwrap_or(&l.file);
+    let short = format!("{name}:{}", l.line);
+    let n = short.chars().count();
+    if n <= width {
+        short
+    } else {
+        // Keep the end: the line number and as much of the name as fits.
+        let tail: String = short.chars().skip(n - width.saturating_sub(1)).collect();
+        format!("…{tail}")
+    }
+}
+
+fn culprits_table(m: &TopModel, width: u16, height: u16) -> Table<'static> {
+    // `where` and `kind/source` give way on narrow screens to the culprit and endpoint.
+    let (where_w, kind_w) = if width < 100 { (16, 16) } else { (26, 22) };
     let rows: Vec<Row> = m
         .culprits()
         .into_iter()
@@ -175,7 +195,7 @@ fn culprits_table(m: &TopModel, height: u16) -> Table<'static> {
         .map(|(i, c)| {
             let row = Row::new(vec![
                 Cell::from(esc(&c.culprit.function)),
-                Cell::from(loc(&c.culprit)),
+                Cell::from(fit_loc(&c.culprit, where_w as usize)),
                 Cell::from(esc(&c.why)),
                 Cell::from(esc(&c.endpoint_label())),
                 Cell::from(format!("{:>5}", c.count)),
@@ -206,8 +226,8 @@ fn culprits_table(m: &TopModel, height: u16) -> Table<'static> {
         rows.into_iter().skip(skip),
         [
             Constraint::Fill(2),
-            Constraint::Fill(2),
-            Constraint::Max(22),
+            Constraint::Max(where_w),
+            Constraint::Max(kind_w),
             Constraint::Fill(2),
             Constraint::Length(5),
             Constraint::Length(8),
@@ -237,30 +257,30 @@ fn detail(m: &TopModel) -> Paragraph<'static> {
     // From the user's own frame outwards, so it stays visible however deep the library call
     // under it goes; the frames under it are summed up in one line.
     let at = c.stack.iter().position(|f| *f == c.culprit).unwrap_or(0);
-    for (i, f) in c.stack[at..]
-        .iter()
-        .filter(|f| !f.file.contains("/asyncio/"))
-        .take(6)
-        .enumerate()
-    {
-        let text = format!("  {} ({})", esc(&f.function), loc(f));
-        lines.push(if i == 0 {
-            Line::styled(format!("→{}", &text[1..]), TITLE)
-        } else {
-            Line::from(text)
-        });
-    }
+    lines.push(Line::styled(
+        format!("→ {} ({})", esc(&c.culprit.function), loc(&c.culprit)),
+        TITLE,
+    ));
     if at > 0 {
         let inner = &c.stack[0];
         lines.push(Line::styled(
             format!(
-                "  under it: {at} library frame{}, innermost {} ({})",
+                "    calls {at} library frame{} down to {} ({})",
                 if at == 1 { "" } else { "s" },
                 esc(&inner.function),
                 loc(inner)
             ),
             DIM,
         ));
+    }
+    for f in c
+        .stack
+        .iter()
+        .skip(at + 1)
+        .filter(|f| !f.file.contains("/asyncio/"))
+        .take(5)
+    {
+        lines.push(Line::from(format!("  {} ({})", f.function, loc(f))));
     }
     Paragraph::new(lines).wrap(Wrap { trim: false })
 }
@@ -381,7 +401,7 @@ pub fn draw(f: &mut Frame, m: &TopModel, paused: bool) {
         f.render_widget(loops_table(m), table);
         draw_sparklines(f, m, sparks);
     }
-    f.render_widget(culprits_table(m, culprits.height), culprits);
+    f.render_widget(culprits_table(m, culprits.width, culprits.height), culprits);
     f.render_widget(detail(m), detail_area);
     f.render_widget(section("recent episodes", recent(m)), recent_area);
     f.render_widget(footer(m), foot);
