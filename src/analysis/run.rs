@@ -143,8 +143,10 @@ impl Run {
 
     /// One more sample (probe or full) saw the run going on.
     pub fn observe(&mut self, sample: &Sample, thread: &ThreadSample) {
-        // Probe ticks do not read the current task.
-        if !sample.probe {
+        // Probe ticks do not read the current task, and a sample taken before the thread was
+        // known to run a loop (its loop not mapped yet, e.g. right after a launch) could not:
+        // neither says anything about the task.
+        if !sample.probe && thread.event_loop.is_some() {
             let task = thread
                 .task
                 .as_ref()

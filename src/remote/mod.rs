@@ -36,6 +36,7 @@ mod kinds;
 mod mem;
 mod objects;
 mod offsets;
+mod py_tasks;
 mod ready;
 mod request;
 mod strings;
@@ -59,6 +60,7 @@ pub use async_offsets::TaskOffsets;
 pub use asyncio::{AsyncioReader, AwaitTarget, CurrentTask, TaskInfo};
 pub use coro::{CoroState, Link};
 pub use offsets::{DictLayout, Layout, LoopSlot};
+pub use task_sets::MAX_TASKS;
 pub use tasks::TaskState;
 
 use dict::KeyCache;

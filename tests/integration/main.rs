@@ -8,6 +8,7 @@ mod cli;
 mod container;
 mod diff;
 mod dump;
+mod dump_scale;
 mod formats;
 mod hostile;
 mod kernel;
