@@ -386,6 +386,18 @@ impl SampleSource for Spy {
                 .any(|t| !self.threads.contains_key(&t.thread_id))
         {
             self.rescan();
+        } else if !self.threads.values().any(|t| t.running_loop.is_some()) {
+            // No loop mapped yet (a program that just started): look for one at every stack
+            // sample, so a callback that blocks as soon as the loop starts is named whole. The
+            // thread walk is a few reads; asyncio's globals are looked up once a loop shows.
+            if let Some(scanner) = self.scanner.as_mut() {
+                if let Ok(found) = scanner.scan(&self.spy.process) {
+                    self.threads = found.into_iter().map(|t| (t.pthread_id, t)).collect();
+                }
+            }
+            if self.threads.values().any(|t| t.running_loop.is_some()) {
+                self.rescan();
+            }
         }
         let single = traces.len() == 1;
         let ended = std::mem::take(&mut self.ended);

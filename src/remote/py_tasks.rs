@@ -8,7 +8,8 @@ use remoteprocess::ProcessMemory;
 
 use super::asyncio::AsyncioReader;
 use super::kinds::Kind;
-use super::mem::plausible_obj;
+use super::mem::{plausible_obj, read_u64};
+use super::offsets::OB_TYPE;
 use super::strings::read_str;
 use super::tasks::{TaskHead, TaskState};
 
@@ -57,11 +58,16 @@ impl AsyncioReader {
             get(self, b"_coro")?,
             get(self, b"_name")?,
         );
-        let fut_waiter = get(self, b"_fut_waiter").unwrap_or(0);
         if ![loop_, coro, name].into_iter().all(plausible_obj) {
             return None;
         }
-        let state = get(self, b"_state").and_then(|s| {
+        // `_state` and `_fut_waiter` are class attributes (`PENDING`, None) until first set.
+        let tp = read_u64(mem, task.checked_add(OB_TYPE)?)?;
+        let fut_waiter = get(self, b"_fut_waiter")
+            .or_else(|| self.class_attr(mem, tp, "_fut_waiter"))
+            .unwrap_or(0);
+        let state = get(self, b"_state").or_else(|| self.class_attr(mem, tp, "_state"));
+        let state = state.and_then(|s| {
             self.is(mem, s, Kind::Str)?;
             match read_str(mem, self.al.strs, s)?.as_str() {
                 "PENDING" => Some(TaskState::Pending),

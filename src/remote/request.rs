@@ -754,32 +754,36 @@ impl AsyncioReader {
         tp: u64,
         name: &'static str,
     ) -> Option<u64> {
+        let descr = self.class_attr(mem, tp, name)?;
+        let (_, kind) = self.kinds.of_object(mem, descr, self.al.tuple_items)?;
+        if kind != Kind::Other("member_descriptor".into()) {
+            return None;
+        }
+        let def = read_u64(mem, descr.checked_add(MEMBER_DEF)?)?;
+        let b = read_bytes(mem, def, (MEMBER_OFFSET + 8) as usize)?;
+        let off = i64_at(&b, MEMBER_OFFSET)?;
+        (16..=4096)
+            .contains(&off)
+            .then_some(off as u64)
+            .filter(|o| o % 8 == 0)
+    }
+
+    /// `name` looked up in the `__dict__` of each class of `tp`'s MRO, in order: a class
+    /// attribute (or descriptor), as `type.__getattribute__` finds it.
+    pub(super) fn class_attr<M: ProcessMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        tp: u64,
+        name: &'static str,
+    ) -> Option<u64> {
         let mro = read_u64(mem, tp.checked_add(super::offsets::TP_MRO)?)?;
         for class in self.tuple_items(mem, mro)? {
-            let Some(dict) = read_u64(mem, class.checked_add(TP_DICT)?) else {
-                continue;
-            };
+            let dict = read_u64(mem, class.checked_add(TP_DICT)?)?;
             let mut key = KeyCache::new(name.as_bytes());
-            let Some(f) = find_str(
-                mem,
-                self.layout.dict,
-                self.layout.str_ascii_size,
-                dict,
-                &mut key,
-            ) else {
-                continue;
-            };
-            let (_, kind) = self.kinds.of_object(mem, f.value, self.al.tuple_items)?;
-            if kind != Kind::Other("member_descriptor".into()) {
-                return None;
+            let (dl, ascii) = (self.layout.dict, self.layout.str_ascii_size);
+            if let Some(f) = find_str(mem, dl, ascii, dict, &mut key) {
+                return Some(f.value);
             }
-            let def = read_u64(mem, f.value.checked_add(MEMBER_DEF)?)?;
-            let b = read_bytes(mem, def, (MEMBER_OFFSET + 8) as usize)?;
-            let off = i64_at(&b, MEMBER_OFFSET)?;
-            return (16..=4096)
-                .contains(&off)
-                .then_some(off as u64)
-                .filter(|o| o % 8 == 0);
         }
         None
     }
