@@ -41,7 +41,7 @@ use super::collections::dict_items;
 use super::dict::{find_str, KeyCache};
 use super::kinds::Kind;
 use super::mem::{i64_at, plausible_obj, read_bytes, read_u64, u32_at, u64_at};
-use super::offsets::{OB_SIZE, OB_TYPE};
+use super::offsets::{OB_SIZE, OB_TYPE, TP_FLAGS};
 use super::strings::{read_head, str_prefix};
 use crate::sample::{Request, MAX_REQUEST_CHARS};
 
@@ -59,6 +59,8 @@ const MAX_CACHED: usize = 16_384;
 /// `PyCellObject.ob_ref`, `PyFloatObject.ob_fval` (all versions).
 const CELL_REF: u64 = 16;
 const FLOAT_VALUE: u64 = 16;
+/// `Py_TPFLAGS_TUPLE_SUBCLASS` (`object.h`, all versions).
+const TPFLAGS_TUPLE_SUBCLASS: u64 = 1 << 26;
 /// `PyTypeObject.tp_dict` (cpython-notes §2.5, all versions).
 const TP_DICT: u64 = 264;
 /// `PyMemberDescrObject.d_member` (after `PyDescr_COMMON`: head, d_type, d_name, d_qualname) and
@@ -479,13 +481,18 @@ impl AsyncioReader {
         Some(locals)
     }
 
+    /// The length of a `tuple`, or of an instance of a tuple subclass (a named tuple such as
+    /// yarl's `SplitResult`: `Py_TPFLAGS_TUPLE_SUBCLASS`, 1 << 26, in its type's flags).
     fn tuple_len<M: ProcessMemory + ?Sized>(&mut self, mem: &M, tuple: u64) -> Option<u64> {
         let b = read_bytes(mem, tuple, 24)?;
-        let kind = self
-            .kinds
-            .of_type(mem, u64_at(&b, OB_TYPE)?, self.al.tuple_items)?;
+        let tp = u64_at(&b, OB_TYPE)?;
+        let kind = self.kinds.of_type(mem, tp, self.al.tuple_items)?;
+        let is_tuple = kind == Kind::Other("tuple".into()) || {
+            let flags = read_u64(mem, tp.checked_add(TP_FLAGS)?)?;
+            flags & TPFLAGS_TUPLE_SUBCLASS != 0
+        };
         let n = u64_at(&b, OB_SIZE)?;
-        (kind == Kind::Other("tuple".into()) && n <= MAX_NAMES).then_some(n)
+        (is_tuple && n <= MAX_NAMES).then_some(n)
     }
 
     fn tuple_items<M: ProcessMemory + ?Sized>(&mut self, mem: &M, tuple: u64) -> Option<Vec<u64>> {

@@ -55,10 +55,16 @@ fn django_async_view_on_the_sync_orm() {
                     advice: "sync_to_async",
                 };
                 check_episode(&e, ep, b["ms"].as_f64().unwrap(), 1000.0 / RATE);
-                // Django runs the view in a task of its own.
-                assert_eq!(
-                    ep["coroutine"].as_str(),
-                    Some("ASGIHandler.handle.<locals>.process_request"),
+                // Django 5 runs the view in a task of its own, which holds no scope: the
+                // request comes from the view's `request`; later versions run it in the
+                // server's task.
+                let coroutine = ep["coroutine"].as_str().unwrap_or("");
+                assert!(
+                    [
+                        "ASGIHandler.handle.<locals>.process_request",
+                        "RequestResponseCycle.run_asgi"
+                    ]
+                    .contains(&coroutine),
                     "{label}: {ep}"
                 );
             }
