@@ -124,8 +124,8 @@ pub const CASES: &[Case] = &[
     Case {
         name: "numpy_matmul",
         method: "GET",
-        target: "/matrix/800",
-        path: "/matrix/800",
+        target: "/matrix/1600",
+        path: "/matrix/1600",
         route: "/matrix/{size}",
         culprit: "multiply",
         kinds: &["cpu"],
