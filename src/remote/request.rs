@@ -23,7 +23,8 @@
 //! same code with the same object in the same local, so a frame popped while we read yields
 //! `None`, never a request of some other frame. Per thread, the last result is kept with the
 //! task, the ready-queue counter and the local's address and value it came from: while the same
-//! callback runs (the episode's burst of stack samples) a repeat costs one read.
+//! callback runs (the episode's burst of stack samples) a repeat costs one read, once the request
+//! has its route (a router matches it after the middlewares ran; until then it is read again).
 //!
 //! Frame chains per version (cpython-notes §2.5): ≤3.10 `tstate->frame` (a heap
 //! `PyFrameObject`, `f_back` @24, locals at `f_localsplus`, named by `co_varnames`, then
@@ -262,7 +263,10 @@ impl AsyncioReader {
         ready: Option<u64>,
     ) -> Option<Request> {
         if let Some(last) = self.requests.last.get(&tstate) {
-            let same = last.task == task && last.ready == ready;
+            // A request without a route yet may get one later in the same callback (the router
+            // matches after the middlewares ran): read it again then.
+            let settled = last.request.as_ref().is_none_or(|r| r.route.is_some());
+            let same = settled && last.task == task && last.ready == ready;
             let stands = last
                 .witness
                 .is_none_or(|w| read_u64(mem, w.slot) == Some(w.value));

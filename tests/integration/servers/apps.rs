@@ -32,13 +32,13 @@ fn django_async_view_on_the_sync_orm() {
                 &env,
             );
             request(server.port, "GET", "/orders/1/");
-            let warm = server.blocks().len();
+            let warm = server.wait_blocks(1).len();
             let rec = Recording::start(server.pid(), &["--rate", &RATE.to_string()]);
             for _ in 0..2 {
                 request(server.port, "GET", "/orders/1/?page=2");
             }
             let (episodes, stderr) = rec.stop();
-            let blocks = server.blocks().split_off(warm);
+            let blocks = server.wait_blocks(warm + 2).split_off(warm);
             let label = format!("{v} django");
             let line = block_line("django_app.py", "django");
             for (ep, b) in pair(&episodes, &blocks, &format!("{label}\n{stderr}")) {

@@ -271,7 +271,7 @@ fn fastapi_routes_blocking_on_real_servers() {
             for c in &cases {
                 request(server.port, c.method, c.target);
             }
-            let warm = server.blocks().len();
+            let warm = server.wait_blocks(cases.len()).len();
             let rec = Recording::start(server.pid(), &["--rate", &RATE.to_string()]);
             for c in &cases {
                 for _ in 0..2 {
@@ -279,7 +279,7 @@ fn fastapi_routes_blocking_on_real_servers() {
                 }
             }
             let (episodes, stderr) = rec.stop();
-            let blocks: Vec<_> = server.blocks().split_off(warm);
+            let blocks: Vec<_> = server.wait_blocks(warm + 2 * cases.len()).split_off(warm);
             let pairs = pair(&episodes, &blocks, &format!("{v} fastapi\n{stderr}"));
             for (ep, b) in pairs {
                 let case = cases

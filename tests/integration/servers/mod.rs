@@ -72,6 +72,25 @@ impl Server {
         server
     }
 
+    /// The `BLOCK` lines, once at least `n` have arrived (each is printed before its response
+    /// is sent, but reaches us through a pipe and a thread).
+    pub fn wait_blocks(&mut self, n: usize) -> Vec<Value> {
+        let deadline = std::time::Instant::now() + services::START_TIMEOUT;
+        loop {
+            let blocks = self.blocks();
+            if blocks.len() >= n {
+                return blocks;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            assert!(
+                !left.is_zero(),
+                "only {} of {n} BLOCK lines came: {blocks:?}",
+                blocks.len()
+            );
+            self.out.next(left);
+        }
+    }
+
     /// The `BLOCK` lines printed so far.
     pub fn blocks(&mut self) -> Vec<Value> {
         self.out.drain();
@@ -128,6 +147,10 @@ impl Recording {
     pub fn wait_following(&mut self, pids: &[u32]) {
         for pid in pids {
             let needle = format!("following worker process {pid} ");
+            // The line may have come while waiting for another pid.
+            if self.err.seen.iter().any(|l| l.contains(&needle)) {
+                continue;
+            }
             assert!(
                 self.err.until(&needle).is_some(),
                 "loopspy never followed worker {pid}:\n{}",
@@ -262,10 +285,33 @@ pub fn pair<'a>(
             .unwrap_or_else(|| panic!("{what}: no episode for {b} in {episodes:#?}"));
         out.push((ep, b));
     }
-    assert_eq!(
-        episodes.len(),
-        blocks.len(),
-        "{what}: episodes that match no block: {episodes:#?}"
+    let extra: Vec<String> = by
+        .values()
+        .flatten()
+        .map(|e| {
+            let stack: Vec<&str> = e["stack"]
+                .as_array()
+                .map(|s| s.iter().take(6).filter_map(|f| f["function"].as_str()).collect())
+                .unwrap_or_default();
+            format!(
+                "pid {} {:.1} ms in {} ({}): {} {stack:?}",
+                e["pid"], e["duration_ms"], e["culprit"]["function"], e["kind"], e["request"]
+            )
+        })
+        .collect();
+    let count = |list: &[Value], key: &str| {
+        let mut m: std::collections::BTreeMap<String, usize> = Default::default();
+        for v in list {
+            *m.entry(v[key].to_string()).or_default() += 1;
+        }
+        m
+    };
+    assert!(
+        extra.is_empty(),
+        "{what}: episodes that match no block:\n{}\nblocks by pid {:?}, episodes by pid {:?}",
+        extra.join("\n"),
+        count(blocks, "pid"),
+        count(episodes, "pid")
     );
     out
 }

@@ -65,17 +65,32 @@ fn next_worker(server: &mut Server, f: &Flavor) -> u32 {
         .unwrap_or_else(|| panic!("{}: no pid in {line:?}", f.name))
 }
 
-/// Sends pairs of concurrent blocking requests until every pid in `want` has reported a block.
-fn blocks_from(server: &mut Server, want: &[u32]) {
+/// Waits until `n` workers in all have said "Application startup complete." (uvicorn's
+/// lifespan, in both flavors): the app is imported and the worker serves.
+fn wait_started(server: &mut Server, n: usize) {
+    const READY: &str = "Application startup complete.";
+    while server.err.seen.iter().filter(|l| l.contains(READY)).count() < n {
+        assert!(
+            server.err.until(READY).is_some(),
+            "workers did not start:\n{}",
+            server.err.text()
+        );
+    }
+}
+
+/// Sends pairs of concurrent blocking requests until every pid in `want` has reported a block;
+/// `sent` counts the blocking requests.
+fn blocks_from(server: &mut Server, want: &[u32], sent: &mut usize) {
     for _ in 0..40 {
         let seen: BTreeSet<u64> = server
-            .blocks()
+            .wait_blocks(*sent)
             .iter()
             .filter_map(|b| b["pid"].as_u64())
             .collect();
         if want.iter().all(|p| seen.contains(&(*p as u64))) {
             return;
         }
+        *sent += 2;
         // Two at once: while one worker blocks, the other accepts.
         let port = server.port;
         let other = std::thread::spawn(move || request(port, "GET", "/sleep/0.12"));
@@ -115,12 +130,14 @@ fn workers_are_followed_and_dumped() {
                 let label = format!("{v} {}", f.name);
                 let mut server = Server::start(&py, f.args, &[]);
                 let workers = [next_worker(&mut server, f), next_worker(&mut server, f)];
+                wait_started(&mut server, 2);
                 let mut rec = Recording::start(
                     server.pid(),
                     &["--subprocesses", "--rate", "200", "--stack-rate", "10"],
                 );
                 rec.wait_following(&workers);
-                blocks_from(&mut server, &workers);
+                let mut sent = 0;
+                blocks_from(&mut server, &workers, &mut sent);
 
                 let d = dump_workers(server.pid());
                 let procs = d["processes"].as_array().expect("processes");
@@ -143,11 +160,36 @@ fn workers_are_followed_and_dumped() {
                 // A worker dies; the master starts another, which loopspy follows.
                 unsafe { libc::kill(workers[0] as i32, libc::SIGKILL) };
                 let restarted = next_worker(&mut server, f);
+                wait_started(&mut server, 3);
                 rec.wait_following(&[restarted]);
-                blocks_from(&mut server, &[restarted]);
+                blocks_from(&mut server, &[restarted], &mut sent);
                 let (episodes, stderr) = rec.stop();
 
-                let blocks = server.blocks();
+                let blocks = server.wait_blocks(sent);
+                // A worker loads the app inside its event loop (uvicorn in `Server.serve`,
+                // gunicorn's UvicornWorker in `_serve`): when loopspy sees that (the restarted
+                // worker), it blocks the loop too, serving no request.
+                let (served, startup): (Vec<Value>, Vec<Value>) =
+                    episodes.into_iter().partition(|e| !e["request"].is_null());
+                for e in &startup {
+                    // Only a worker's own start: never a served block that lost its request.
+                    assert!(
+                        [workers[0], workers[1], restarted]
+                            .iter()
+                            .any(|w| e["pid"] == *w),
+                        "{label}: an episode outside a request in a non-worker: {e}"
+                    );
+                    assert!(
+                        e["culprit"]["function"] != "nap",
+                        "{label}: a request's block without its request: {e}"
+                    );
+                    eprintln!(
+                        "NOTE: {label}: pid {} blocked {:.1} ms outside a request, in {}",
+                        e["pid"], e["duration_ms"], e["coroutine"]
+                    );
+                }
+
+                let episodes = served;
                 let by_pid: BTreeSet<u64> =
                     episodes.iter().filter_map(|e| e["pid"].as_u64()).collect();
                 for w in [workers[0], workers[1], restarted] {
@@ -157,7 +199,8 @@ fn workers_are_followed_and_dumped() {
                     );
                 }
                 // A killed worker may have been mid-request: only the blocks it reported count.
-                for (ep, b) in pair(&episodes, &blocks, &format!("{label}\n{stderr}")) {
+                let what = format!("{label} (workers {workers:?}, then {restarted})\n{stderr}");
+                for (ep, b) in pair(&episodes, &blocks, &what) {
                     let e = Expect {
                         label: format!("{label} pid {}", b["pid"]),
                         route: "/sleep/{seconds}",

@@ -21,7 +21,9 @@ import time
 
 
 def say(tag, **fields):
-    print(tag, json.dumps(fields), flush=True)
+    # One write: worker processes share the pipe, and print() under PYTHONUNBUFFERED writes
+    # the text and its newline separately, so two workers' lines could interleave.
+    os.write(1, ("%s %s\n" % (tag, json.dumps(fields))).encode())
 
 
 class Route:
