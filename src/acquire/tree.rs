@@ -120,13 +120,7 @@ impl Drop for WorkerFinder {
 
 /// The finder thread: every `LOOK_EVERY`, attach the descendants not attached yet, until
 /// `stop` or the sampler is gone.
-fn find(
-    root: u32,
-    requests: bool,
-    known: Vec<u32>,
-    tx: Sender<Found>,
-    stop: &AtomicBool,
-) {
+fn find(root: u32, requests: bool, known: Vec<u32>, tx: Sender<Found>, stop: &AtomicBool) {
     let mut attached: HashSet<u32> = known.into_iter().collect();
     // Children that could not be attached yet, and how many times that was tried.
     let mut attempts: HashMap<u32, u32> = HashMap::new();
@@ -134,7 +128,10 @@ fn find(
         let found = descendants(root);
         attempts.retain(|pid, _| found.contains(pid));
         attached.retain(|pid| *pid == root || found.contains(pid));
-        let new: Vec<u32> = found.into_iter().filter(|p| !attached.contains(p)).collect();
+        let new: Vec<u32> = found
+            .into_iter()
+            .filter(|p| !attached.contains(p))
+            .collect();
         for pid in new {
             let tries = attempts.entry(pid).or_insert(0);
             if *tries >= MAX_ATTEMPTS {

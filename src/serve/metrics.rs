@@ -423,7 +423,10 @@ mod tests {
             let want = format!("loopspy_blocking_episodes_total{{{}}} 1", labels(route));
             assert!(text.contains(&want), "missing {want} in:\n{text}");
         }
-        assert!(!text.contains("/orders/7") && !text.contains("/orders/8"), "{text}");
+        assert!(
+            !text.contains("/orders/7") && !text.contains("/orders/8"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -291,7 +291,12 @@ pub fn pair<'a>(
         .map(|e| {
             let stack: Vec<&str> = e["stack"]
                 .as_array()
-                .map(|s| s.iter().take(6).filter_map(|f| f["function"].as_str()).collect())
+                .map(|s| {
+                    s.iter()
+                        .take(6)
+                        .filter_map(|f| f["function"].as_str())
+                        .collect()
+                })
                 .unwrap_or_default();
             format!(
                 "pid {} {:.1} ms in {} ({}): {} {stack:?}",
