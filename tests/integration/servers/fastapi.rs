@@ -146,7 +146,8 @@ pub const CASES: &[Case] = &[
         kinds: &["cpu"],
         source: None,
         source_today: None,
-        advice: "to_thread",
+        // A Python-level loop holds the GIL: a thread would stall the loop too.
+        advice: "process pool",
         needs: "",
     },
     Case {
