@@ -50,6 +50,14 @@ impl Server {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        // The apps connect at startup to every service named in their environment: only the
+        // ones this test started, never a variable another test left in ours (the tests share
+        // one process, and a dead server's address would fail the app's startup).
+        for (k, _) in std::env::vars_os() {
+            if k.to_str().is_some_and(|k| k.starts_with("LOOPSPY_")) {
+                cmd.env_remove(&k);
+            }
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }
