@@ -729,6 +729,7 @@ mod tests {
                 task: None,
                 coroutine: None,
                 timers: None,
+                request: None,
                 frames: Vec::new(),
             }
         }
