@@ -906,6 +906,7 @@ mod tests {
             task: None,
             coroutine: None,
             timers: None,
+            request: None,
             frames: Vec::new(),
         }
     }

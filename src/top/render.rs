@@ -174,7 +174,7 @@ fn fit_loc(l: &crate::episode::Location, width: usize) -> String {
         return full;
     }
     let name = l.file.rsplit('/').next().unwrap_or(&l.file);
-    let short = format!("{name}:{}", l.line);
+    let short = format!("{}:{}", esc(name), l.line);
     let n = short.chars().count();
     if n <= width {
         short
