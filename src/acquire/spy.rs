@@ -16,8 +16,6 @@ use crate::sample::{Frame, ReadyQueue, Request, ThreadSample};
 
 /// How often the thread scan (running loops, thread ids) is redone even when nothing changed.
 const RESCAN: Duration = Duration::from_secs(1);
-/// How long after attaching a process without a loop still has every tick read stacks.
-const NO_LOOP_STACKS: Duration = Duration::from_secs(1);
 
 /// A live, attached target.
 pub struct Spy {
@@ -56,7 +54,6 @@ pub struct Spy {
     failing: bool,
     /// Read the request a loop's running task serves (on by default; `--no-request`).
     read_requests: bool,
-    attached: Instant,
 }
 
 /// What a loop thread's running task is, for one stack sample.
@@ -109,7 +106,6 @@ impl Spy {
             loop_threads: Default::default(),
             suspect: false,
             read_requests: true,
-            attached: Instant::now(),
         };
         (spy, notice)
     }
@@ -311,14 +307,7 @@ impl Spy {
             });
         }
         if !self.threads.values().any(|t| t.running_loop.is_some()) {
-            // In the first second, ticks read stacks (at most 100 Hz) so a program that has
-            // just started gets its loop mapped at once. After that a process that runs no loop
-            // (the master of a worker pool) costs only the background stack rate: an empty
-            // probe, which the sampler skips. Rescans above still find a loop that starts later.
-            if self.attached.elapsed() < NO_LOOP_STACKS {
-                return (!out.is_empty()).then_some(out);
-            }
-            return Some(out);
+            return (!out.is_empty()).then_some(out);
         }
         let scanner = self.scanner.as_ref()?;
         let mut loops: Vec<(u32, String, Option<ReadyQueue>)> = Vec::new();
