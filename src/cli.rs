@@ -112,6 +112,11 @@ pub struct SamplingArgs {
     /// multiprocessing), including workers started after loopspy attached.
     #[arg(long)]
     pub subprocesses: bool,
+    /// Do not read which HTTP request a blocked task was serving. By default loopspy reads
+    /// the method, path (never the query string) and route template of the request from the
+    /// task's frames: no headers, no body.
+    #[arg(long)]
+    pub no_request: bool,
 }
 
 #[derive(Debug, Args)]
@@ -226,6 +231,17 @@ pub struct DumpArgs {
     /// Write the dump to FILE instead of stdout (`-` for stdout).
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// Also dump the target's Python child processes (uvicorn/gunicorn workers,
+    /// multiprocessing).
+    #[arg(long)]
+    pub subprocesses: bool,
+    /// List every task on its own. By default tasks with the same loop, state, coroutine and
+    /// await chain are shown once, with their count.
+    #[arg(long)]
+    pub all_tasks: bool,
+    /// Do not read the HTTP request a loop's running task serves (method, path, route).
+    #[arg(long)]
+    pub no_request: bool,
 }
 
 /// Ticks needed per `--threshold`: an episode's boundaries are each known to within one tick

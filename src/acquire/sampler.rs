@@ -171,12 +171,13 @@ fn track_runs(
     long
 }
 
-/// Finds new processes to sample (worker processes started after attaching); called about
-/// once a second with the pids already sampled.
+/// Finds new processes to sample (worker processes started after attaching); called every
+/// `DISCOVER_EVERY` with the pids already sampled.
 pub type Discover<'a> = dyn FnMut(&[u32]) -> Vec<Box<dyn SampleSource + Send>> + 'a;
 
-/// How often `Discover` is asked for new processes.
-const DISCOVER_EVERY: Duration = Duration::from_secs(1);
+/// How often `Discover` is asked for new processes (it only collects what a finder thread
+/// attached, so it is cheap).
+const DISCOVER_EVERY: Duration = Duration::from_millis(100);
 /// After an `exec()`, how often to try attaching to the new program, and for how long.
 const REATTACH_EVERY: Duration = Duration::from_millis(50);
 const REATTACH_FOR: Duration = Duration::from_secs(10);
@@ -272,6 +273,11 @@ impl<'s> Slot<'s> {
             return Read::Replaced(why);
         }
         match read {
+            // Nothing to probe (a process without a loop): no sample.
+            Ok(threads) if probe && threads.is_empty() => {
+                self.consecutive = 0;
+                Read::Skipped
+            }
             Ok(threads) => {
                 self.consecutive = 0;
                 if kernel {
@@ -723,6 +729,7 @@ mod tests {
                 task: None,
                 coroutine: None,
                 timers: None,
+                request: None,
                 frames: Vec::new(),
             }
         }
@@ -899,6 +906,7 @@ mod tests {
             task: None,
             coroutine: None,
             timers: None,
+            request: None,
             frames: Vec::new(),
         }
     }

@@ -12,7 +12,7 @@ use crate::acquire::sampler::SampleSource;
 use crate::os::thread_state::ThreadProc;
 use crate::remote::gc_state::{mark_collector, GcFlag};
 use crate::remote::{AsyncioReader, PyThread, ThreadScanner};
-use crate::sample::{Frame, ReadyQueue, ThreadSample};
+use crate::sample::{Frame, ReadyQueue, Request, ThreadSample};
 
 /// How often the thread scan (running loops, thread ids) is redone even when nothing changed.
 const RESCAN: Duration = Duration::from_secs(1);
@@ -52,6 +52,17 @@ pub struct Spy {
     image: Option<crate::os::process::Image>,
     /// Whether the last full read failed (then a leader that exited is looked for).
     failing: bool,
+    /// Read the request a loop's running task serves (on by default; `--no-request`).
+    read_requests: bool,
+}
+
+/// What a loop thread's running task is, for one stack sample.
+#[derive(Default)]
+struct LoopTask {
+    task: Option<String>,
+    coroutine: Option<String>,
+    timers: Option<u64>,
+    request: Option<Request>,
 }
 
 impl Spy {
@@ -94,6 +105,7 @@ impl Spy {
             ended: Default::default(),
             loop_threads: Default::default(),
             suspect: false,
+            read_requests: true,
         };
         (spy, notice)
     }
@@ -158,19 +170,32 @@ impl Spy {
     }
 
     /// For the thread `pthread`, when it runs a loop: the task that loop is stepping (name and
-    /// coroutine) and the loop's timer count. About 7 `process_vm_readv` calls.
-    fn loop_tasks(&mut self, pthread: u64) -> (Option<String>, Option<String>, Option<u64>) {
+    /// coroutine), the loop's timer count, and (unless `--no-request`) the HTTP request that
+    /// task serves. About 7 `process_vm_readv` calls, plus the request's first read in each
+    /// callback (`remote::request`). `ready` is the loop's ready-queue counter.
+    fn loop_tasks(&mut self, pthread: u64, ready: Option<u64>) -> LoopTask {
         let (Some(a), Some(t)) = (self.asyncio.as_mut(), self.threads.get(&pthread)) else {
-            return (None, None, None);
+            return LoopTask::default();
         };
         let Some(l) = t.running_loop.as_ref() else {
-            return (None, None, None);
+            return LoopTask::default();
         };
         let mem = &self.spy.process;
         let timers = a.timers(mem, l.address);
         match a.current_task(mem, t.tstate, l.address) {
-            Some(c) => (c.name, c.coroutine, timers),
-            None => (None, None, timers),
+            Some(c) => LoopTask {
+                request: self
+                    .read_requests
+                    .then(|| a.request(mem, t.tstate, c.address, ready))
+                    .flatten(),
+                task: c.name,
+                coroutine: c.coroutine,
+                timers,
+            },
+            None => LoopTask {
+                timers,
+                ..LoopTask::default()
+            },
         }
     }
 
@@ -180,6 +205,12 @@ impl Spy {
         let (a, t) = (self.asyncio.as_mut()?, self.threads.get(&pthread)?);
         let l = t.running_loop.as_ref()?;
         a.due_timer_task(&self.spy.process, l.address, monotonic_now())
+    }
+
+    /// Whether stack samples read the HTTP request of a loop's running task (`--no-request`
+    /// turns it off).
+    pub fn set_read_requests(&mut self, on: bool) {
+        self.read_requests = on;
     }
 
     /// Map the threads and their loops now rather than at the next sample, for a one-shot read
@@ -271,6 +302,7 @@ impl Spy {
                 task: None,
                 coroutine: None,
                 timers: None,
+                request: None,
                 frames: Vec::new(),
             });
         }
@@ -313,6 +345,7 @@ impl Spy {
                 task: None,
                 coroutine: None,
                 timers: None,
+                request: None,
                 frames: Vec::new(),
             });
         }
@@ -354,6 +387,18 @@ impl SampleSource for Spy {
                 .any(|t| !self.threads.contains_key(&t.thread_id))
         {
             self.rescan();
+        } else if !self.threads.values().any(|t| t.running_loop.is_some()) {
+            // No loop mapped yet (a program that just started): look for one at every stack
+            // sample, so a callback that blocks as soon as the loop starts is named whole. The
+            // thread walk is a few reads; asyncio's globals are looked up once a loop shows.
+            if let Some(scanner) = self.scanner.as_mut() {
+                if let Ok(found) = scanner.scan(&self.spy.process) {
+                    self.threads = found.into_iter().map(|t| (t.pthread_id, t)).collect();
+                }
+            }
+            if self.threads.values().any(|t| t.running_loop.is_some()) {
+                self.rescan();
+            }
         }
         let single = traces.len() == 1;
         let ended = std::mem::take(&mut self.ended);
@@ -407,7 +452,12 @@ impl SampleSource for Spy {
                     self.names.insert(tid, n.clone());
                 }
             }
-            let (mut task, mut coroutine, timers) = self.loop_tasks(trace.thread_id);
+            let queue = ready
+                .iter()
+                .find(|(p, _)| *p == trace.thread_id)
+                .map(|&(_, q)| q);
+            let lt = self.loop_tasks(trace.thread_id, queue.map(|q| q.state));
+            let (mut task, mut coroutine) = (lt.task, lt.coroutine);
             let frames: Vec<Frame> = trace.frames.iter().map(Frame::from_py_spy).collect();
             if task.is_none() && event_loop.is_some() && waits_outside_callback(&os, &frames) {
                 if let Some(w) = self.waiting_task(trace.thread_id) {
@@ -419,17 +469,15 @@ impl SampleSource for Spy {
                 loop_ended: ended.contains(&tid),
                 task,
                 coroutine,
-                timers,
+                timers: lt.timers,
+                request: lt.request,
                 tid,
                 name,
                 event_loop,
                 gil: trace.owns_gil,
                 active: trace.active,
                 os,
-                ready: ready
-                    .iter()
-                    .find(|(p, _)| *p == trace.thread_id)
-                    .map(|&(_, q)| q),
+                ready: queue,
                 frames,
             });
         }

@@ -102,8 +102,9 @@ pub struct Detector {
     seen_more: std::collections::HashSet<(u32, u32)>,
     /// Where to read the culprit's source line from, if anywhere.
     sources: Option<SourceFiles>,
-    /// Monotonic time of the last full (stack) sample.
-    last_full: Option<f64>,
+    /// Monotonic time of the last full (stack) sample of each process: a stack stands for the
+    /// time since its own process's previous one (worker processes are sampled in turn).
+    last_full: HashMap<u32, f64>,
 }
 
 impl Detector {
@@ -114,7 +115,7 @@ impl Detector {
             seen: Default::default(),
             sources: None,
             seen_more: Default::default(),
-            last_full: None,
+            last_full: HashMap::new(),
         }
     }
 
@@ -147,7 +148,10 @@ impl Detector {
             return events;
         }
         // Each stack stands for the time since the previous one (probe ticks read none).
-        let weight = match self.last_full.replace(sample.mono) {
+        if self.last_full.len() >= 4096 && !self.last_full.contains_key(&sample.pid) {
+            self.last_full.clear();
+        }
+        let weight = match self.last_full.insert(sample.pid, sample.mono) {
             Some(prev) => ((sample.mono - prev) * 1000.0).round().clamp(1.0, 1000.0) as u32,
             None => 1,
         };
@@ -455,6 +459,7 @@ impl Detector {
             run.key = Some(gil_key());
         }
         let task = run.task();
+        let request = run.request();
         // A run no stack sample ever named (probe ticks alone, e.g. an interpreter shutting
         // down after its loop stopped) is not known to be a callback: no episode.
         if duration < self.config.threshold || run.key.is_none() {
@@ -516,6 +521,7 @@ impl Detector {
             holds_gil: b.holds_gil,
             fd: b.fd,
             self_call: b.self_call,
+            request,
         };
         let stacks = stacks.into_iter().map(|(f, (c, _))| (f, c)).collect();
         events.push(Event::Episode { episode, stacks });

@@ -188,7 +188,12 @@ fn poll_tasks(metrics: Arc<Metrics>, pids: Arc<Mutex<BTreeSet<u32>>>, stop: &Ato
                     Err(_) => continue,
                 },
             };
-            match crate::dump::build(target) {
+            // Only the task counts: no request is read.
+            let opts = crate::dump::Options {
+                all_tasks: false,
+                requests: false,
+            };
+            match crate::dump::build(target, &opts) {
                 Ok(dump) => {
                     let counts: Vec<(Option<String>, u64)> = dump
                         .loops
@@ -316,11 +321,13 @@ pub fn run(args: &MonitorArgs) -> Result<()> {
     );
     let mut announced = false;
     let mut noted: Option<String> = None;
-    let spy = target
+    let mut spy = target
         .spy
         .take()
         .context("the target was already being sampled")?;
-    let mut finder = WorkerFinder::new(target.pid);
+    let requests = !args.sampling.no_request;
+    spy.set_read_requests(requests);
+    let mut finder = WorkerFinder::new(target.pid).reading_requests(requests);
     let mut discover = |known: &[u32]| finder.discover(known);
     let discover: Option<&mut sampler::Discover> = if args.sampling.subprocesses {
         Some(&mut discover)

@@ -131,11 +131,13 @@ pub fn run(args: &RecordArgs) -> Result<()> {
     );
     let mut announced = false;
     let mut noted: Option<String> = None;
-    let spy = target
+    let mut spy = target
         .spy
         .take()
         .context("the target was already being sampled")?;
-    let mut finder = WorkerFinder::new(target.pid);
+    let requests = !args.sampling.no_request;
+    spy.set_read_requests(requests);
+    let mut finder = WorkerFinder::new(target.pid).reading_requests(requests);
     let mut discover = |known: &[u32]| finder.discover(known);
     let discover: Option<&mut sampler::Discover> = if args.sampling.subprocesses {
         Some(&mut discover)

@@ -250,12 +250,23 @@ impl FlameGraph {
     }
 }
 
+/// The root's label: the culprit, the kind and source, and the route when the episode served
+/// a request whose route is known (`in handler (app/main.py:42) [sleep, time.sleep]
+/// [GET /orders/{order_id}]`).
 fn group_key(ep: &Episode) -> String {
     let why = match &ep.source {
         Some(s) => format!("{}, {s}", ep.kind),
         None => ep.kind.clone(),
     };
-    format!("in {} [{why}]", ep.culprit_label())
+    // Only a matched route: concrete paths would make a root per path.
+    let route = ep
+        .request
+        .as_ref()
+        .and_then(|r| Some(format!("{} {}", r.method, r.route.as_ref()?)));
+    match route {
+        Some(endpoint) => format!("in {} [{why}] [{endpoint}]", ep.culprit_label()),
+        None => format!("in {} [{why}]", ep.culprit_label()),
+    }
 }
 
 fn plural(n: usize) -> &'static str {

@@ -26,6 +26,21 @@ pub struct Summary<'a> {
 
 const WORST_SHOWN: usize = 5;
 const CULPRITS_SHOWN: usize = 5;
+const ENDPOINTS_SHOWN: usize = 10;
+/// Distinct endpoints tallied; later ones (paths without a route can be many) are merged.
+const MAX_ENDPOINTS: usize = 1000;
+/// The row of episodes that served no (readable) request.
+const NO_REQUEST: &str = "(no request)";
+const OTHER_ENDPOINTS: &str = "(other endpoints)";
+
+/// One endpoint's episodes: count, total and worst ms, and blocked ms per culprit.
+#[derive(Debug, Default)]
+struct EndpointTally {
+    count: usize,
+    total_ms: f64,
+    worst_ms: f64,
+    culprits: BTreeMap<String, f64>,
+}
 
 /// What the summary needs of the episodes, kept as they come: totals, the worst few, and one
 /// entry per culprit. Bounded however long the recording runs.
@@ -40,6 +55,10 @@ pub struct EpisodeTally {
     worst: Vec<Episode>,
     /// culprit label → (count, total ms, worst ms, advice).
     by_culprit: BTreeMap<String, (usize, f64, f64, Option<String>)>,
+    /// `GET /orders/{order_id}` (the route, else the path) → its episodes.
+    by_endpoint: BTreeMap<String, EndpointTally>,
+    /// Whether any episode served a request (the endpoint table is shown then).
+    any_request: bool,
 }
 
 impl EpisodeTally {
@@ -48,9 +67,25 @@ impl EpisodeTally {
         self.total_ms += e.duration_ms;
         self.lower_bounds += usize::from(e.duration_is_lower_bound());
         self.max_error_ms = self.max_error_ms.max(e.duration_error_ms.unwrap_or(0.0));
+        // Names and paths come from the target: escaped before they reach a terminal.
+        let label = escape(&format!("{}  [{}]", e.culprit_label(), why(e))).into_owned();
+        self.any_request |= e.request.is_some();
+        let mut endpoint = e
+            .endpoint()
+            .map_or_else(|| NO_REQUEST.to_string(), |p| escape(&p).into_owned());
+        if self.by_endpoint.len() >= MAX_ENDPOINTS && !self.by_endpoint.contains_key(&endpoint) {
+            endpoint = OTHER_ENDPOINTS.to_string();
+        }
+        let ep = self.by_endpoint.entry(endpoint).or_default();
+        ep.count += 1;
+        ep.total_ms += e.duration_ms;
+        ep.worst_ms = ep.worst_ms.max(e.duration_ms);
+        if ep.culprits.len() < MAX_ENDPOINTS || ep.culprits.contains_key(&label) {
+            *ep.culprits.entry(label.clone()).or_insert(0.0) += e.duration_ms;
+        }
         let entry = self
             .by_culprit
-            .entry(escape(&format!("{}  [{}]", e.culprit_label(), why(e))).into_owned())
+            .entry(label)
             .or_insert((0, 0.0, 0.0, e.advice.clone()));
         entry.0 += 1;
         entry.1 += e.duration_ms;
@@ -176,6 +211,9 @@ pub fn write(out: &mut dyn Write, s: &Summary) -> Result<()> {
                 writeln!(out, "           fix: {}", escape(a))?;
             }
         }
+        if t.any_request {
+            endpoints(out, t)?;
+        }
     }
     for n in s.notes {
         writeln!(out, "loopspy: note: {}", escape(n))?;
@@ -198,6 +236,36 @@ fn duration_label(e: &Episode, tick_ms: f64) -> String {
         label.push_str(&format!(" ±{err:.0}"));
     }
     label
+}
+
+/// The "blocked time by endpoint" table: each endpoint's episodes and the culprit that blocked
+/// it longest.
+fn endpoints(out: &mut dyn Write, t: &EpisodeTally) -> Result<()> {
+    writeln!(out, "  blocked time by endpoint:")?;
+    let mut by: Vec<_> = t.by_endpoint.iter().collect();
+    by.sort_by(|a, b| b.1.total_ms.total_cmp(&a.1.total_ms).then(a.0.cmp(b.0)));
+    for (endpoint, e) in by.iter().take(ENDPOINTS_SHOWN) {
+        writeln!(
+            out,
+            "    {:>4}x  total {:>8.0} ms  worst {:>7.0} ms  {endpoint}",
+            e.count, e.total_ms, e.worst_ms
+        )?;
+        let top = e
+            .culprits
+            .iter()
+            .max_by(|a, b| a.1.total_cmp(b.1).then(b.0.cmp(a.0)));
+        if let Some((culprit, ms)) = top {
+            writeln!(out, "           top culprit: {culprit}, {ms:.0} ms")?;
+        }
+    }
+    if by.len() > ENDPOINTS_SHOWN {
+        writeln!(
+            out,
+            "           and {} more endpoints",
+            by.len() - ENDPOINTS_SHOWN
+        )?;
+    }
+    Ok(())
 }
 
 /// `kind, source`: a database call reads as a query (on its driver, under an ORM), a wait on a

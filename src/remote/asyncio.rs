@@ -24,7 +24,7 @@ use super::attrs::instance_attr;
 use super::code::CodeCache;
 use super::collections::dict_items;
 use super::coro::{await_chain, qualname, Awaited, Link, Qualnames};
-use super::dict::{find_str, KeyCache};
+use super::dict::{find_str, find_str_large, KeyCache};
 use super::kinds::{Kind, Kinds};
 use super::mem::{i64_at, plausible_obj, read_bytes, read_u64, u64_at};
 use super::offsets::{Layout, OB_SIZE, OB_TYPE};
@@ -72,14 +72,14 @@ pub enum AwaitTarget {
 }
 
 pub struct AsyncioReader {
-    layout: Layout,
+    pub(super) layout: Layout,
     pub(super) al: AsyncLayout,
     pid: i32,
     interp: u64,
     /// Address of the `sys.modules` pointer.
     modules_ptr: u64,
     pub(super) kinds: Kinds,
-    codes: CodeCache,
+    pub(super) codes: CodeCache,
     qualnames: Qualnames,
     pub(super) tasks: TaskReader,
     pub(super) globals: Globals,
@@ -91,6 +91,8 @@ pub struct AsyncioReader {
     modules_seen: Option<u64>,
     /// Slot offsets of `TimerHandle`, for `due_timer_task`.
     pub(super) handle_slots: super::waiting::HandleSlots,
+    /// The request reader's caches (see `request`).
+    pub(super) requests: super::request::RequestState,
 }
 
 impl AsyncioReader {
@@ -125,6 +127,7 @@ impl AsyncioReader {
             timer_slots: HashMap::new(),
             modules_seen: None,
             handle_slots: Default::default(),
+            requests: super::request::RequestState::for_minor(minor),
         };
         reader.refresh(&spy.process);
         Ok(reader)
@@ -142,6 +145,7 @@ impl AsyncioReader {
         self.qualnames.clear();
         self.timer_slots.clear();
         self.handle_slots.clear();
+        self.requests.refresh();
         if self.al.minor >= 14 && self.debug.is_none() {
             if let Ok(Some(o)) = asyncio_offsets(self.pid) {
                 self.debug = Some(o);
@@ -175,7 +179,9 @@ impl AsyncioReader {
         name: &'static [u8],
     ) -> Option<u64> {
         self.is(mem, modules, Kind::Dict)?;
-        let module = self.lookup(mem, modules, name)?;
+        let mut key = KeyCache::new(name);
+        let (dl, ascii) = (self.layout.dict, self.layout.str_ascii_size);
+        let module = find_str_large(mem, dl, ascii, modules, &mut key)?.value;
         self.is(mem, module, Kind::Module)?;
         let dict = read_u64(mem, module.checked_add(MODULE_DICT)?)?;
         self.is(mem, dict, Kind::Dict)?;
@@ -237,9 +243,11 @@ impl AsyncioReader {
         if !plausible_obj(task) {
             return None;
         }
-        self.tasks
-            .calibrate(mem, &self.al, &mut self.kinds, task, loop_);
-        let head = self.tasks.head(mem, &self.al, &mut self.kinds, task)?;
+        if self.kinds.of_object(mem, task, self.al.tuple_items)?.1 == Kind::Task {
+            self.tasks
+                .calibrate(mem, &self.al, &mut self.kinds, task, loop_);
+        }
+        let head = self.any_head(mem, task)?;
         if head.loop_ != loop_ {
             return None;
         }
@@ -274,7 +282,7 @@ impl AsyncioReader {
     ) -> Option<CurrentTask> {
         Some(CurrentTask {
             address: task,
-            name: self.tasks.name(mem, &self.al, &mut self.kinds, head),
+            name: self.head_name(mem, head),
             coroutine: qualname(
                 mem,
                 &self.al,
@@ -330,6 +338,14 @@ impl AsyncioReader {
             if self.tasks.calibrated {
                 return;
             }
+            if self
+                .kinds
+                .of_object(mem, t, self.al.tuple_items)
+                .map(|k| k.1)
+                != Some(Kind::Task)
+            {
+                continue;
+            }
             if let Some(l) = read_u64(mem, t + 16).filter(|l| loops.contains(l)) {
                 self.tasks.calibrate(mem, &self.al, &mut self.kinds, t, l);
             }
@@ -338,7 +354,7 @@ impl AsyncioReader {
 
     /// Everything about one task, with its await chain.
     pub fn task_info<M: ProcessMemory + ?Sized>(&mut self, mem: &M, task: u64) -> Option<TaskInfo> {
-        let head = self.tasks.head(mem, &self.al, &mut self.kinds, task)?;
+        let head = self.any_head(mem, task)?;
         let (chain, awaited) =
             await_chain(mem, &self.al, &mut self.kinds, &mut self.codes, head.coro);
         let awaiting = awaited.map(|a| match a {
@@ -351,7 +367,7 @@ impl AsyncioReader {
         });
         Some(TaskInfo {
             address: task,
-            name: self.tasks.name(mem, &self.al, &mut self.kinds, &head),
+            name: self.head_name(mem, &head),
             state: head.state,
             loop_: head.loop_,
             coroutine: qualname(
@@ -367,8 +383,8 @@ impl AsyncioReader {
     }
 
     fn task_name<M: ProcessMemory + ?Sized>(&mut self, mem: &M, task: u64) -> Option<String> {
-        let head = self.tasks.head(mem, &self.al, &mut self.kinds, task)?;
-        self.tasks.name(mem, &self.al, &mut self.kinds, &head)
+        let head = self.any_head(mem, task)?;
+        self.head_name(mem, &head)
     }
 
     /// One read of a task's fields (validated), for the task walkers.

@@ -36,7 +36,9 @@ mod kinds;
 mod mem;
 mod objects;
 mod offsets;
+mod py_tasks;
 mod ready;
+mod request;
 mod strings;
 mod task_sets;
 mod tasks;
@@ -58,6 +60,7 @@ pub use async_offsets::TaskOffsets;
 pub use asyncio::{AsyncioReader, AwaitTarget, CurrentTask, TaskInfo};
 pub use coro::{CoroState, Link};
 pub use offsets::{DictLayout, Layout, LoopSlot};
+pub use task_sets::MAX_TASKS;
 pub use tasks::TaskState;
 
 use dict::KeyCache;

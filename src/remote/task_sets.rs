@@ -17,10 +17,11 @@ use super::async_offsets::WR_OBJECT;
 use super::asyncio::AsyncioReader;
 use super::collections::set_items;
 use super::kinds::Kind;
-use super::mem::read_u64;
+use super::mem::{read_bytes, read_u64, u64_at};
 
-/// Most tasks we list.
-pub const MAX_TASKS: usize = 100_000;
+/// Most tasks we list: a million tasks are a few seconds of reads and 8 MiB of addresses;
+/// past it `task_addresses` says the list was cut.
+pub const MAX_TASKS: usize = 1_000_000;
 
 /// asyncio's module-level registries, once found.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -73,12 +74,13 @@ impl Globals {
 
 impl AsyncioReader {
     /// The addresses of every task the target has registered, each type-checked, without
-    /// duplicates. `tstates` are the thread states (3.14 keeps a task list in each).
+    /// duplicates, and whether the list stopped at `MAX_TASKS`. `tstates` are the thread
+    /// states (3.14 keeps a task list in each).
     pub fn task_addresses<M: ProcessMemory + ?Sized>(
         &mut self,
         mem: &M,
         tstates: &[u64],
-    ) -> Vec<u64> {
+    ) -> (Vec<u64>, bool) {
         let mut out = Vec::new();
         let g = self.globals;
         for ws in [g.all, g.scheduled].into_iter().flatten() {
@@ -86,7 +88,7 @@ impl AsyncioReader {
         }
         if let Some(set) = g.eager {
             for t in set_items(mem, set).unwrap_or_default() {
-                if self.is(mem, t, Kind::Task).is_some() {
+                if self.is_task(mem, t) {
                     out.push(t);
                 }
             }
@@ -100,8 +102,9 @@ impl AsyncioReader {
         }
         let mut seen = HashSet::new();
         out.retain(|t| seen.insert(*t));
+        let cut = out.len() >= MAX_TASKS;
         out.truncate(MAX_TASKS);
-        out
+        (out, cut)
     }
 
     /// The live tasks of a `WeakSet`: `ws.data` is a set of weak references.
@@ -116,14 +119,17 @@ impl AsyncioReader {
             if out.len() >= MAX_TASKS {
                 return;
             }
-            if self.is(mem, r, Kind::WeakRef).is_none() {
+            // One read: the reference's type and referent (a dead one points at None).
+            let Some(b) = read_bytes(mem, r, (WR_OBJECT + 8) as usize) else {
                 continue;
-            }
-            // A dead reference points at None.
-            if let Some(t) = read_u64(mem, r + WR_OBJECT) {
-                if self.is(mem, t, Kind::Task).is_some() {
-                    out.push(t);
-                }
+            };
+            let (Some(tp), Some(t)) = (u64_at(&b, 8), u64_at(&b, WR_OBJECT)) else {
+                continue;
+            };
+            if self.kinds.of_type(mem, tp, self.al.tuple_items) == Some(Kind::WeakRef)
+                && self.is_task(mem, t)
+            {
+                out.push(t);
             }
         }
     }

@@ -24,7 +24,7 @@ pub fn feed_sample(
             model.on_episode(&episode);
         }
     }
-    model.on_sample(s.mono, s.wall, detector.loops(s.mono), stats);
+    model.on_sample(s.pid, s.mono, s.wall, detector.loops(s.mono), stats);
 }
 
 /// Sampling ended (`why`): close open episodes and say so.

@@ -99,10 +99,12 @@ pub fn run(args: &TopArgs) -> Result<()> {
         None => launch(&args.command, interactive)?,
     };
     let (tx, rx) = mpsc::channel();
-    let spy = target
+    let mut spy = target
         .spy
         .take()
         .context("the target was already being sampled")?;
+    let requests = !args.sampling.no_request;
+    spy.set_read_requests(requests);
     let (rate, kernel_rate, clock, stack_rate, threshold) = (
         args.sampling.probe_rate(),
         args.sampling.kernel_rate(),
@@ -121,7 +123,7 @@ pub fn run(args: &TopArgs) -> Result<()> {
             clock,
             kernel_rate,
         };
-        let mut finder = WorkerFinder::new(root);
+        let mut finder = WorkerFinder::new(root).reading_requests(requests);
         let mut discover = |known: &[u32]| finder.discover(known);
         let discover: Option<&mut sampler::Discover> = if subprocesses {
             Some(&mut discover)

@@ -18,7 +18,9 @@ import loopgap  # noqa: F401  (the loop times its own iterations: GAP lines)
 
 
 def say(tag, **fields):
-    print(tag, json.dumps(fields), flush=True)
+    # One write: worker processes share the pipe, and print() under PYTHONUNBUFFERED writes
+    # the text and its newline separately, so two workers' lines could interleave.
+    os.write(1, ("%s %s\n" % (tag, json.dumps(fields))).encode())
 
 
 def worker(started, go):
