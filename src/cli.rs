@@ -104,7 +104,8 @@ pub struct SamplingArgs {
     #[arg(long, value_enum, default_value = "auto")]
     pub clock: ClockChoice,
     /// Full stack samples per second in the background, for the flame graph of ordinary work.
-    /// Stacks are also read every 10 ms while a callback runs past the threshold.
+    /// The event-loop threads' stacks are also read at every tick while a callback has run
+    /// past 5 ms (every 10 ms past one second).
     #[arg(long, default_value = DEFAULT_STACK_RATE, value_parser = positive_f64)]
     pub stack_rate: f64,
     /// Also sample the target's Python child processes (uvicorn/gunicorn workers,
@@ -134,6 +135,11 @@ pub struct RecordArgs {
     pub format: Format,
     #[command(flatten)]
     pub analysis: AnalysisArgs,
+    /// Also show C frames (C extensions, the regex engine, the GC) between the Python frames,
+    /// through py-spy's unwinder. This stops the target's threads for about a millisecond at
+    /// each stack read (at most ~50 a second); without it loopspy never pauses the target.
+    #[arg(long)]
+    pub native: bool,
     /// The command to launch and record, after `--`. It shares loopspy's stdin, stdout and
     /// stderr, except that its stdout goes to loopspy's stderr when `-o -` or `--episodes -`
     /// puts data on loopspy's stdout.
@@ -225,6 +231,10 @@ pub struct DumpArgs {
     /// Write the dump to FILE instead of stdout (`-` for stdout).
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// Also show C frames between the Python frames (py-spy's unwinder; stops the target's
+    /// threads for about a millisecond).
+    #[arg(long)]
+    pub native: bool,
 }
 
 fn positive_f64(s: &str) -> Result<f64, String> {

@@ -1,16 +1,15 @@
 //! Find or launch the target and attach to it: checks that turn the usual failures into clear
-//! errors (no such process, zombie, not Python, permission, unsupported version), then py-spy's
-//! attach in non-blocking mode (loopspy never pauses the target).
+//! errors (no such process, zombie, not Python, permission, unsupported version), then our own
+//! reader finds the interpreter (`crate::remote`; loopspy never pauses the target).
 
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use py_spy::config::{LineNo, LockingStrategy};
-use py_spy::{Config, PythonSpy};
 
 use crate::acquire::spy::{process_alive, Spy};
 use crate::error::{is_permission, UserError};
+use crate::remote::{AttachError, DiscoverError, Interpreter};
 
 /// How long a launched interpreter gets to become readable.
 const LAUNCH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -27,15 +26,6 @@ pub struct Target {
     pub child: Option<Child>,
     /// A one-line notice about reduced functionality, if any.
     pub notice: Option<String>,
-}
-
-fn spy_config() -> Config {
-    Config {
-        blocking: LockingStrategy::NonBlocking,
-        lineno: LineNo::LastInstruction,
-        collect_thread_names: true,
-        ..Config::default()
-    }
 }
 
 fn comm(pid: u32) -> String {
@@ -56,7 +46,7 @@ fn cmdline(pid: u32) -> String {
         .unwrap_or_default()
 }
 
-/// Check the PID before asking py-spy, so the common failures get their own message.
+/// Check the PID before reading it, so the common failures get their own message.
 fn precheck(pid: u32) -> Result<()> {
     let stat = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(s) => s,
@@ -83,39 +73,51 @@ fn precheck(pid: u32) -> Result<()> {
     }
 }
 
-fn check_version(pid: u32, spy: &PythonSpy) -> Result<()> {
-    let v = &spy.version;
-    if v.major != 3 || !(8..=14).contains(&v.minor) {
-        let version = format!("{}.{}.{}", v.major, v.minor, v.patch);
-        return Err(UserError::UnsupportedVersion { pid, version }.into());
-    }
-    Ok(())
-}
-
-/// Turn py-spy's attach error into one of ours where the cause is known.
-fn classify_attach_error(pid: u32, err: anyhow::Error) -> anyhow::Error {
-    if is_permission(&err) {
-        return UserError::PermissionDenied(pid).into();
-    }
-    if !process_alive(pid) {
-        return UserError::NoSuchProcess(pid).into();
-    }
-    let text = format!("{err:#}");
-    if text.contains("Unsupported version") {
-        return UserError::UnsupportedVersion {
+/// Turn our reader's attach error into one of ours where the cause is known.
+fn classify_attach_error(pid: u32, err: AttachError) -> anyhow::Error {
+    match err {
+        AttachError::Discover(DiscoverError::Unsupported(v)) => UserError::UnsupportedVersion {
             pid,
-            version: "of this build".into(),
+            version: v.to_string(),
         }
-        .into();
+        .into(),
+        AttachError::Discover(DiscoverError::NotFound(_)) if process_alive(pid) => {
+            UserError::NotPython {
+                pid,
+                comm: comm(pid),
+            }
+            .into()
+        }
+        err => {
+            let err = anyhow::Error::new(err);
+            if is_permission(&err) {
+                return UserError::PermissionDenied(pid).into();
+            }
+            if !process_alive(pid) {
+                return UserError::NoSuchProcess(pid).into();
+            }
+            err.context(format!(
+                "could not read the Python interpreter of process {pid}"
+            ))
+        }
     }
-    err.context(format!(
-        "could not read the Python interpreter of process {pid}"
-    ))
 }
 
-fn finish(pid: u32, spy: PythonSpy, child: Option<Child>) -> Result<Target> {
-    check_version(pid, &spy)?;
-    let (spy, notice) = Spy::new(spy);
+/// Our reader's first look at the interpreter's threads.
+fn open(pid: u32) -> Result<Spy, anyhow::Error> {
+    let spy = Interpreter::attach(pid as i32).map_err(|e| classify_attach_error(pid, e))?;
+    Spy::new(spy).map_err(|e| {
+        if !process_alive(pid) {
+            return UserError::NoSuchProcess(pid).into();
+        }
+        e.context(format!(
+            "could not read the Python threads of process {pid}"
+        ))
+    })
+}
+
+fn finish(pid: u32, spy: Spy, child: Option<Child>) -> Result<Target> {
+    let notice = spy.notice().map(str::to_string);
     Ok(Target {
         python_version: spy.python_version(),
         spy: Some(spy),
@@ -129,8 +131,7 @@ fn finish(pid: u32, spy: PythonSpy, child: Option<Child>) -> Result<Target> {
 /// Attach to a running process.
 pub fn attach(pid: u32) -> Result<Target> {
     precheck(pid)?;
-    let spy = PythonSpy::new(pid as py_spy::Pid, &spy_config())
-        .map_err(|e| classify_attach_error(pid, e))?;
+    let spy = open(pid)?;
     finish(pid, spy, None)
 }
 
@@ -179,7 +180,6 @@ pub fn launch_with(command: &[String], output: ChildOutput) -> Result<Target> {
     })?;
     let pid = child.id();
     let started = Instant::now();
-    let config = spy_config();
     loop {
         if let Some(status) = child.try_wait()? {
             return Err(UserError::ExitedBeforeAttach {
@@ -188,18 +188,19 @@ pub fn launch_with(command: &[String], output: ChildOutput) -> Result<Target> {
             }
             .into());
         }
-        let err = match PythonSpy::new(pid as py_spy::Pid, &config) {
-            Ok(mut spy) => match spy.get_stack_traces() {
-                Ok(traces) if !traces.is_empty() => return finish(pid, spy, Some(child)),
-                Ok(_) => anyhow::anyhow!("no Python thread yet"),
-                Err(e) => e,
-            },
+        let err = match open(pid) {
+            Ok(spy) => return finish(pid, spy, Some(child)),
             Err(e) => e,
         };
-        if started.elapsed() > LAUNCH_TIMEOUT {
+        // A Python this reader does not support will not become one by waiting.
+        let unsupported = matches!(
+            err.downcast_ref::<UserError>(),
+            Some(UserError::UnsupportedVersion { .. })
+        );
+        if unsupported || started.elapsed() > LAUNCH_TIMEOUT {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(classify_attach_error(pid, err));
+            return Err(err);
         }
         // The interpreter is still starting up: its runtime is not in memory yet.
         std::thread::sleep(Duration::from_millis(10));

@@ -27,6 +27,17 @@ pub trait SampleSource {
     fn probe(&mut self) -> Option<Result<Vec<ThreadSample>>> {
         None
     }
+    /// Full samples of the event-loop threads only (and of the GIL's holder while a loop waits
+    /// for it): what a tick inside a long callback needs. `None` when this source cannot tell
+    /// its loop threads (then [`SampleSource::sample`] is used).
+    fn sample_loops(&mut self) -> Option<Result<Vec<ThreadSample>>> {
+        None
+    }
+    /// Stacks left out of samples since the last call (torn reads of threads that run no
+    /// loop), counted as errors.
+    fn take_dropped(&mut self) -> u64 {
+        0
+    }
     /// Whether the target still runs (checked after a failed read).
     fn alive(&mut self) -> bool;
     /// Host thread ids of the event-loop threads found so far, for the kernel clock.
@@ -94,8 +105,8 @@ pub struct Limits<'a> {
     pub rate: f64,
     /// Full stacks per second in the background (for the flame graph of ordinary work).
     pub stack_rate: f64,
-    /// Seconds: while a loop thread's callback has run this long, stacks are read every
-    /// `BURST` so the episode's culprit and stack are known.
+    /// The episode threshold in seconds (kept for callers; the loop threads' stacks are read
+    /// from `BUSY_STACKS` into a callback, well before it).
     pub threshold: f64,
     pub duration: Option<Duration>,
     pub stop: &'a AtomicBool,
@@ -108,8 +119,23 @@ pub struct Limits<'a> {
 
 /// Give up when this many reads in a row failed while the target still runs.
 const MAX_CONSECUTIVE_ERRORS: u64 = 500;
-/// Stack interval while a callback runs past the threshold.
+/// Once a loop thread has been inside one callback this long, every tick reads the loop
+/// threads' stacks, so even an episode just past the threshold gets its culprit and stack from
+/// many samples.
+const BUSY_STACKS: Duration = Duration::from_millis(5);
+/// Past this much of one callback, loop stacks are read every `BURST` instead of every tick
+/// (a long hang does not need a thousand stacks a second, and recordings stay small).
+const PER_TICK_UNTIL: Duration = Duration::from_secs(1);
+/// Stack interval of a callback past `PER_TICK_UNTIL`.
 const BURST: Duration = Duration::from_millis(10);
+/// A stack read that took `t` is not repeated before `COST_SPACING * t` has passed, so a costly
+/// read (a stack thousands of frames deep, hundreds of threads) takes at most about 5% of the
+/// sampler's time and never delays tick after tick. The spacing is capped, so one slow read (a
+/// first read that loads every code object, a stall) never keeps a long callback without
+/// stacks: the loop threads are read at least every `MAX_LOOP_SPACING` while one is busy.
+const COST_SPACING: u32 = 20;
+const MAX_LOOP_SPACING: Duration = Duration::from_millis(40);
+const MAX_ALL_SPACING: Duration = Duration::from_secs(2);
 /// The tick rate when the source cannot probe and every tick reads full stacks.
 pub const STACK_ONLY_MAX_RATE: f64 = 100.0;
 
@@ -127,15 +153,14 @@ fn in_epoll(t: &ThreadSample) -> bool {
     )
 }
 
-/// Follow the loop threads of one tick; true when one of them has been in one callback for
-/// at least `threshold`.
+/// Follow the loop threads of one tick; how long the busiest of them has been inside one
+/// callback (`None` when all are idle).
 fn track_runs(
     clocks: &mut HashMap<u32, RunClock>,
     threads: &[ThreadSample],
     now: Instant,
-    threshold: Duration,
-) -> bool {
-    let mut long = false;
+) -> Option<Duration> {
+    let mut longest: Option<Duration> = None;
     for t in threads.iter().filter(|t| t.event_loop.is_some()) {
         let c = clocks.entry(t.tid).or_default();
         let popped = matches!((&c.ready, &t.ready), (Some(a), Some(b)) if a.popped_before(b));
@@ -145,9 +170,11 @@ fn track_runs(
         } else if popped || c.busy_since.is_none() {
             c.busy_since = Some(now);
         }
-        long |= c.busy_since.is_some_and(|since| now - since >= threshold);
+        if let Some(since) = c.busy_since {
+            longest = longest.max(Some(now - since));
+        }
     }
-    long
+    longest
 }
 
 /// Finds new processes to sample (worker processes started after attaching); called about
@@ -160,8 +187,14 @@ const DISCOVER_EVERY: Duration = Duration::from_secs(1);
 /// One sampled process and its schedule.
 struct Slot<'s> {
     source: Box<dyn SampleSource + Send + 's>,
+    /// The last read of every thread's stack, and how long it took.
     last_stack: Option<Instant>,
-    long_run: bool,
+    stack_cost: Duration,
+    /// The last read of the loop threads' stacks (a full read counts too), and its cost.
+    last_loop_stack: Option<Instant>,
+    loop_cost: Duration,
+    /// How long the busiest loop thread has been in one callback, as of the last tick.
+    busy: Option<Duration>,
     clocks: HashMap<u32, RunClock>,
     consecutive: u64,
     kernel: kernel::KernelSlot,
@@ -169,9 +202,19 @@ struct Slot<'s> {
 
 /// What one tick of one process gave.
 enum Read {
-    Sample(Sample),
+    /// A sample, and the errors met on the way (stacks left out, a stack read that failed
+    /// and fell back to a probe).
+    Sample(Sample, u64),
     Skipped,
     Failed(anyhow::Error),
+}
+
+/// Which read a tick makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    All,
+    Loops,
+    Probe,
 }
 
 impl<'s> Slot<'s> {
@@ -179,53 +222,99 @@ impl<'s> Slot<'s> {
         Slot {
             source,
             last_stack: None,
-            long_run: false,
+            stack_cost: Duration::ZERO,
+            last_loop_stack: None,
+            loop_cost: Duration::ZERO,
+            busy: None,
             clocks: HashMap::new(),
             consecutive: 0,
             kernel: kernel::KernelSlot::new(clock),
         }
     }
 
+    /// What this tick reads: every thread at the background stack rate; the loop threads while
+    /// one runs a callback past `BUSY_STACKS` (every tick, then every `BURST`); else a probe.
+    /// A read is not repeated sooner than `COST_SPACING` times what it last cost.
+    /// `busy`: how long the busiest loop thread has been in one callback (from the kernel clock
+    /// when it times this process, else from the ticks).
+    fn plan(&self, tick: Instant, limits: &Timing, busy: Option<Duration>) -> Kind {
+        let since = |t: Option<Instant>| t.map(|t| tick.saturating_duration_since(t));
+        let all_every = limits
+            .stack_interval
+            .max((self.stack_cost * COST_SPACING).min(MAX_ALL_SPACING));
+        if since(self.last_stack).is_none_or(|s| s >= all_every) {
+            return Kind::All;
+        }
+        let loop_every = match busy {
+            Some(b) if b >= PER_TICK_UNTIL => Some(BURST),
+            Some(b) if b >= BUSY_STACKS => Some(Duration::ZERO),
+            _ => None,
+        };
+        let spacing = (self.loop_cost * COST_SPACING).min(MAX_LOOP_SPACING);
+        match loop_every {
+            Some(every) if since(self.last_loop_stack).is_none_or(|s| s >= every.max(spacing)) => {
+                Kind::Loops
+            }
+            _ => Kind::Probe,
+        }
+    }
+
     fn tick(&mut self, tick: Instant, wall: f64, mono: f64, limits: &Timing) -> Read {
         let kernel = self.kernel.active();
-        // On the kernel clock a long gap is not enough: one loop iteration may run thousands of
-        // short callbacks (pyperformance's async_tree). The ticks inside the gap follow the
-        // ready queue, so the callback itself must have run past the threshold too.
-        let long_run = if kernel {
-            self.kernel.long(tick, limits)
+        let busy = if kernel {
+            self.kernel.busy(tick, limits)
         } else {
-            self.long_run
+            self.busy
         };
-        let stack_due = self.last_stack.is_none_or(|t| {
-            let since = tick - t;
-            since >= limits.stack_interval || (long_run && since >= BURST)
-        });
-        // With the kernel clock nothing is read while the loops are idle or in short callbacks.
-        if kernel && !self.kernel.probe_due(tick, limits, stack_due) && !stack_due {
+        let mut kind = self.plan(tick, limits, busy);
+        // With the kernel clock nothing is read while the loops are idle or in short callbacks
+        // (a background stack read still is); a loop stack read counts as the busy loop's tick.
+        if kernel && !self.kernel.probe_due(tick, limits, kind != Kind::Probe) && kind != Kind::All
+        {
             return Read::Skipped;
         }
-        let mut probe = false;
-        let read = if stack_due {
-            self.last_stack = Some(tick);
-            self.source.sample()
-        } else {
-            match self.source.probe() {
-                Some(r) => {
-                    probe = true;
-                    r
+        let started = Instant::now();
+        let mut read = match kind {
+            Kind::All => self.source.sample(),
+            Kind::Loops => match self.source.sample_loops() {
+                Some(r) => r,
+                None => {
+                    kind = Kind::All;
+                    self.source.sample()
                 }
+            },
+            Kind::Probe => match self.source.probe() {
+                Some(r) => r,
                 // No cheap path for now (no loop known yet, or a layout we cannot read): read
                 // stacks instead, but no faster than a stack read can keep up with.
                 None if self
                     .last_stack
                     .is_none_or(|t| tick - t >= limits.stack_only) =>
                 {
-                    self.last_stack = Some(tick);
+                    kind = Kind::All;
                     self.source.sample()
                 }
                 None => return Read::Skipped,
-            }
+            },
         };
+        let cost = started.elapsed();
+        match kind {
+            Kind::All => {
+                (self.last_stack, self.stack_cost) = (Some(tick), cost);
+                self.last_loop_stack = Some(tick);
+            }
+            Kind::Loops => (self.last_loop_stack, self.loop_cost) = (Some(tick), cost),
+            Kind::Probe => {}
+        }
+        let mut errors = self.source.take_dropped();
+        if kind != Kind::Probe && read.is_err() {
+            // A torn stack read: the tick still sees the loops' state through a probe.
+            if let Some(Ok(threads)) = self.source.probe() {
+                errors += 1;
+                read = Ok(threads);
+                kind = Kind::Probe;
+            }
+        }
         match read {
             Ok(threads) => {
                 self.consecutive = 0;
@@ -236,15 +325,18 @@ impl<'s> Slot<'s> {
                     });
                     self.kernel.observe_read(tick, popped, limits);
                 }
-                self.long_run = track_runs(&mut self.clocks, &threads, tick, limits.threshold);
-                Read::Sample(Sample {
-                    wall,
-                    mono,
-                    pid: self.source.pid(),
-                    probe,
-                    threads,
-                    events: Vec::new(),
-                })
+                self.busy = track_runs(&mut self.clocks, &threads, tick);
+                Read::Sample(
+                    Sample {
+                        wall,
+                        mono,
+                        pid: self.source.pid(),
+                        probe: kind == Kind::Probe,
+                        threads,
+                        events: Vec::new(),
+                    },
+                    errors,
+                )
             }
             Err(e) => {
                 self.consecutive += 1;
@@ -284,8 +376,20 @@ pub fn run(
         fn probe(&mut self) -> Option<Result<Vec<ThreadSample>>> {
             self.0.probe()
         }
+        fn sample_loops(&mut self) -> Option<Result<Vec<ThreadSample>>> {
+            self.0.sample_loops()
+        }
+        fn take_dropped(&mut self) -> u64 {
+            self.0.take_dropped()
+        }
         fn alive(&mut self) -> bool {
             self.0.alive()
+        }
+        fn loop_tids(&self) -> Vec<u32> {
+            self.0.loop_tids()
+        }
+        fn gil_range(&self) -> Option<std::ops::Range<u64>> {
+            self.0.gil_range()
         }
     }
     run_tree(vec![Box::new(Borrowed(source))], None, limits, sink)
@@ -381,8 +485,9 @@ pub fn run_tree<'s>(
                 )?;
             }
             match slots[i].tick(tick, wall, mono, &timing) {
-                Read::Sample(sample) => {
+                Read::Sample(sample, errors) => {
                     any = true;
+                    stats.errors += errors;
                     if !sample.probe {
                         stats.stacks += 1;
                     }

@@ -31,6 +31,12 @@ pub fn run(args: &DumpArgs) -> Result<()> {
     let path = args.output.clone().unwrap_or_else(|| "-".into());
     let mut out = OutputTarget::resolve(&path)?.open(Mode::Whole)?;
     let mut target = attach(args.pid)?;
+    if args.native {
+        if let Some(spy) = target.spy.as_mut() {
+            spy.enable_native()?;
+        }
+        eprintln!("loopspy: note: --native stops the target's threads for about a millisecond");
+    }
     let dump = build(&mut target)?;
     if signals::stop_requested() {
         return Err(UserError::Interrupted {

@@ -11,7 +11,7 @@
 
 use std::collections::HashSet;
 
-use remoteprocess::ProcessMemory;
+use super::mem::Memory;
 
 use super::async_offsets::WR_OBJECT;
 use super::asyncio::AsyncioReader;
@@ -46,7 +46,7 @@ impl Globals {
     }
 
     /// Looks the registries up in `asyncio.tasks`' module dict, type-checking each.
-    pub fn resolve<M: ProcessMemory + ?Sized>(
+    pub fn resolve<M: Memory + ?Sized>(
         r: &mut AsyncioReader,
         mem: &M,
         module_dict: u64,
@@ -74,11 +74,7 @@ impl Globals {
 impl AsyncioReader {
     /// The addresses of every task the target has registered, each type-checked, without
     /// duplicates. `tstates` are the thread states (3.14 keeps a task list in each).
-    pub fn task_addresses<M: ProcessMemory + ?Sized>(
-        &mut self,
-        mem: &M,
-        tstates: &[u64],
-    ) -> Vec<u64> {
+    pub fn task_addresses<M: Memory + ?Sized>(&mut self, mem: &M, tstates: &[u64]) -> Vec<u64> {
         let mut out = Vec::new();
         let g = self.globals;
         for ws in [g.all, g.scheduled].into_iter().flatten() {
@@ -105,7 +101,7 @@ impl AsyncioReader {
     }
 
     /// The live tasks of a `WeakSet`: `ws.data` is a set of weak references.
-    fn weakset_tasks<M: ProcessMemory + ?Sized>(&mut self, mem: &M, ws: u64, out: &mut Vec<u64>) {
+    fn weakset_tasks<M: Memory + ?Sized>(&mut self, mem: &M, ws: u64, out: &mut Vec<u64>) {
         let Some(data) = self.attr(mem, ws, b"data").map(|f| f.value) else {
             return;
         };
@@ -129,7 +125,7 @@ impl AsyncioReader {
     }
 
     /// 3.14: the tasks of the circular list whose head node is at `head`.
-    fn walk_list<M: ProcessMemory + ?Sized>(&mut self, mem: &M, head: u64, out: &mut Vec<u64>) {
+    fn walk_list<M: Memory + ?Sized>(&mut self, mem: &M, head: u64, out: &mut Vec<u64>) {
         let Some(node_off) = self.tasks.offsets().node else {
             return;
         };

@@ -14,6 +14,7 @@ mod live;
 mod monitor;
 mod offline;
 mod outputs;
+mod reader;
 mod support;
 mod top;
 mod workers;
