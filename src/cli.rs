@@ -42,6 +42,28 @@ pub enum Command {
     /// Compare two recordings or episode logs, before and after a fix: per culprit, blocked
     /// time per minute, duration percentiles, and a verdict.
     Diff(DiffArgs),
+    /// Time stack reads of a running process (for scripts/bench_stacks.py).
+    #[command(hide = true)]
+    BenchStacks(BenchStacksArgs),
+}
+
+/// What `bench-stacks` times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchMode {
+    /// Every thread's stack alone (what `RemoteUnwinder.get_stack_trace()` returns).
+    Stacks,
+    /// A whole sample of every thread: stack, OS state, ready queue, current task, timers.
+    Sample,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchStacksArgs {
+    #[arg(short, long)]
+    pub pid: u32,
+    #[arg(long, default_value = "2000")]
+    pub reads: u64,
+    #[arg(long, value_enum, default_value = "stacks")]
+    pub mode: BenchMode,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

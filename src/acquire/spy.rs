@@ -21,8 +21,8 @@ use crate::acquire::sampler::SampleSource;
 use crate::os::thread_state::{parse_stat_state, ThreadProc};
 use crate::remote::gc_state::{mark_collector, GcFlag};
 use crate::remote::{
-    AsyncioReader, Gil, Interpreter, Process, PyThread, StackError, StackOf, StackReader,
-    ThreadScanner, Version,
+    AsyncioReader, Gil, Interpreter, Prefetched, Process, PyThread, StackError, StackOf,
+    StackReader, ThreadScanner, Version,
 };
 use crate::sample::{Frame, OsState, ReadyQueue, ThreadSample};
 
@@ -173,6 +173,24 @@ impl Spy {
         None
     }
 
+    /// Every thread's stack and nothing else (no OS state, queues or tasks), for
+    /// `loopspy bench-stacks`: the frames read in all.
+    pub fn bench_stacks(&mut self) -> Result<usize> {
+        if self.stale() {
+            self.rescan()?;
+        }
+        let reqs: Vec<StackOf> = self
+            .threads
+            .values()
+            .map(|t| StackOf {
+                tstate: t.tstate,
+                pthread_id: t.pthread_id,
+            })
+            .collect();
+        let stacks = self.stacks.read(&self.spy.process, &reqs);
+        Ok(stacks.iter().flatten().map(Vec::len).sum())
+    }
+
     /// A one-line notice about reduced functionality, if any.
     pub fn notice(&self) -> Option<&str> {
         self.notice.as_deref()
@@ -253,31 +271,6 @@ impl Spy {
 
     fn stale(&self) -> bool {
         self.last_scan.is_none_or(|t| t.elapsed() >= RESCAN)
-    }
-
-    /// For the thread `pthread`, when it runs a loop: the task that loop is stepping (name and
-    /// coroutine) and, with `timers`, the loop's timer count.
-    fn loop_tasks(
-        &mut self,
-        pthread: u64,
-        timers: bool,
-    ) -> (Option<String>, Option<String>, Option<u64>) {
-        let (Some(a), Some(t)) = (self.asyncio.as_mut(), self.threads.get(&pthread)) else {
-            return (None, None, None);
-        };
-        let Some(l) = t.running_loop.as_ref() else {
-            return (None, None, None);
-        };
-        let mem = &self.spy.process;
-        let timers = if timers {
-            a.timers(mem, l.address)
-        } else {
-            None
-        };
-        match a.current_task(mem, t.tstate, l.address) {
-            Some(c) => (c.name, c.coroutine, timers),
-            None => (None, None, timers),
-        }
     }
 
     /// Map the threads and their loops now rather than at the next sample, for a one-shot read
@@ -374,26 +367,31 @@ impl Spy {
     /// Full samples of `which` threads (pthread ids), with their stacks. A thread whose stack
     /// reads torn is left out and counted, unless it runs a loop: then the whole read fails
     /// (the sampler falls back to a probe tick), since a loop thread missing from a sample
-    /// would end its run.
-    fn full(
-        &mut self,
-        which: &[u64],
-        holder: Option<u64>,
-        extras: Extras,
-    ) -> Result<Vec<ThreadSample>> {
-        // Ready queues and OS state before stacks: a pop seen between two samples splits a
-        // callback in two, so a queue read older than its stack errs on the side of splitting.
+    /// would end its run. The loops' ready queues, the GIL's holder and the loops' current-task
+    /// records are fetched in the stacks' first batched read.
+    fn full(&mut self, which: &[u64], extras: Extras) -> Result<Vec<ThreadSample>> {
         let threads: Vec<PyThread> = which
             .iter()
             .filter_map(|p| self.threads.get(p).cloned())
             .collect();
-        let pre: Vec<(Option<ReadyQueue>, Option<OsState>)> = threads
+        let os: Vec<Option<OsState>> = threads
             .iter()
-            .map(|t| {
-                let os = t.native_tid.and_then(|tid| self.os_state(tid, true));
-                (self.ready_of(t), os)
-            })
+            .map(|t| t.native_tid.and_then(|tid| self.os_state(tid, true)))
             .collect();
+        // Ready queues first in the batch: a pop seen between two samples splits a callback in
+        // two, so a queue read older than its stack errs on the side of splitting.
+        let mut regions: Vec<(u64, usize)> = Vec::new();
+        for t in &threads {
+            if let Some(deque) = t.running_loop.as_ref().and_then(|l| l.ready) {
+                regions.push(self.scanner.ready_region(deque));
+            }
+        }
+        regions.extend(self.gil.holder_region());
+        if let Some(a) = self.asyncio.as_ref() {
+            for t in threads.iter().filter(|t| t.running_loop.is_some()) {
+                regions.extend(a.current_task_region(t.tstate));
+            }
+        }
         let reqs: Vec<StackOf> = threads
             .iter()
             .map(|t| StackOf {
@@ -401,14 +399,21 @@ impl Spy {
                 pthread_id: t.pthread_id,
             })
             .collect();
-        let stacks = self.stacks.read(&self.spy.process, &reqs);
+        let (stacks, fetched) = self.stacks.read_with(&self.spy.process, &reqs, &regions);
+        let prefetched: Vec<(u64, Vec<u8>)> = regions
+            .iter()
+            .zip(fetched)
+            .filter_map(|(r, b)| Some((r.0, b?)))
+            .collect();
         let mut native = self.native_stacks();
         if self.names_wanted() {
             self.read_names();
         }
+        let mem = Prefetched::new(&self.spy.process, prefetched);
+        let holder = self.gil.holder(&mem);
         let single = threads.len() == 1;
         let mut out = Vec::with_capacity(threads.len());
-        for ((t, (ready, os)), stack) in threads.iter().zip(pre).zip(stacks) {
+        for ((t, os), stack) in threads.iter().zip(os).zip(stacks) {
             let frames: Vec<Frame> = match stack {
                 Ok(f) => f,
                 Err(e) => {
@@ -436,8 +441,25 @@ impl Spy {
                 // pthread id being reused: map the threads again at the next sample.
                 self.last_scan = None;
             }
-            let (task, coroutine, timers) =
-                self.loop_tasks(t.pthread_id, extras == Extras::TaskAndTimers);
+            let ready = t
+                .running_loop
+                .as_ref()
+                .and_then(|l| l.ready)
+                .and_then(|d| self.scanner.read_ready(&mem, d))
+                .map(|(len, state)| ReadyQueue { len, state });
+            let (task, coroutine, timers) = match (self.asyncio.as_mut(), &t.running_loop) {
+                (Some(a), Some(l)) => {
+                    let timers = match extras {
+                        Extras::TaskAndTimers => a.timers(&mem, l.address),
+                        Extras::Task => None,
+                    };
+                    match a.current_task(&mem, t.tstate, l.address) {
+                        Some(c) => (c.name, c.coroutine, timers),
+                        None => (None, None, timers),
+                    }
+                }
+                _ => (None, None, None),
+            };
             let active = os.as_ref().is_none_or(|o| matches!(o.state, 'R' | 'D'));
             out.push(ThreadSample {
                 gc: false,
@@ -492,11 +514,10 @@ impl SampleSource for Spy {
         if self.stale() {
             self.rescan()?;
         }
-        let holder = self.gil.holder(self.mem());
         let mut all: Vec<&PyThread> = self.threads.values().collect();
         all.sort_by_key(|t| (t.native_tid, t.pthread_id));
         let which: Vec<u64> = all.iter().map(|t| t.pthread_id).collect();
-        self.full(&which, holder, Extras::TaskAndTimers)
+        self.full(&which, Extras::TaskAndTimers)
     }
 
     fn sample_loops(&mut self) -> Option<Result<Vec<ThreadSample>>> {
@@ -520,10 +541,8 @@ impl SampleSource for Spy {
         let waiting = tids
             .iter()
             .any(|&tid| self.os_state(tid, false).is_some_and(|o| o.gil_wait));
-        let mut holder = None;
         if waiting {
-            holder = self.gil.holder(self.mem());
-            if let Some(h) = holder {
+            if let Some(h) = self.gil.holder(self.mem()) {
                 // A thread started since the last scan: map the threads now (not more often
                 // than every 50 ms, should the holder be one no scan finds).
                 let recent = self
@@ -540,7 +559,7 @@ impl SampleSource for Spy {
                 }
             }
         }
-        Some(self.full(&which, holder, Extras::Task))
+        Some(self.full(&which, Extras::Task))
     }
 
     fn probe(&mut self) -> Option<Result<Vec<ThreadSample>>> {

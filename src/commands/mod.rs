@@ -3,5 +3,6 @@
 
 pub mod diff;
 pub mod monitor;
+pub mod bench;
 pub mod record;
 pub mod report;

@@ -284,6 +284,16 @@ impl AsyncioReader {
         })
     }
 
+    /// The first region [`AsyncioReader::current_task`] reads for the thread state `tstate`
+    /// (3.14+: its running-task slot; before: the `_current_tasks` dict's header), to fetch it
+    /// ahead with other reads.
+    pub fn current_task_region(&self, tstate: u64) -> Option<(u64, usize)> {
+        match self.debug {
+            Some(o) => Some((tstate.checked_add(o.running_task)?, 8)),
+            None => Some((self.globals.current?, 48)),
+        }
+    }
+
     /// `len(loop._scheduled)`: the loop's pending timers (`call_later`, `asyncio.sleep`). Two
     /// reads: the attribute's slot (the list is replaced when the loop compacts it), then the
     /// list's header. `None` for loops without it (uvloop) or when it does not read validly.

@@ -83,7 +83,7 @@ pub fn fingerprint(c: &CodeOffsets, b: &[u8]) -> Option<Fingerprint> {
 /// the first one freed, so entries are checked against the object's type on every lookup.
 #[derive(Default)]
 pub struct CodeCache {
-    map: HashMap<u64, CodeInfo>,
+    map: HashMap<u64, CodeInfo, super::stacks::FastHash>,
 }
 
 impl CodeCache {

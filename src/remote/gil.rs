@@ -46,6 +46,14 @@ impl Gil {
         Some(s..s.checked_add(GIL_STATE_SIZE)?)
     }
 
+    /// The region [`Gil::holder`] reads, to fetch it ahead with other reads.
+    pub fn holder_region(&self) -> Option<(u64, usize)> {
+        match self.current {
+            Some(at) => Some((at, 8)),
+            None => Some((self.state?, (GIL_LOCKED + 4) as usize)),
+        }
+    }
+
     /// The thread state holding the GIL now; `None` when it is free or unreadable.
     pub fn holder<M: Memory + ?Sized>(&self, mem: &M) -> Option<u64> {
         let holder = match self.current {

@@ -174,6 +174,33 @@ impl Memory for Process {
     }
 }
 
+/// Memory with some regions already read (in the same batched read as a stack): a read inside
+/// one of them is served from it, any other goes to the target. For one sample's reads only.
+pub struct Prefetched<'a, M: Memory + ?Sized> {
+    inner: &'a M,
+    regions: Vec<(u64, Vec<u8>)>,
+}
+
+impl<'a, M: Memory + ?Sized> Prefetched<'a, M> {
+    pub fn new(inner: &'a M, regions: Vec<(u64, Vec<u8>)>) -> Prefetched<'a, M> {
+        Prefetched { inner, regions }
+    }
+}
+
+impl<M: Memory + ?Sized> Memory for Prefetched<'_, M> {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        for (start, bytes) in &self.regions {
+            if let Some(off) = addr.checked_sub(*start) {
+                if let Some(src) = bytes.get(off as usize..off as usize + buf.len()) {
+                    buf.copy_from_slice(src);
+                    return Ok(());
+                }
+            }
+        }
+        self.inner.read(addr, buf)
+    }
+}
+
 /// Reads `(address, length)` pairs in as few system calls as the memory allows; `None` for
 /// each one that could not be read whole.
 pub fn read_batch<M: Memory + ?Sized>(mem: &M, reqs: &[(u64, usize)]) -> Vec<Option<Vec<u8>>> {

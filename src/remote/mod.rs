@@ -69,7 +69,7 @@ pub use async_offsets::{AsyncLayout, TaskOffsets};
 pub use asyncio::{AsyncioReader, AwaitTarget, CurrentTask, TaskInfo};
 pub use coro::{CoroState, Link};
 pub use gil::Gil;
-pub use mem::{Memory, Process};
+pub use mem::{Memory, Prefetched, Process};
 pub use offsets::{DictLayout, Layout, LoopSlot};
 pub use runtime::{DiscoverError, Runtime, Version};
 pub use scanner::{PyThread, RunningLoop, ThreadScanner};

@@ -97,6 +97,11 @@ impl ReadyQueues {
         self.cache.retain(|addr, _| live.contains(addr));
     }
 
+    /// The region [`ReadyQueues::read`] reads.
+    pub fn region(deque: u64) -> (u64, usize) {
+        (deque, HEADER)
+    }
+
     /// `(len, state)` of the ready deque at `deque` (as returned by `resolve`), with one read.
     /// `None` on a failed read, an unknown deque, or a header that is no longer that deque.
     pub fn read<M: Memory + ?Sized>(&self, mem: &M, deque: u64) -> Option<(u64, u64)> {

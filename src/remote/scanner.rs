@@ -198,6 +198,11 @@ impl ThreadScanner {
         self.ready.read(mem, deque)
     }
 
+    /// The region [`ThreadScanner::read_ready`] reads, to fetch it ahead with other reads.
+    pub fn ready_region(&self, deque: u64) -> (u64, usize) {
+        ReadyQueues::region(deque)
+    }
+
     fn native_tid<M: Memory + ?Sized>(
         &self,
         mem: &M,

@@ -45,9 +45,38 @@ const MAX_CODE_MEMO: usize = 8192;
 /// Bytes copied past a chunk's live top, so a slightly deeper stack next time is still covered.
 const CHUNK_SLACK: u64 = 1024;
 
+/// A hasher for addresses (`u64` keys, trusted input of our own): a multiply, not SipHash,
+/// which would cost more than the rest of a cache lookup.
+#[derive(Default, Clone, Copy)]
+pub struct AddrHasher(u64);
+
+impl std::hash::Hasher for AddrHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ b as u64).wrapping_mul(0x51_7cc1_b727_220a_95);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7cc1_b727_220a_95);
+    }
+    fn write_i64(&mut self, n: i64) {
+        self.write_u64(n as u64);
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+}
+
+pub type FastHash = std::hash::BuildHasherDefault<AddrHasher>;
+
 /// What a read in a round is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Want {
+    /// The i-th extra region asked for.
+    Extra(usize),
     /// The thread state of the i-th thread asked for.
     Tstate(usize),
     Generation,
@@ -132,7 +161,7 @@ pub struct StackReader {
     interp: u64,
     codes: CodeCache,
     kinds: Kinds,
-    memo: HashMap<u64, Memo>,
+    memo: HashMap<u64, Memo, FastHash>,
     /// Code objects run by the last read, to re-check speculatively.
     last_codes: Vec<u64>,
     /// 3.14+: the code-object generation when the cache was last known good.
@@ -152,7 +181,7 @@ impl StackReader {
             interp,
             codes: CodeCache::default(),
             kinds: Kinds::default(),
-            memo: HashMap::new(),
+            memo: HashMap::default(),
             last_codes: Vec::new(),
             generation: None,
             frame_type: None,
@@ -172,9 +201,23 @@ impl StackReader {
         mem: &M,
         threads: &[StackOf],
     ) -> Vec<Result<Vec<Frame>, StackError>> {
+        self.read_with(mem, threads, &[]).0
+    }
+
+    /// [`StackReader::read`], also reading the `extra` regions in its first batched read (a
+    /// sample's ready queues, GIL state, ...): each as read, or `None`.
+    pub fn read_with<M: Memory + ?Sized>(
+        &mut self,
+        mem: &M,
+        threads: &[StackOf],
+        extra: &[(u64, usize)],
+    ) -> (Vec<Result<Vec<Frame>, StackError>>, Vec<Option<Vec<u8>>>) {
         let l = self.l;
-        // Round 1: thread states and the guesses.
+        // Round 1: the extra regions, thread states and the guesses.
         let mut round1 = Fetch::default();
+        for (i, &(addr, len)) in extra.iter().enumerate() {
+            round1.want(Want::Extra(i), addr, len);
+        }
         for (i, t) in threads.iter().enumerate() {
             round1.want(Want::Tstate(i), t.tstate, l.tstate_len);
         }
@@ -205,6 +248,9 @@ impl StackReader {
             }
         }
         let mut fetched = round1.run(mem);
+        let extras: Vec<Option<Vec<u8>>> = (0..extra.len())
+            .map(|i| fetched.remove(&Want::Extra(i)))
+            .collect();
         let generation = fetched.get(&Want::Generation).and_then(|b| u64_at(b, 0));
         let codes_ok = generation.is_some() && generation == self.generation;
 
@@ -231,7 +277,7 @@ impl StackReader {
 
         // Code objects: check the cached ones used, read the new ones.
         let used: Vec<u64> = {
-            let mut seen = HashSet::new();
+            let mut seen: HashSet<u64, FastHash> = HashSet::default();
             walks
                 .iter()
                 .flatten()
@@ -243,13 +289,14 @@ impl StackReader {
         self.generation = generation;
         self.last_codes = used.iter().copied().take(MAX_CODE_MEMO).collect();
 
-        walks
+        let stacks = walks
             .into_iter()
             .map(|w| {
                 let (frames, truncated) = w?;
                 self.frames(mem, &frames, truncated, &mut valid)
             })
-            .collect()
+            .collect();
+        (stacks, extras)
     }
 
     /// Parses a thread state and works out the chunk copies it needs.
@@ -330,7 +377,10 @@ impl StackReader {
     ) -> Result<(Vec<RawFrame>, bool), StackError> {
         let l = self.l;
         let mut out = Vec::new();
-        let mut seen = HashSet::new();
+        // No cycles: within a chunk a caller lies below its callee, so each chunk's frames must
+        // come at falling addresses; frames outside the chunks must not repeat.
+        let mut lowest: Vec<u64> = Vec::new();
+        let mut heap_seen: HashSet<u64, FastHash> = HashSet::default();
         let mut frame = w.frame0;
         let mut walked = 0;
         while frame != 0 {
@@ -338,28 +388,43 @@ impl StackReader {
                 return Ok((out, true));
             }
             walked += 1;
-            if !plausible_obj(frame) || !seen.insert(frame) {
+            if !plausible_obj(frame) {
                 return Err(StackError::Torn("frame chain"));
             }
-            let bytes = match w.in_chunks(frame, l.header) {
-                Some(b) => b.to_vec(),
-                None => match self.older_chunk_for(mem, w, frame)? {
-                    Some(b) => b,
-                    None => {
-                        let b = fetched
-                            .get(&Want::Heap(frame))
-                            .cloned()
-                            .or_else(|| read_bytes(mem, frame, l.header))
-                            .ok_or(StackError::Torn("frame unreadable"))?;
-                        w.heap.push(frame);
-                        b
-                    }
-                },
+            let in_chunk = match w.in_chunks(frame, l.header) {
+                Some(found) => Some(found),
+                None => self.older_chunk_for(mem, w, frame)?,
             };
-            if self.l.minor <= 10 {
-                self.check_frame_type(mem, &bytes)?;
+            let f = match in_chunk {
+                Some((i, bytes)) => {
+                    lowest.resize(lowest.len().max(i + 1), u64::MAX);
+                    if frame >= lowest[i] {
+                        return Err(StackError::Torn("frame chain"));
+                    }
+                    lowest[i] = frame;
+                    parse_frame(&l, bytes)
+                }
+                None => {
+                    if !heap_seen.insert(frame) {
+                        return Err(StackError::Torn("frame chain"));
+                    }
+                    let owned;
+                    let bytes = match fetched.get(&Want::Heap(frame)) {
+                        Some(b) => b.as_slice(),
+                        None => {
+                            owned = read_bytes(mem, frame, l.header)
+                                .ok_or(StackError::Torn("frame unreadable"))?;
+                            owned.as_slice()
+                        }
+                    };
+                    w.heap.push(frame);
+                    if l.minor <= 10 {
+                        self.check_frame_type(mem, bytes)?;
+                    }
+                    parse_frame(&l, bytes)
+                }
             }
-            let f = parse_frame(&l, &bytes).ok_or(StackError::Torn("frame"))?;
+            .ok_or(StackError::Torn("frame"))?;
             if !f.shim {
                 if !plausible_obj(f.code) {
                     return Err(StackError::Torn("frame code"));
@@ -374,12 +439,12 @@ impl StackReader {
     /// The bytes of `frame` from an older data stack chunk, fetching the chunk before the
     /// oldest one copied while the frame could lie in it. `None` when the frame is in no chunk
     /// (a generator's or coroutine's frame).
-    fn older_chunk_for<M: Memory + ?Sized>(
+    fn older_chunk_for<'w, M: Memory + ?Sized>(
         &mut self,
         mem: &M,
-        w: &mut ThreadWalk,
+        w: &'w mut ThreadWalk,
         frame: u64,
-    ) -> Result<Option<Vec<u8>>, StackError> {
+    ) -> Result<Option<(usize, &'w [u8])>, StackError> {
         let header = self.l.header;
         while w.chunks.len() < MAX_CHUNKS {
             let Some(last) = w.chunks.last() else {
@@ -409,8 +474,8 @@ impl StackReader {
                 live_end: prev + live,
                 bytes,
             });
-            if let Some(b) = w.in_chunks(frame, header) {
-                return Ok(Some(b.to_vec()));
+            if w.in_chunks(frame, header).is_some() {
+                return Ok(w.in_chunks(frame, header));
             }
         }
         Ok(None)
@@ -444,8 +509,8 @@ impl StackReader {
         fetched: &HashMap<Want, Vec<u8>>,
         fp_len: usize,
         all_valid: bool,
-    ) -> HashSet<u64> {
-        let mut valid = HashSet::new();
+    ) -> HashSet<u64, FastHash> {
+        let mut valid: HashSet<u64, FastHash> = HashSet::default();
         let cached: Vec<u64> = used
             .iter()
             .copied()
@@ -484,7 +549,7 @@ impl StackReader {
         &mut self,
         mem: &M,
         addr: u64,
-        valid: &mut HashSet<u64>,
+        valid: &mut HashSet<u64, FastHash>,
     ) -> bool {
         if valid.contains(&addr) {
             return true;
@@ -520,7 +585,7 @@ impl StackReader {
         mem: &M,
         raw: &[RawFrame],
         truncated: bool,
-        valid: &mut HashSet<u64>,
+        valid: &mut HashSet<u64, FastHash>,
     ) -> Result<Vec<Frame>, StackError> {
         let n = raw.len();
         // Innermost frames kept, and where the outermost ones kept start.
@@ -573,7 +638,7 @@ impl StackReader {
 /// decoding a line table walks it from the start.
 #[derive(Default)]
 struct Lines {
-    map: HashMap<(u64, i64), u32>,
+    map: HashMap<(u64, i64), u32, FastHash>,
 }
 
 impl Lines {
@@ -665,16 +730,16 @@ impl ThreadWalk {
         Ok(())
     }
 
-    /// The bytes of a frame that lies in the live part of a copied chunk.
-    fn in_chunks(&self, frame: u64, header: usize) -> Option<&[u8]> {
-        self.chunks.iter().find_map(|c| {
+    /// The chunk (by index) and bytes of a frame that lies in the live part of a copied chunk.
+    fn in_chunks(&self, frame: u64, header: usize) -> Option<(usize, &[u8])> {
+        self.chunks.iter().enumerate().find_map(|(i, c)| {
             let start = c.addr.checked_add(CHUNK_DATA)?;
             let end = frame.checked_add(header as u64)?;
             if frame < start || frame >= c.live_end || end > c.addr + c.bytes.len() as u64 {
                 return None;
             }
             let off = (frame - c.addr) as usize;
-            c.bytes.get(off..off + header)
+            Some((i, c.bytes.get(off..off + header)?))
         })
     }
 
