@@ -38,6 +38,10 @@ pub const KEEP_OUTER: usize = 64;
 const MAX_WALK: usize = 100_000;
 /// Frames outside the data stack remembered per thread for the next read.
 const MAX_HEAP_MEMO: usize = 20_000;
+/// Up to this many remembered heap frames are re-read one by one; more, by their pages.
+const HEAP_BY_FRAME: usize = 64;
+/// The page size of the target (x86-64 and aarch64 Linux with 4 KiB pages).
+const PAGE: u64 = 4096;
 /// Chunks remembered per thread.
 const MAX_CHUNKS: usize = 4096;
 /// Code objects whose fingerprint is re-read speculatively.
@@ -83,6 +87,8 @@ enum Want {
     CFrame(u64),
     Chunk(u64, usize),
     Heap(u64),
+    /// A page holding remembered heap frames.
+    Page(u64),
     /// A code object's fingerprint.
     Code(u64),
 }
@@ -237,8 +243,19 @@ impl StackReader {
             for &(a, n) in &m.chunks {
                 round1.want(Want::Chunk(a, n), a, n);
             }
-            for &f in &m.heap {
-                round1.want(Want::Heap(f), f, l.header);
+            if m.heap.len() <= HEAP_BY_FRAME {
+                for &f in &m.heap {
+                    round1.want(Want::Heap(f), f, l.header);
+                }
+            } else {
+                // Many frames outside the chunks (a deep stack on 3.8-3.10, whose frames are
+                // heap objects): their pages, which hold several frames each.
+                let mut pages: Vec<u64> = m.heap.iter().map(|f| f & !(PAGE - 1)).collect();
+                pages.sort_unstable();
+                pages.dedup();
+                for p in pages {
+                    round1.want(Want::Page(p), p, PAGE as usize);
+                }
             }
         }
         let fp_len = fingerprint_len(&self.al.code);
@@ -364,6 +381,7 @@ impl StackReader {
                 .unwrap_or_default(),
             chunks: Vec::new(),
             heap: Vec::new(),
+            pages: HashMap::default(),
             frame0: 0,
         })
     }
@@ -408,10 +426,26 @@ impl StackReader {
                     if !heap_seen.insert(frame) {
                         return Err(StackError::Torn("frame chain"));
                     }
+                    let page = frame & !(PAGE - 1);
+                    let off = (frame - page) as usize;
+                    let in_page = off + l.header <= PAGE as usize;
+                    // A page holds several frames of a deep heap-frame stack: read it whole, the
+                    // next frames are often there too.
+                    if in_page
+                        && !fetched.contains_key(&Want::Page(page))
+                        && !w.pages.contains_key(&page)
+                    {
+                        w.pages.insert(page, read_bytes(mem, page, PAGE as usize));
+                    }
                     let owned;
-                    let bytes = match fetched.get(&Want::Heap(frame)) {
-                        Some(b) => b.as_slice(),
-                        None => {
+                    let paged = fetched
+                        .get(&Want::Page(page))
+                        .or_else(|| w.pages.get(&page).and_then(Option::as_ref))
+                        .filter(|_| in_page);
+                    let bytes = match (fetched.get(&Want::Heap(frame)), paged) {
+                        (Some(b), _) => b.as_slice(),
+                        (None, Some(p)) => &p[off..off + l.header],
+                        (None, None) => {
                             owned = read_bytes(mem, frame, l.header)
                                 .ok_or(StackError::Torn("frame unreadable"))?;
                             owned.as_slice()
@@ -681,6 +715,8 @@ struct ThreadWalk {
     older: Vec<(u64, usize)>,
     chunks: Vec<ChunkCopy>,
     heap: Vec<u64>,
+    /// Pages read in this walk (`None`: unreadable as a whole).
+    pages: HashMap<u64, Option<Vec<u8>>, FastHash>,
     frame0: u64,
 }
 
