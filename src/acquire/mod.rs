@@ -5,9 +5,9 @@
 
 pub mod attach;
 pub mod kernel_clock;
-pub mod perf;
 #[cfg(feature = "native")]
 pub mod native;
+pub mod perf;
 pub mod sampler;
 pub mod spy;
 pub mod tree;
