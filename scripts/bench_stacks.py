@@ -18,7 +18,10 @@ spread printed (median, min-max over the rounds):
    target's own clock, the late ticks and loopspy's CPU (% of one core).
 3. loopspy's CPU at default settings (1 kHz ticks, 10 Hz stacks) on deep.py busy and idle.
 
-    python3 scripts/bench_stacks.py [--rounds 3] [--seconds 5] [--python PYTHON3.14]
+    python3 scripts/bench_stacks.py [--rounds 3] [--seconds 5] [--python PYTHON3.14] [--clock probe]
+
+`--clock` is passed to every `loopspy record` (default `auto`: the kernel clock where perf events
+are allowed); `probe` gives the 1 kHz ticks issue 9 measured.
 
 Needs a release build (cargo build --release), py-spy (python3 -m pip install py-spy) and a
 CPython 3.14 (../shared/tools/get-python 3.14; the default is /opt/loopspy-pythons/3.14).
@@ -38,6 +41,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOOPSPY = os.path.join(ROOT, "target", "release", "loopspy")
 DEEP = os.path.join(ROOT, "tests", "py", "deep.py")
 DEFAULT_PY = "/opt/loopspy-pythons/3.14/usr/bin/python3.14"
+CLOCK = ["--clock", "auto"]
 
 THREADS_150 = r'''
 import asyncio, json, sys, threading, time
@@ -83,7 +87,7 @@ def loopspy_bench(pid, mode, reads):
 
 def loopspy_record(pid, seconds, tmp, extra=()):
     cpu, wall, out = measure([LOOPSPY, "record", "--pid", str(pid), "--duration", str(seconds),
-                              "-o", os.path.join(tmp, "l.svg"), *extra])
+                              "-o", os.path.join(tmp, "l.svg"), *CLOCK, *extra])
     m = re.search(r"(\d+) samples in ([\d.]+) s .*?(?:; (\d+) with full stacks)?\)", out)
     samples, elapsed = int(m.group(1)), float(m.group(2))
     stacks = int(m.group(3) or samples)
@@ -114,7 +118,7 @@ def threads_150(python, tmp):
     target = start([python, "-c", THREADS_150])
     episodes = os.path.join(tmp, "e.jsonl")
     spy = subprocess.Popen([LOOPSPY, "record", "--pid", str(target.pid), "-o",
-                            os.path.join(tmp, "t.svg"), "--episodes", episodes],
+                            os.path.join(tmp, "t.svg"), "--episodes", episodes, *CLOCK],
                            stderr=subprocess.PIPE, text=True)
     err = ""
     while "sampling process" not in err:
@@ -148,7 +152,9 @@ def main():
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--reads", type=int, default=5000)
     ap.add_argument("--python", default=DEFAULT_PY)
+    ap.add_argument("--clock", default="auto", choices=["auto", "kernel", "probe"])
     args = ap.parse_args()
+    CLOCK[1] = args.clock
     if not os.path.exists(LOOPSPY):
         sys.exit("build first: cargo build --release")
     if not os.path.exists(args.python):
@@ -156,8 +162,8 @@ def main():
     has_pyspy = shutil.which("py-spy") is not None
     version = subprocess.run([args.python, "-c", "import sys; print(sys.version.split()[0])"],
                              capture_output=True, text=True).stdout.strip()
-    print("CPython %s (%s); deep.py 50 frames; %d rounds, %d s per recording; %d cores"
-          % (version, args.python, args.rounds, args.seconds, os.cpu_count()))
+    print("CPython %s (%s); deep.py 50 frames; %d rounds, %d s per recording; --clock %s; %d cores"
+          % (version, args.python, args.rounds, args.seconds, args.clock, os.cpu_count()))
     r = {k: [] for k in ("stacks", "sample", "record", "pyspy", "unwinder", "default_busy",
                          "default_idle", "err150", "late150", "cpu150")}
     frames = None
