@@ -33,15 +33,17 @@ pub fn run(args: &BenchStacksArgs) -> Result<()> {
             BenchMode::Sample => spy.sample().map(|t| t.iter().map(|t| t.frames.len()).sum()),
         };
         match read {
-            Ok(n) => frames = n,
+            Ok(n) => frames += n,
             Err(_) => errors += 1,
         }
     }
     let cpu = cpu_seconds() - cpu0;
     let wall = wall0.elapsed().as_secs_f64();
     let n = args.reads.max(1) as f64;
+    // Frames per successful read, on average (a target's depth changes as it runs).
+    let frames = frames as f64 / (args.reads - errors).max(1) as f64;
     println!(
-        "reads {} cpu_us_per_read {:.2} wall_us_per_read {:.2} frames {} errors {}",
+        "reads {} cpu_us_per_read {:.2} wall_us_per_read {:.2} frames {:.1} errors {}",
         args.reads,
         cpu / n * 1e6,
         wall / n * 1e6,
