@@ -325,7 +325,7 @@ impl Spy {
         loops.sort_by_key(|l| l.0);
         // `stat` (scheduler state, CPU times) on one tick in ten; the syscall on every tick.
         self.probes += 1;
-        let with_stat = self.probes % 10 == 0;
+        let with_stat = self.probes.is_multiple_of(10);
         let out: Vec<ThreadSample> = loops
             .into_iter()
             .map(|(tid, event_loop, ready, name)| ThreadSample {
