@@ -9,8 +9,9 @@ cargo build --release --quiet
 out=tests/fixtures
 mkdir -p "$out"
 
-record() { # name scenario rate [script] [clock]
-  local name=$1 scenario=$2 rate=$3 script=${4:-tests/py/scenarios.py} clock=${5:-probe} fifo dir
+record() { # name scenario rate [script] [clock] [blocks]: with `blocks`, also keep the target's
+  # own BLOCK lines (its measurements) in tests/fixtures/NAME.blocks.jsonl, for the offline tests
+  local name=$1 scenario=$2 rate=$3 script=${4:-tests/py/scenarios.py} clock=${5:-probe} keep=${6:-} fifo dir
   dir=$(mktemp -d); fifo="$dir/go"; mkfifo "$fifo"
   "$python" "$script" "$scenario" <"$fifo" >"$dir/target.out" &
   local target=$!
@@ -24,6 +25,7 @@ record() { # name scenario rate [script] [clock]
   wait "$target" || true
   wait "$spy"
   echo "$name: $(grep -c . "$out/$name.jsonl") lines; target said:"; grep BLOCK "$dir/target.out" || true
+  if [ "$keep" = blocks ]; then sed -n 's/^BLOCK //p' "$dir/target.out" >"$out/$name.blocks.jsonl"; fi
   rm -rf "$dir"
 }
 
@@ -36,6 +38,10 @@ record uvloop uvloop 200
 record gil gil 200 tests/py/causes.py
 record gil_held_regex regex 200 tests/py/causes.py
 record gil_released_hashlib hashlib 200 tests/py/causes.py
+# GIL starvation timed by a 5 ms heartbeat in the target (issue 10 §1): 16 MB base64 decodes.
+record gil_base64 16 1000 tests/py/gil_base64.py probe blocks
+record attached_mid_block blocked_at_attach 200 tests/py/scenarios.py probe blocks
+record restart_loops restart_loops 200 tests/py/scenarios.py probe blocks
 record idle idle 100
 # The kernel clock (run as root): boundaries from perf tracepoints, ticks only in long callbacks.
 record kernel_sleep_task sleep_task 200 tests/py/scenarios.py kernel

@@ -117,8 +117,9 @@ pub struct SamplingArgs {
     /// Ticks per second: each reads the event-loop threads' state (a few microseconds). On the
     /// probe clock ticks run all the time and time episodes to one tick (default 1000); on the
     /// kernel clock they run only while a callback has run past 5 ms, to split callbacks of one
-    /// loop iteration (default 100).
-    #[arg(short, long, value_parser = positive_f64)]
+    /// loop iteration (default 100). At most 10000; on the probe clock at least 5 ticks per
+    /// --threshold.
+    #[arg(short, long, value_parser = rate_hz)]
     pub rate: Option<f64>,
     /// What times the loops' boundaries: `kernel` (perf tracepoints on the loop threads' epoll
     /// and futex calls: exact, and nothing to do while the loop is idle), `probe` (ticks reading
@@ -259,6 +260,70 @@ pub struct DumpArgs {
     pub native: bool,
 }
 
+/// Ticks needed per `--threshold`: an episode's boundaries are each known to within one tick
+/// interval, so fewer ticks than this would make the threshold a matter of chance.
+pub const TICKS_PER_THRESHOLD: f64 = 5.0;
+/// The fastest tick rate: 0.1 ms apart, already far finer than any threshold.
+pub const MAX_RATE: f64 = 10_000.0;
+
+fn rate_hz(s: &str) -> Result<f64, String> {
+    let v = positive_f64(s)?;
+    if v > MAX_RATE {
+        return Err(format!(
+            "must be at most {MAX_RATE:.0} (a tick every 0.1 ms)"
+        ));
+    }
+    Ok(v)
+}
+
+impl SamplingArgs {
+    /// `Err` with a one-line reason when the tick rate cannot time episodes of `threshold_ms`:
+    /// fewer than `TICKS_PER_THRESHOLD` ticks per threshold. A rate given on any clock is
+    /// checked (`auto` may fall back to the probe, and on the kernel clock the ticks split the
+    /// callbacks of one loop iteration); the kernel clock's own default is not, as the kernel
+    /// times the boundaries themselves.
+    pub fn check_rate(&self, threshold_ms: f64) -> Result<(), String> {
+        let rate = match (self.rate, self.clock) {
+            (Some(r), _) => r,
+            (None, ClockChoice::Kernel) => return Ok(()),
+            (None, _) => DEFAULT_RATE,
+        };
+        let interval_ms = 1000.0 / rate;
+        if rate * threshold_ms / 1000.0 >= TICKS_PER_THRESHOLD {
+            return Ok(());
+        }
+        Err(format!(
+            "--rate {} cannot time {} ms episodes (--threshold): it ticks every {} ms, and each end of an episode is only known to within a tick; use --rate {} or more, or --threshold {} or more",
+            rate,
+            threshold_ms,
+            short(interval_ms),
+            short(TICKS_PER_THRESHOLD * 1000.0 / threshold_ms),
+            short(TICKS_PER_THRESHOLD * interval_ms),
+        ))
+    }
+}
+
+/// A number as a person would write it: `500`, `0.5`, `16.7`.
+fn short(v: f64) -> String {
+    let s = format!("{:.1}", (v * 10.0).ceil() / 10.0);
+    s.strip_suffix(".0").map(str::to_string).unwrap_or(s)
+}
+
+impl Cli {
+    /// Checks across flags that clap cannot express per flag; `Err` is a one-line reason for
+    /// a bad command line (exit 2).
+    pub fn check(&self) -> Result<(), String> {
+        match &self.command {
+            Command::Record(a) => a.sampling.check_rate(a.analysis.threshold),
+            Command::Top(a) => a.sampling.check_rate(a.threshold),
+            Command::Monitor(a) => a.sampling.check_rate(a.threshold),
+            Command::Report(_) | Command::Dump(_) | Command::Diff(_) | Command::BenchStacks(_) => {
+                Ok(())
+            }
+        }
+    }
+}
+
 fn positive_f64(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
@@ -271,6 +336,10 @@ impl Cli {
     /// Relations between flags that clap's attributes cannot state. A failure is a clap error:
     /// printed in clap's style, exit 2.
     pub fn validate(&self) -> Result<(), clap::Error> {
+        if let Err(reason) = self.check() {
+            use clap::CommandFactory;
+            return Err(Cli::command().error(clap::error::ErrorKind::ValueValidation, reason));
+        }
         let (output, episodes) = match &self.command {
             Command::Record(r) => (&r.output, &r.analysis.episodes),
             Command::Report(r) => (&r.output, &r.analysis.episodes),
@@ -353,6 +422,32 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn a_rate_must_resolve_the_threshold() {
+        let check = |args: &[&str]| {
+            let mut all = vec!["loopspy", "record", "--pid", "1"];
+            all.extend_from_slice(args);
+            Cli::try_parse_from(all).map_err(|e| e.to_string())?.check()
+        };
+        assert_eq!(check(&[]), Ok(()), "the defaults");
+        assert_eq!(check(&["--rate", "100"]), Ok(()), "README's low setting");
+        assert_eq!(check(&["--rate", "2", "--threshold", "2500"]), Ok(()));
+        let e = check(&["--rate", "2"]).unwrap_err();
+        assert_eq!(
+            e,
+            "--rate 2 cannot time 50 ms episodes (--threshold): it ticks every 500 ms, and each end of an episode is only known to within a tick; use --rate 100 or more, or --threshold 2500 or more"
+        );
+        assert!(check(&["--rate", "0.05"])
+            .unwrap_err()
+            .starts_with("--rate 0.05 cannot time"));
+        assert!(check(&["--rate", "99"]).is_err());
+        assert!(check(&["--rate", "20000"])
+            .unwrap_err()
+            .contains("at most 10000"));
+        let top = Cli::try_parse_from(["loopspy", "top", "--pid", "1", "--rate", "3"]).unwrap();
+        assert!(top.check().is_err());
     }
 
     #[test]

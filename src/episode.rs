@@ -55,6 +55,17 @@ pub struct Episode {
     /// Wall-clock Unix seconds at which the episode began.
     pub start: f64,
     pub duration_ms: f64,
+    /// How far `duration_ms` may be from the truth, in ms: each boundary lies between two
+    /// samples and is placed in the middle of that gap, so this is half of the two gaps. About
+    /// one tick interval normally; larger when the sampler was late. `None` in episodes written
+    /// before loopspy reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_error_ms: Option<f64>,
+    /// `false` when the callback was already running at the first sample of its thread
+    /// (loopspy attached, or found the worker, mid-block): `start` is then only the moment it was
+    /// first seen and `duration_ms` the least it lasted.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub start_seen: bool,
     pub samples: u32,
     pub kind: String,
     pub source: Option<String>,
@@ -84,7 +95,21 @@ pub struct Episode {
     pub self_call: bool,
 }
 
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
 impl Episode {
+    /// Whether `duration_ms` is only a lower bound: the start was not seen or the recording
+    /// stopped during the episode.
+    pub fn duration_is_lower_bound(&self) -> bool {
+        !self.start_seen || !self.complete
+    }
+
     /// `function (file:line)` of the culprit, for summaries and flame-graph labels.
     pub fn culprit_label(&self) -> String {
         format!(

@@ -162,13 +162,6 @@ impl Pipeline {
         self
     }
 
-    /// The sampler's tick rate (Hz): bounds how far an episode's ends may reach past its
-    /// samples.
-    pub fn with_tick_rate(mut self, rate: f64) -> Pipeline {
-        self.detector = self.detector.with_interval(1.0 / rate);
-        self
-    }
-
     pub fn on_sample(&mut self, sample: &Sample) -> Result<()> {
         if let Some(raw) = self.sinks.raw.as_mut() {
             if let Err(e) = raw.write(sample) {

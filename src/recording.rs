@@ -173,6 +173,7 @@ mod tests {
             pid: 7,
             threads: vec![ThreadSample {
                 gc: false,
+                loop_ended: false,
                 tid: 7,
                 name: Some("MainThread".into()),
                 event_loop: None,

@@ -85,7 +85,8 @@ pub struct ThreadSample {
     pub ready: Option<ReadyQueue>,
     /// The asyncio Task the loop was stepping (its name: `Task-3`, or the name given to
     /// `create_task`), from asyncio's own current-task record; `None` when the loop was idle or
-    /// in a plain callback, or the task could not be read.
+    /// in a plain callback, or the task could not be read. While the loop waits for the GIL
+    /// outside any callback, the task it will step next for its due timer (the starved one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task: Option<String>,
     /// The qualified name of that task's coroutine.
@@ -94,6 +95,11 @@ pub struct ThreadSample {
     /// The loop's pending timers (`len(loop._scheduled)`), when readable (not on uvloop).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timers: Option<u64>,
+    /// The thread stopped running its event loop since the previous sample (and may have
+    /// started a new one, given by `event_loop`): whatever it ran in the old loop is over.
+    /// Seen by asyncio's running-loop slot changing (`asyncio.run` returned or was called again).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub loop_ended: bool,
     /// Innermost frame first.
     pub frames: Vec<Frame>,
 }

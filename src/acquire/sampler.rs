@@ -105,8 +105,11 @@ pub struct Limits<'a> {
     pub rate: f64,
     /// Full stacks per second in the background (for the flame graph of ordinary work).
     pub stack_rate: f64,
-    /// The episode threshold in seconds (kept for callers; the loop threads' stacks are read
-    /// from `BUSY_STACKS` into a callback, well before it).
+    /// Seconds: a callback running this long is an episode. The loop threads' stacks are read
+    /// at every tick from `BUSY_STACKS` into a callback, or from half the threshold when that
+    /// is sooner, so that the episode's callback, culprit and stack are known: a run no stack
+    /// names is not reported, and a block just past the threshold must get stacks read even
+    /// when the sampler runs late.
     pub threshold: f64,
     pub duration: Option<Duration>,
     pub stop: &'a AtomicBool,
@@ -247,7 +250,7 @@ impl<'s> Slot<'s> {
         }
         let loop_every = match busy {
             Some(b) if b >= PER_TICK_UNTIL => Some(BURST),
-            Some(b) if b >= BUSY_STACKS => Some(Duration::ZERO),
+            Some(b) if b >= limits.burst_after => Some(Duration::ZERO),
             _ => None,
         };
         let spacing = (self.loop_cost * COST_SPACING).min(MAX_LOOP_SPACING);
@@ -355,6 +358,9 @@ struct Timing {
     start: Instant,
     /// Kernel clock: the tick interval while a callback runs past `QUIET`.
     kernel_interval: Duration,
+    /// The loop threads' stacks are read at every tick once a callback has run this long:
+    /// `BUSY_STACKS`, or half the threshold when that is sooner.
+    burst_after: Duration,
 }
 
 /// Run the loop over one process, handing each sample to `sink` with the stats so far.
@@ -412,6 +418,9 @@ pub fn run_tree<'s>(
         threshold: Duration::from_secs_f64(limits.threshold),
         start,
         kernel_interval: Duration::from_secs_f64(1.0 / limits.kernel_rate),
+        // At most half the threshold: a 55 ms block at a 50 ms threshold, with the sampler 30 ms
+        // late at the wrong moment, got no stack read at all and was not reported.
+        burst_after: BUSY_STACKS.min(Duration::from_secs_f64(limits.threshold / 2.0)),
     };
     let mut stats = SamplerStats {
         rate: limits.rate,
@@ -636,5 +645,90 @@ mod tests {
             "{}",
             stats.samples
         );
+    }
+
+    /// A loop thread inside one callback from the start, never back in epoll.
+    struct Busy {
+        stacks: Vec<Instant>,
+        until: Instant,
+    }
+
+    impl Busy {
+        fn thread(&self) -> ThreadSample {
+            ThreadSample {
+                gc: false,
+                loop_ended: false,
+                tid: 7,
+                name: None,
+                event_loop: Some("_UnixSelectorEventLoop".into()),
+                gil: false,
+                active: true,
+                os: Some(crate::sample::OsState {
+                    state: 'S',
+                    syscall: Some("clock_nanosleep".into()),
+                    gil_wait: false,
+                    cpu_ticks: None,
+                    fd: None,
+                }),
+                ready: Some(ReadyQueue { len: 0, state: 1 }),
+                task: None,
+                coroutine: None,
+                timers: None,
+                frames: Vec::new(),
+            }
+        }
+    }
+
+    impl SampleSource for Busy {
+        fn pid(&self) -> u32 {
+            42
+        }
+        fn sample(&mut self) -> Result<Vec<ThreadSample>> {
+            if Instant::now() >= self.until {
+                bail!("gone");
+            }
+            self.stacks.push(Instant::now());
+            Ok(vec![self.thread()])
+        }
+        fn probe(&mut self) -> Option<Result<Vec<ThreadSample>>> {
+            if Instant::now() >= self.until {
+                return Some(Err(anyhow::anyhow!("gone")));
+            }
+            Some(Ok(vec![self.thread()]))
+        }
+        fn alive(&mut self) -> bool {
+            Instant::now() < self.until
+        }
+    }
+
+    #[test]
+    fn stacks_are_read_before_a_callback_reaches_the_threshold() {
+        // Background stacks once a second; a callback running from the start. The loop stacks
+        // must be read from `BUSY_STACKS` (5 ms), well before half the threshold (100 ms), so
+        // the run is named before it becomes an episode, however late a tick or two may be.
+        let stop = AtomicBool::new(false);
+        let start = Instant::now();
+        let mut src = Busy {
+            stacks: Vec::new(),
+            until: start + Duration::from_millis(400),
+        };
+        let limits = Limits {
+            rate: 1000.0,
+            stack_rate: 1.0,
+            threshold: 0.2,
+            duration: None,
+            stop: &stop,
+            clock: ClockChoice::Probe,
+            kernel_rate: 100.0,
+        };
+        run(&mut src, &limits, &mut |_, _| Ok(())).unwrap();
+        let second = src.stacks.get(1).expect("a burst read a stack");
+        let after = second.duration_since(src.stacks[0]);
+        assert!(
+            after >= BUSY_STACKS && after < Duration::from_millis(100),
+            "{after:?}"
+        );
+        // Then one at every tick (spaced by their cost).
+        assert!(src.stacks.len() >= 10, "{}", src.stacks.len());
     }
 }

@@ -65,6 +65,15 @@ pub struct Spy {
     /// `--native`: py-spy's unwinder, whose stacks (C frames included) replace ours.
     #[cfg(feature = "native")]
     native: Option<crate::acquire::native::NativeStacks>,
+    /// Threads (OS tid) whose loop stopped (and maybe restarted) since the last sample: the
+    /// next sample that has the thread says so once (`loop_ended`), so the detector ends what
+    /// they ran there.
+    ended: HashSet<u32>,
+    /// pthread ids of the threads that run or ran a loop: their running-loop slots are
+    /// watched at every tick.
+    loop_threads: HashSet<u64>,
+    /// A ready queue the last scan found did not read at the last probe.
+    suspect: bool,
 }
 
 /// What a full read adds to the stacks: the loops' task and timers (not on the loop-only reads
@@ -118,6 +127,9 @@ impl Spy {
             notice,
             #[cfg(feature = "native")]
             native: None,
+            ended: HashSet::new(),
+            loop_threads: HashSet::new(),
+            suspect: false,
         };
         if out.version.patch.is_none() {
             // 3.8–3.10 images may not say their patch level: `sys.version` does.
@@ -203,10 +215,44 @@ impl Spy {
     /// Maps the threads again. An error when the thread list cannot be read (the process is
     /// gone): the previous map is kept.
     fn rescan(&mut self) -> Result<()> {
+        self.rescan_after(&[])
+    }
+
+    /// Maps the threads again; `changed` are the threads whose running-loop slot was seen to
+    /// change (`loops_changed`). Loops that stopped are noted in `ended`.
+    fn rescan_after(&mut self, changed: &[u64]) -> Result<()> {
         let mem = &self.spy.process;
         let scanned = self.scanner.scan(mem);
         if let Ok(found) = &scanned {
-            self.threads = found.iter().map(|t| (t.pthread_id, t.clone())).collect();
+            let threads: HashMap<u64, PyThread> =
+                found.iter().map(|t| (t.pthread_id, t.clone())).collect();
+            // Loops that stopped: their thread runs no loop now or another one, or is gone,
+            // or its slot changed in place since the last scan (run_forever returned, even if
+            // the same loop runs again now: asyncio.run's teardown runs it a few more times).
+            // A slot found elsewhere (the thread's dict grew) is no change by itself.
+            for (pthread, old) in &self.threads {
+                let (Some(tid), Some(old_loop)) = (old.native_tid, &old.running_loop) else {
+                    continue;
+                };
+                let new = threads.get(pthread);
+                let same_loop = new
+                    .and_then(|t| t.running_loop.as_ref())
+                    .is_some_and(|l| l.address == old_loop.address);
+                let in_place = changed.contains(pthread)
+                    && new.and_then(|t| t.loop_slot).map(|w| w.addr)
+                        == old.loop_slot.map(|w| w.addr);
+                if !same_loop || in_place {
+                    self.ended.insert(tid);
+                }
+            }
+            self.loop_threads.retain(|p| threads.contains_key(p));
+            self.loop_threads.extend(
+                threads
+                    .values()
+                    .filter(|t| t.running_loop.is_some())
+                    .map(|t| t.pthread_id),
+            );
+            self.threads = threads;
             let live: HashSet<u64> = self.threads.values().map(|t| t.tstate).collect();
             self.stacks.retain(&live);
         }
@@ -273,6 +319,33 @@ impl Spy {
         self.last_scan.is_none_or(|t| t.elapsed() >= RESCAN)
     }
 
+    /// The threads that started or stopped an event loop since the last scan: one 8-byte read
+    /// of the running-loop slot of each thread that runs or ran one. A loop closed and a new
+    /// one started (`asyncio.run` called again) must not be read through the old loop's
+    /// ready queue and task records for up to a second.
+    fn loops_changed(&self) -> Vec<u64> {
+        self.loop_threads
+            .iter()
+            .filter(|p| {
+                self.threads
+                    .get(p)
+                    .and_then(|t| t.loop_slot.as_ref())
+                    .is_some_and(|w| !self.scanner.loop_slot_unchanged(self.mem(), w))
+            })
+            .copied()
+            .collect()
+    }
+
+    /// Before a stack read: maps the threads again when the map is old or a loop started or
+    /// stopped, so that nothing reads the old loop's ready queue or task records.
+    fn refresh_map(&mut self) -> Result<()> {
+        let changed = self.loops_changed();
+        if self.stale() || !changed.is_empty() {
+            self.rescan_after(&changed)?;
+        }
+        Ok(())
+    }
+
     /// Map the threads and their loops now rather than at the next sample, for a one-shot read
     /// (`loopspy dump`).
     pub fn prepare(&mut self) {
@@ -303,33 +376,76 @@ impl Spy {
         // No loop known yet (the program has not started one): look again, often, since a
         // scan is a handful of reads; until one runs, ticks read stacks instead.
         let no_loop = !self.threads.values().any(|t| t.running_loop.is_some());
-        if no_loop
-            && self
-                .last_scan
-                .is_none_or(|t| t.elapsed() >= Duration::from_millis(100))
+        let since_scan = self.last_scan.map(|t| t.elapsed());
+        // A loop started or stopped (one read per loop thread), or a ready queue stopped
+        // reading (the loop was closed, or replaced at the same address): look again.
+        let changed = self.loops_changed();
+        if (no_loop && since_scan.is_none_or(|t| t >= Duration::from_millis(100)))
+            || (self.suspect && since_scan.is_none_or(|t| t >= Duration::from_millis(10)))
+            || !changed.is_empty()
         {
-            if let Err(e) = self.rescan() {
+            if let Err(e) = self.rescan_after(&changed) {
                 return Some(Err(e));
             }
         }
+        let ended = std::mem::take(&mut self.ended);
+        // A loop that stopped, on a thread that runs none now: the thread, once, with no loop.
+        let mut out: Vec<ThreadSample> = Vec::new();
+        let running: HashSet<u32> = self
+            .threads
+            .values()
+            .filter(|t| t.running_loop.is_some())
+            .filter_map(|t| t.native_tid)
+            .collect();
+        let mut stopped: Vec<u32> = ended.difference(&running).copied().collect();
+        stopped.sort_unstable();
+        for tid in stopped {
+            let name = self
+                .threads
+                .values()
+                .find(|t| t.native_tid == Some(tid))
+                .and_then(|t| self.name_of(t));
+            out.push(ThreadSample {
+                gc: false,
+                loop_ended: true,
+                tid,
+                name,
+                event_loop: None,
+                gil: false,
+                active: true,
+                os: self.os_state(tid, false),
+                ready: None,
+                task: None,
+                coroutine: None,
+                timers: None,
+                frames: Vec::new(),
+            });
+        }
         let mut loops: Vec<(u32, String, Option<ReadyQueue>, Option<String>)> = Vec::new();
+        let mut suspect = false;
         for t in self.threads.values() {
             let (Some(tid), Some(lp)) = (t.native_tid, t.running_loop.as_ref()) else {
                 continue;
             };
-            loops.push((tid, lp.type_name.clone(), self.ready_of(t), self.name_of(t)));
+            let ready = self.ready_of(t);
+            // The deque the scan found is gone: the loop was closed (or replaced at the same
+            // address); look again soon.
+            suspect |= lp.ready.is_some() && ready.is_none();
+            loops.push((tid, lp.type_name.clone(), ready, self.name_of(t)));
         }
+        self.suspect = suspect;
         if loops.is_empty() {
-            return None;
+            return (!out.is_empty()).then_some(Ok(out));
         }
         loops.sort_by_key(|l| l.0);
         // `stat` (scheduler state, CPU times) on one tick in ten; the syscall on every tick.
         self.probes += 1;
         let with_stat = self.probes.is_multiple_of(10);
-        let out: Vec<ThreadSample> = loops
+        let loop_samples: Vec<ThreadSample> = loops
             .into_iter()
             .map(|(tid, event_loop, ready, name)| ThreadSample {
                 gc: false,
+                loop_ended: ended.contains(&tid),
                 tid,
                 name,
                 event_loop: Some(event_loop),
@@ -343,11 +459,12 @@ impl Spy {
                 frames: Vec::new(),
             })
             .collect();
-        if out.iter().all(|t| t.os.is_none()) {
+        if loop_samples.iter().all(|t| t.os.is_none()) {
             // Every loop thread is gone: the process exited, or they did (a rescan will tell).
             self.last_scan = None;
             return Some(Err(anyhow!("no loop thread could be read")));
         }
+        out.extend(loop_samples);
         Some(Ok(out))
     }
 
@@ -453,7 +570,14 @@ impl Spy {
                         Extras::TaskAndTimers => a.timers(&mem, l.address),
                         Extras::Task => None,
                     };
-                    match a.current_task(&mem, t.tstate, l.address) {
+                    let current = a.current_task(&mem, t.tstate, l.address).or_else(|| {
+                        // Waiting for the GIL outside any callback: the task it will step
+                        // for its due timer (the starved one; see `remote::waiting`).
+                        waits_outside_callback(&os, &frames)
+                            .then(|| a.due_timer_task(&mem, l.address, monotonic_now()))
+                            .flatten()
+                    });
+                    match current {
                         Some(c) => (c.name, c.coroutine, timers),
                         None => (None, None, timers),
                     }
@@ -463,6 +587,7 @@ impl Spy {
             let active = os.as_ref().is_none_or(|o| matches!(o.state, 'R' | 'D'));
             out.push(ThreadSample {
                 gc: false,
+                loop_ended: self.ended.remove(&tid),
                 tid,
                 name: self.name_of(t),
                 event_loop: t.running_loop.as_ref().map(|l| l.type_name.clone()),
@@ -511,9 +636,7 @@ impl SampleSource for Spy {
     }
 
     fn sample(&mut self) -> Result<Vec<ThreadSample>> {
-        if self.stale() {
-            self.rescan()?;
-        }
+        self.refresh_map()?;
         let mut all: Vec<&PyThread> = self.threads.values().collect();
         all.sort_by_key(|t| (t.native_tid, t.pthread_id));
         let which: Vec<u64> = all.iter().map(|t| t.pthread_id).collect();
@@ -521,15 +644,16 @@ impl SampleSource for Spy {
     }
 
     fn sample_loops(&mut self) -> Option<Result<Vec<ThreadSample>>> {
-        if self.stale() {
-            if let Err(e) = self.rescan() {
-                return Some(Err(e));
-            }
+        if let Err(e) = self.refresh_map() {
+            return Some(Err(e));
         }
+        // Threads whose loop stopped are read too, so the sample says so (`loop_ended`).
         let mut loops: Vec<&PyThread> = self
             .threads
             .values()
-            .filter(|t| t.running_loop.is_some())
+            .filter(|t| {
+                t.running_loop.is_some() || t.native_tid.is_some_and(|n| self.ended.contains(&n))
+            })
             .collect();
         if loops.is_empty() {
             return None;
@@ -588,6 +712,31 @@ impl SampleSource for Spy {
     fn gil_range(&self) -> Option<std::ops::Range<u64>> {
         self.gil_range.clone()
     }
+}
+
+/// Whether a loop thread waits outside any callback: for the GIL (by the OS), or out of epoll
+/// with its innermost frame still in the selector (between two of CPython's timed GIL waits).
+fn waits_outside_callback(os: &Option<OsState>, frames: &[Frame]) -> bool {
+    let Some(os) = os else { return false };
+    let in_selector = frames
+        .first()
+        .is_some_and(|f| f.file.ends_with("selectors.py"));
+    let in_epoll = matches!(
+        os.syscall.as_deref(),
+        Some("epoll_wait" | "epoll_pwait" | "epoll_pwait2")
+    );
+    os.gil_wait || (in_selector && os.syscall.is_some() && !in_epoll)
+}
+
+/// CLOCK_MONOTONIC now, in seconds: asyncio's `loop.time()`.
+fn monotonic_now() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes the timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
 
 /// Whether the process exists and is not a zombie.

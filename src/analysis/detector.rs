@@ -50,6 +50,8 @@ struct Track {
     run: Option<Run>,
     /// What the last sample showed, for live views.
     idle: bool,
+    /// The thread's loop stopped and no new one has been seen yet (not shown in live views).
+    loop_ended: bool,
     loop_type: Option<String>,
     ready_len: Option<u64>,
     /// The kernel clock times this thread: its events open and close runs (detector_kernel).
@@ -103,8 +105,6 @@ pub struct Detector {
     /// Monotonic time of each thread's last stack: a stack stands for the time since the
     /// thread's previous one (loop threads are read more often than the others).
     last_stack: HashMap<(u32, u32), f64>,
-    /// The sampler's tick interval, when known.
-    interval: Option<f64>,
 }
 
 impl Detector {
@@ -116,16 +116,7 @@ impl Detector {
             sources: None,
             seen_more: Default::default(),
             last_stack: HashMap::new(),
-            interval: None,
         }
-    }
-
-    /// The sampler's tick interval (seconds). A boundary is then placed at most two intervals
-    /// beyond the last sample that saw the run, even across a longer gap (a stalled sampler):
-    /// an episode is never made much longer than its samples show.
-    pub fn with_interval(mut self, interval: f64) -> Detector {
-        self.interval = Some(interval).filter(|i| *i > 0.0 && i.is_finite());
-        self
     }
 
     /// Read culprits' source lines from `files` to name calls made in C.
@@ -142,6 +133,9 @@ impl Detector {
         }
         let mut events = Vec::new();
         self.feed_events(sample, &mut events);
+        for thread in sample.threads.iter().filter(|t| t.loop_ended) {
+            self.loop_ended(sample, thread, &mut events);
+        }
         if sample.probe {
             for thread in &sample.threads {
                 self.feed_probe(sample, thread, &mut events);
@@ -180,6 +174,27 @@ impl Detector {
             }
         }
         events
+    }
+
+    /// The thread stopped running its loop since its previous sample (and may run a new one
+    /// now): what it ran in the old loop is over. Its end lies between the two samples.
+    fn loop_ended(&mut self, sample: &Sample, thread: &ThreadSample, events: &mut Vec<Event>) {
+        let key = (sample.pid, thread.tid);
+        let Some(mut track) = self.tracks.remove(&key) else {
+            return;
+        };
+        // On the kernel clock the new loop's first epoll entry already ended the old loop's
+        // last callback, at its exact time; a run open now is the new loop's (its ticks are
+        // sparse, so the new loop may be well into a block by the time a tick sees the change).
+        // Only a thread that runs no loop now is left inside a run no epoll entry will end.
+        let running_again = track.kernel && thread.event_loop.is_some();
+        if !running_again {
+            self.close(key, &mut track, Some(sample.mono), events);
+        }
+        // The next loop may be run from elsewhere, and only a sample will say it runs.
+        track.anchor = Default::default();
+        track.loop_ended = true;
+        self.tracks.insert(key, track);
     }
 
     /// End of the recording: runs still going become episodes with `complete: false`.
@@ -246,7 +261,9 @@ impl Detector {
         let mut out: Vec<LoopView> = self
             .tracks
             .iter()
-            .filter(|(k, _)| self.seen.contains_key(k) || self.seen_more.contains(k))
+            .filter(|(k, t)| {
+                !t.loop_ended && (self.seen.contains_key(k) || self.seen_more.contains(k))
+            })
             .map(|((pid, tid), t)| {
                 let state = match &t.run {
                     Some(run) => ViewState::Running {
@@ -285,8 +302,12 @@ impl Detector {
     /// whose callback the next stack sample names.
     fn feed_probe(&mut self, sample: &Sample, thread: &ThreadSample, events: &mut Vec<Event>) {
         let key = (sample.pid, thread.tid);
+        if thread.event_loop.is_none() {
+            return;
+        }
         let Some(os) = &thread.os else { return };
         let mut track = self.tracks.remove(&key).unwrap_or_default();
+        track.loop_ended = false;
         if !self.seen.contains_key(&key) {
             self.remember_loop(key, thread.name.clone());
         }
@@ -350,6 +371,7 @@ impl Detector {
             track.name.clone_from(&thread.name);
         }
         if state != LoopState::NotLoop {
+            track.loop_ended = false;
             self.remember_loop(key, track.name.clone());
         }
         let state_is_idle = state == LoopState::Idle;
@@ -364,16 +386,27 @@ impl Detector {
             self.tracks.insert(key, track);
             return;
         }
+        // Not idle: the callback it runs (`None`: out of epoll, nothing named yet).
         let current = match state {
-            LoopState::Callback { key, depth } => Some((key, depth)),
-            LoopState::GilWait => Some((gil_key(), 0)),
+            LoopState::Callback { key, depth } => Some((Some(key), depth)),
+            LoopState::GilWait => Some((Some(gil_key()), 0)),
+            LoopState::Waking => Some((None, 0)),
             _ => None,
         };
         // Same callback (a run a probe tick started has no name yet and takes this one), and
-        // the loop dispatched nothing in between: a task stepped twice is two callbacks.
-        let continues = matches!((&current, &track.run),
-            (Some((k, _)), Some(run)) if run.key.as_ref().is_none_or(|rk| rk == k)
-                && !run.popped(thread.ready.as_ref()));
+        // the loop dispatched nothing in between: a task stepped twice is two callbacks. A
+        // loop seen waking continues only a wait for the GIL (it has not taken it yet) or a
+        // run not named yet; frames back in the selector end any named callback.
+        let continues = match (&current, &track.run) {
+            (Some((k, _)), Some(run)) if !run.popped(thread.ready.as_ref()) => {
+                match (&run.key, k) {
+                    (None, _) => true,
+                    (Some(rk), Some(k)) => rk == k,
+                    (Some(rk), None) => *rk == gil_key(),
+                }
+            }
+            _ => false,
+        };
         if !continues {
             self.close(key, &mut track, Some(sample.mono), events);
         }
@@ -382,8 +415,10 @@ impl Detector {
                 let prev = track.last_seen;
                 let run = track
                     .run
-                    .get_or_insert_with(|| Run::start(Some(cb.clone()), prev, sample));
-                run.key.get_or_insert(cb);
+                    .get_or_insert_with(|| Run::start(cb.clone(), prev, sample));
+                if let Some(cb) = cb {
+                    run.key.get_or_insert(cb);
+                }
                 run.observe(sample, thread);
                 run.observe_stack(&thread.frames, depth, weight);
             }
@@ -411,23 +446,19 @@ impl Detector {
         let Some(mut run) = track.run.take() else {
             return;
         };
-        // Each boundary lies between two samples; take the middle of the gap, so the error is
-        // at most half a gap on each side.
-        // Each boundary lies between two samples: take the middle of the gap, but no further
-        // than half a tick interval from the samples that saw the run.
-        let half = |gap: f64| match self.interval {
-            Some(i) => gap.min(4.0 * i) / 2.0,
-            None => gap / 2.0,
+        let bounds = run.bounds(next);
+        let duration = bounds.duration();
+        // The kernel saw the thread wait for the GIL most of the run: that is what it did.
+        let os_kind = if run.gil_secs * 2.0 >= duration && run.gil_secs > 0.0 {
+            Some("gil")
+        } else {
+            dominant_kind(&run.kinds)
         };
-        let start = match run.prev {
-            Some(prev) => run.first - half(run.first - prev),
-            None => run.first,
-        };
-        let end = match next {
-            Some(next) => run.last + half(next - run.last),
-            None => run.last,
-        };
-        let duration = (end - start).max(0.0);
+        // A run no stack sample named, whose samples (or the kernel) saw the thread wait for
+        // the GIL, was a loop starved of the GIL outside any callback: the OS is evidence enough.
+        if run.key.is_none() && os_kind == Some("gil") {
+            run.key = Some(gil_key());
+        }
         let task = run.task();
         // A run no stack sample ever named (probe ticks alone, e.g. an interpreter shutting
         // down after its loop stopped) is not known to be a callback: no episode.
@@ -449,24 +480,20 @@ impl Detector {
         }
         // An episode's stacks weigh the time each stood for inside the episode alone, in
         // milliseconds adding up to its duration (`weights`), most first.
-        let mut stacks = std::mem::take(&mut run.timeline).weigh(start, end);
+        let mut stacks = std::mem::take(&mut run.timeline).weigh(bounds.start, bounds.end);
         stacks.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then_with(|| a.0.cmp(&b.0)));
         // A run past the threshold normally has stacks (the sampler reads them every 10 ms
         // then); without any, the episode still stands, with the callback unknown.
-        // The kernel saw the thread wait for the GIL most of the run: that is what it did.
-        let os_kind = if run.gil_secs * 2.0 >= duration && run.gil_secs > 0.0 {
-            Some("gil")
-        } else {
-            dominant_kind(&run.kinds)
-        };
         let b = blame(&run, os_kind, &stacks, self.sources.as_mut());
         let top = stacks.first().map(|s| s.0.as_slice()).unwrap_or_default();
         let episode = Episode {
             pid: key.0,
             tid: key.1,
             thread: track.name.clone(),
-            start: start + run.wall_offset,
+            start: bounds.start + run.wall_offset,
             duration_ms: duration * 1000.0,
+            duration_error_ms: Some(bounds.error * 1000.0),
+            start_seen: bounds.start_seen,
             samples: run.samples,
             kind: b.kind,
             source: b.source,

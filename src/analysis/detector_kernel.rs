@@ -111,7 +111,11 @@ impl Detector {
         let current = match state {
             LoopState::Callback { key, depth } => Some((key, depth)),
             LoopState::GilWait => Some((gil_key(), 0)),
-            LoopState::Idle | LoopState::Machinery if gil && track.run.is_some() => {
+            // Out of epoll with nothing above the selector (`Waking`): between two of
+            // CPython's timed GIL waits, as the kernel's GIL events say.
+            LoopState::Idle | LoopState::Machinery | LoopState::Waking
+                if gil && track.run.is_some() =>
+            {
                 Some((gil_key(), 0))
             }
             _ => None,

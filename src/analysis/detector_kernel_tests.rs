@@ -28,6 +28,7 @@ fn thread(cb: Option<&str>, ready_state: u64, syscall: &str, gil_wait: bool) -> 
     frames.push(f("<module>", "/app/main.py"));
     ThreadSample {
         gc: false,
+        loop_ended: false,
         tid: TID,
         name: Some("MainThread".into()),
         event_loop: Some("_UnixSelectorEventLoop".into()),
@@ -88,7 +89,7 @@ fn events(list: &[(f64, LoopEventKind)]) -> Sample {
 }
 
 fn run(samples: &[Sample]) -> (Vec<Episode>, Vec<Event>) {
-    let mut d = Detector::new(DetectorConfig { threshold: 0.05 }).with_interval(0.03);
+    let mut d = Detector::new(DetectorConfig { threshold: 0.05 });
     let mut out = Vec::new();
     for s in samples {
         out.extend(d.feed(s));
@@ -275,4 +276,46 @@ fn tracing_that_begins_inside_a_callback_keeps_its_start_from_the_samples() {
         "{}",
         eps[0].duration_ms
     );
+}
+
+/// Issue 15 §3: `asyncio.run()` again on the same thread. The first tick after the change says
+/// the old loop ended while the new loop is well into a block (ticks are sparse on the kernel
+/// clock): that block is the new loop's, whole, from the kernel's boundaries.
+#[test]
+fn a_loop_started_again_keeps_the_new_loops_block_whole() {
+    let mut restarted = thread(Some("handler"), 3, "clock_nanosleep", false);
+    restarted.loop_ended = true;
+    let (eps, _) = run(&[
+        events(&[(0.0, Traced), (0.1, Busy)]),
+        stack(0.15, thread(Some("handler"), 50, "clock_nanosleep", false)),
+        // The old loop closes; the new one enters epoll, then leaves it into a 120 ms block.
+        events(&[(0.22, Idle), (0.23, Busy)]),
+        stack(0.26, restarted),
+        stack(0.30, thread(Some("handler"), 3, "clock_nanosleep", false)),
+        events(&[(0.35, Idle)]),
+    ]);
+    let durations: Vec<f64> = eps.iter().map(|e| e.duration_ms).collect();
+    assert_eq!(eps.len(), 2, "{durations:?}");
+    assert!((durations[0] - 120.0).abs() < 1e-6, "{durations:?}");
+    assert!((durations[1] - 120.0).abs() < 1e-6, "{durations:?}");
+    assert!(eps.iter().all(|e| e.duration_error_ms == Some(0.0)));
+}
+
+/// A thread whose loop ended and that runs none now (sync code after `asyncio.run`): no epoll
+/// entry will end its run, so the tick that saw the loop gone does.
+#[test]
+fn a_loop_that_ended_for_good_ends_its_run() {
+    let mut gone = thread(None, 0, "clock_nanosleep", false);
+    gone.loop_ended = true;
+    gone.event_loop = None;
+    gone.frames.clear();
+    let (eps, _) = run(&[
+        events(&[(0.0, Traced), (0.1, Busy)]),
+        stack(0.15, thread(Some("handler"), 5, "clock_nanosleep", false)),
+        stack(0.2, thread(Some("handler"), 5, "clock_nanosleep", false)),
+        stack(0.3, gone),
+        stack(5.0, thread(None, 0, "clock_nanosleep", false)),
+    ]);
+    assert_eq!(eps.len(), 1, "{eps:#?}");
+    assert!(eps[0].duration_ms < 200.0, "{}", eps[0].duration_ms);
 }

@@ -27,6 +27,7 @@ fn thread(busy: bool, task: Option<(&str, &str)>) -> ThreadSample {
     };
     ThreadSample {
         gc: false,
+        loop_ended: false,
         tid: 7,
         name: Some("MainThread".into()),
         event_loop: Some("_UnixSelectorEventLoop".into()),

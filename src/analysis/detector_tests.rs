@@ -55,6 +55,7 @@ fn thread(tid: u32, doing: Doing, ready_state: u64) -> ThreadSample {
     };
     ThreadSample {
         gc: false,
+        loop_ended: false,
         tid,
         name: Some("MainThread".into()),
         event_loop: Some("_UnixSelectorEventLoop".into()),
@@ -387,7 +388,7 @@ fn short_runs_between_stacks_make_no_episode() {
 /// time, and the widths under an episode add up to its duration.
 #[test]
 fn episode_stacks_weigh_the_episode_alone() {
-    let mut d = Detector::new(DetectorConfig { threshold: 0.05 }).with_interval(0.001);
+    let mut d = Detector::new(DetectorConfig { threshold: 0.05 });
     let (from, to) = (0.151, 0.240);
     let doing = |t: f64| {
         if (from..to).contains(&t) {

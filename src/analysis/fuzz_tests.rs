@@ -215,6 +215,7 @@ impl Gen {
         }
         ThreadSample {
             gc: false,
+            loop_ended: false,
             tid: l.tid,
             name: Some(format!("loop-{}", l.tid)),
             event_loop: Some(
@@ -373,6 +374,7 @@ impl Gen {
             // A plain worker thread, and sometimes a stranger that shows up once.
             threads.push(ThreadSample {
                 gc: false,
+                loop_ended: false,
                 tid: 99,
                 name: Some("worker".into()),
                 event_loop: None,
@@ -496,9 +498,6 @@ fn run_one(seed: u64, samples: usize, damage: f64, bad_time: u8) -> usize {
     let what = format!("seed {seed}, damage {damage}, bad_time {bad_time}");
     let mut gen = Gen::new(seed, damage, bad_time);
     let mut d = Detector::new(DetectorConfig { threshold: 0.05 });
-    if seed % 2 == 0 {
-        d = d.with_interval(0.001);
-    }
     let mut seen = Seen::new();
     let mut found = Vec::new();
     let collect = |events: Vec<Event>, found: &mut Vec<Episode>| {

@@ -1,6 +1,11 @@
 //! What an event-loop thread is doing in one sample: idle in the selector, inside one callback
 //! (and which), or in the loop's own machinery. Pure: it looks only at the frames, the OS state
 //! and the loop type recorded in the sample.
+//!
+//! When the frames and the OS disagree, the OS wins: a loop is idle only while its thread waits
+//! in epoll. Frames that still show the selector once epoll has returned belong to a loop that
+//! wants to run, typically waiting for the GIL (CPython waits for it in 5 ms slices, and is
+//! briefly "running" between two of them; cpython-notes §8).
 
 use crate::sample::{Frame, ThreadSample};
 
@@ -16,6 +21,10 @@ pub enum LoopState {
     /// Ready to run but waiting for the GIL that another thread holds, while its stack still
     /// shows the loop waiting in its selector (the selector call has returned in C).
     GilWait,
+    /// Out of epoll, but its frames still show the selector (or, on uvloop, only the loop's
+    /// caller): the loop wants to run and has not started a callback yet. Between two of
+    /// CPython's timed GIL waits, or just before a dispatch. Not idle, not named.
+    Waking,
     /// Not an event-loop thread.
     NotLoop,
 }
@@ -37,6 +46,11 @@ pub struct CallbackKey {
 #[derive(Debug, Default, Clone)]
 pub struct Anchor {
     frames: Option<Vec<(String, String)>>,
+    /// A deeper stack that extends the anchor, seen once while the OS said epoll: learned only
+    /// when the next idle sample shows it again. A stack read just before the loop returned to
+    /// epoll (the frames are read before the OS state) still shows the callback, and would
+    /// otherwise make every later callback with the same frames look like the loop itself.
+    candidate: Option<Vec<(String, String)>>,
 }
 
 fn file_is(frame: &Frame, suffix: &str) -> bool {
@@ -85,6 +99,14 @@ fn gil_wait(thread: &ThreadSample) -> bool {
     thread.os.as_ref().is_some_and(|o| o.gil_wait)
 }
 
+/// The OS says the thread is out of epoll (an unknown OS state says nothing).
+fn out_of_epoll(thread: &ThreadSample) -> bool {
+    thread
+        .os
+        .as_ref()
+        .is_some_and(|o| o.syscall.is_some() && !is_epoll(thread))
+}
+
 fn key_of(frames: &[Frame]) -> Option<LoopState> {
     // frames: the part above the loop's dispatch frame, innermost first.
     let mut end = frames.len();
@@ -116,12 +138,20 @@ impl Anchor {
     }
 
     fn learn(&mut self, frames: &[Frame]) {
-        self.frames = Some(
-            frames
-                .iter()
-                .map(|f| (f.function.clone(), f.file.clone()))
-                .collect(),
-        );
+        let new: Vec<(String, String)> = frames
+            .iter()
+            .map(|f| (f.function.clone(), f.file.clone()))
+            .collect();
+        let extends = self
+            .frames
+            .as_ref()
+            .is_some_and(|old| new.len() > old.len() && new.ends_with(old));
+        if extends && self.candidate.as_ref() != Some(&new) {
+            self.candidate = Some(new);
+            return;
+        }
+        self.candidate = None;
+        self.frames = Some(new);
     }
 }
 
@@ -135,6 +165,9 @@ pub fn classify(thread: &ThreadSample, anchor: &mut Anchor) -> LoopState {
         return match frames[..r].iter().rposition(is_handle_run) {
             Some(h) => key_of(&frames[..h]).unwrap_or(LoopState::Machinery),
             None if gil_wait(thread) => LoopState::GilWait,
+            None if frames[..r].iter().all(is_selector_wait) && out_of_epoll(thread) => {
+                LoopState::Waking
+            }
             None if frames[..r].iter().all(is_selector_wait) => LoopState::Idle,
             None => LoopState::Machinery,
         };
@@ -152,12 +185,37 @@ pub fn classify(thread: &ThreadSample, anchor: &mut Anchor) -> LoopState {
         return LoopState::Idle;
     }
     if let Some(start) = anchor.matches(frames) {
-        return key_of(&frames[..start]).unwrap_or(LoopState::Machinery);
+        // Nothing above the loop's caller while out of epoll: uvloop's own C code runs, or the
+        // thread waits for the GIL between two timed waits.
+        let nothing_above = if out_of_epoll(thread) {
+            LoopState::Waking
+        } else {
+            LoopState::Machinery
+        };
+        return key_of(&frames[..start]).unwrap_or(nothing_above);
     }
     match frames.iter().position(is_loop_entry) {
         Some(e) => key_of(&frames[..e]).unwrap_or(LoopState::Machinery),
-        None => LoopState::Machinery,
+        // No idle sample yet and no runner frame (`loop.run_until_complete(...)` on uvloop
+        // leaves none): the task being stepped names its own frame.
+        None => match task_root(thread) {
+            Some(end) => key_of(&frames[..end]).unwrap_or(LoopState::Machinery),
+            None => LoopState::Machinery,
+        },
     }
+}
+
+/// Where the current task's step starts: one past the outermost frame of the task's coroutine
+/// (its qualified name; frames carry qualified names from 3.11, plain names before).
+fn task_root(thread: &ThreadSample) -> Option<usize> {
+    let coro = thread.coroutine.as_deref()?;
+    let is_coro = |f: &Frame| {
+        f.function == coro
+            || coro
+                .strip_suffix(f.function.as_str())
+                .is_some_and(|head| head.ends_with('.'))
+    };
+    thread.frames.iter().rposition(is_coro).map(|i| i + 1)
 }
 
 #[cfg(test)]
@@ -176,6 +234,7 @@ mod tests {
     fn thread(frames: Vec<Frame>, event_loop: Option<&str>, syscall: Option<&str>) -> ThreadSample {
         ThreadSample {
             gc: false,
+            loop_ended: false,
             tid: 1,
             name: None,
             event_loop: event_loop.map(String::from),
@@ -281,12 +340,96 @@ mod tests {
     }
 
     #[test]
+    fn uvloop_before_anchor_uses_the_current_task() {
+        // `loop.run_until_complete(main())` on a uvloop Loop leaves no runner frame, and no
+        // idle sample has shown the loop's own frames yet: the task's coroutine marks its step.
+        let frames = vec![
+            f("sleepy_handler", "/app/main.py"),
+            f("single_main", "/app/main.py"),
+            f("main", "/app/main.py"),
+            f("<module>", "/app/main.py"),
+        ];
+        let mut t = thread(frames, Some("Loop"), Some("clock_nanosleep"));
+        assert_eq!(
+            classify(&t, &mut Anchor::default()),
+            LoopState::Machinery,
+            "nothing to go by"
+        );
+        for coro in ["single_main", "outer.<locals>.single_main"] {
+            t.coroutine = Some(coro.into());
+            assert_eq!(
+                classify(&t, &mut Anchor::default()),
+                LoopState::Callback {
+                    key: CallbackKey {
+                        function: "single_main".into(),
+                        file: "/app/main.py".into()
+                    },
+                    depth: 2
+                },
+                "{coro}"
+            );
+        }
+    }
+
+    #[test]
     fn gil_wait_in_the_selector_is_not_idle() {
         let mut frames = vec![f("EpollSelector.select", "/py/selectors.py")];
         frames.extend(base());
         let mut t = thread(frames, Some("_UnixSelectorEventLoop"), Some("futex"));
         t.os.as_mut().unwrap().gil_wait = true;
         assert_eq!(classify(&t, &mut Anchor::default()), LoopState::GilWait);
+    }
+
+    #[test]
+    fn gil_wait_between_two_timed_waits_is_not_idle() {
+        // Between two of CPython's 5 ms GIL waits the thread runs for a moment: the frames
+        // still show the selector, the OS says it is out of epoll.
+        let mut frames = vec![f("EpollSelector.select", "/py/selectors.py")];
+        frames.extend(base());
+        let t = thread(
+            frames.clone(),
+            Some("_UnixSelectorEventLoop"),
+            Some("running"),
+        );
+        assert_eq!(classify(&t, &mut Anchor::default()), LoopState::Waking);
+        // Without an OS view the frames are all there is.
+        let t = thread(frames, Some("_UnixSelectorEventLoop"), None);
+        assert_eq!(classify(&t, &mut Anchor::default()), LoopState::Idle);
+    }
+
+    #[test]
+    fn uvloop_out_of_epoll_at_the_anchor_is_waking() {
+        let anchor_frames = vec![f("main", "/app/main.py"), f("<module>", "/app/main.py")];
+        let mut anchor = Anchor::default();
+        let idle = thread(anchor_frames.clone(), Some("Loop"), Some("epoll_pwait"));
+        assert_eq!(classify(&idle, &mut anchor), LoopState::Idle);
+        let t = thread(anchor_frames, Some("Loop"), Some("running"));
+        assert_eq!(classify(&t, &mut anchor), LoopState::Waking);
+    }
+
+    #[test]
+    fn uvloop_anchor_survives_a_stack_read_just_before_epoll() {
+        // The stack is read before the OS state: a sample taken as the callback returns shows
+        // its frames with the thread already back in epoll. Learning that as the loop's own
+        // stack would hide every later callback with the same frames.
+        let anchor_frames = vec![f("main", "/app/main.py"), f("<module>", "/app/main.py")];
+        let mut busy = vec![
+            f("sleepy", "/app/jobs.py"),
+            f("single_main", "/app/jobs.py"),
+        ];
+        busy.extend(anchor_frames.clone());
+        let mut anchor = Anchor::default();
+        let idle = thread(anchor_frames, Some("Loop"), Some("epoll_pwait"));
+        assert_eq!(classify(&idle, &mut anchor), LoopState::Idle);
+        let torn = thread(busy.clone(), Some("Loop"), Some("epoll_pwait"));
+        assert_eq!(classify(&torn, &mut anchor), LoopState::Idle);
+        let blocked = thread(busy.clone(), Some("Loop"), Some("clock_nanosleep"));
+        assert!(matches!(classify(&blocked, &mut anchor),
+            LoopState::Callback { key, .. } if key.function == "single_main"));
+        // Seen idle twice in a row, a deeper stack is the loop's own (a loop run from deeper).
+        assert_eq!(classify(&torn, &mut anchor), LoopState::Idle);
+        assert_eq!(classify(&torn, &mut anchor), LoopState::Idle);
+        assert_eq!(classify(&blocked, &mut anchor), LoopState::Waking);
     }
 
     #[test]

@@ -23,4 +23,6 @@ mod detector_task_tests;
 #[cfg(test)]
 mod detector_tests;
 #[cfg(test)]
+mod detector_timing_tests;
+#[cfg(test)]
 mod fuzz_tests;

@@ -10,6 +10,25 @@ use crate::analysis::loop_state::CallbackKey;
 use crate::analysis::weights::Timeline;
 use crate::sample::{Frame, ReadyQueue, Sample, ThreadSample};
 
+/// Where a run's episode begins and ends (monotonic seconds), and how sure that is.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bounds {
+    pub start: f64,
+    pub end: f64,
+    /// Half of the two gaps the boundaries lie in, in seconds: the most `end - start` can be
+    /// off by. A late sampler widens it; it never shortens the run.
+    pub error: f64,
+    /// `false` when no sample saw the thread before the run (attached mid-block): `start` is
+    /// then the first sample of the run, and the duration a lower bound.
+    pub start_seen: bool,
+}
+
+impl Bounds {
+    pub fn duration(&self) -> f64 {
+        (self.end - self.start).max(0.0)
+    }
+}
+
 #[derive(Debug)]
 pub struct Run {
     /// The callback, once a stack sample has named it (a probe tick only sees that one began).
@@ -75,6 +94,29 @@ impl Run {
             .and_then(|(t, _)| t.clone())
     }
 
+    /// The run's boundaries. `next` is the first sample that saw it over (`None`: the
+    /// recording stopped during it). Each boundary lies somewhere in the gap between the last
+    /// sample on one side and the first on the other, however long that gap (a sampler that
+    /// was late): the middle of the gap is the estimate, and half the gap its error.
+    pub fn bounds(&self, next: Option<f64>) -> Bounds {
+        let (start, start_error, start_seen) = match self.prev {
+            Some(prev) if prev <= self.first => {
+                ((prev + self.first) / 2.0, (self.first - prev) / 2.0, true)
+            }
+            _ => (self.first, 0.0, false),
+        };
+        let (end, end_error) = match next {
+            Some(next) if next >= self.last => ((self.last + next) / 2.0, (next - self.last) / 2.0),
+            _ => (self.last, 0.0),
+        };
+        Bounds {
+            start,
+            end,
+            error: start_error + end_error,
+            start_seen,
+        }
+    }
+
     /// The callback's name for live views.
     pub fn callback_name(&self) -> String {
         self.key
@@ -109,7 +151,10 @@ impl Run {
         if let Some(kind) = kind {
             *self.kinds.entry(kind).or_insert(0) += 1;
         }
-        if os.gil_wait {
+        // Who holds the GIL whenever the loop thread does not: also between two of CPython's
+        // timed GIL waits, when the thread runs for a moment without it. Used only when the
+        // run turns out to be GIL starvation.
+        if !thread.gil {
             if let Some(h) = sample.threads.iter().find(|t| t.gil && t.tid != thread.tid) {
                 *self
                     .holders

@@ -512,6 +512,8 @@ mod tests {
             thread: None,
             start,
             duration_ms: ms,
+            duration_error_ms: Some(1.0),
+            start_seen: true,
             samples: 1,
             kind: "sleep".into(),
             source: Some("time.sleep".into()),

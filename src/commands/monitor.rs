@@ -293,7 +293,6 @@ pub fn run(args: &MonitorArgs) -> Result<()> {
         sinks,
         Some(SourceFiles::for_pid(target.pid)),
     )
-    .with_tick_rate(rate)
     .with_observer(Box::new(observer), None);
     let limits = Limits {
         rate: args.sampling.probe_rate(),

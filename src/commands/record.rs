@@ -112,8 +112,7 @@ pub fn run(args: &RecordArgs) -> Result<()> {
         args.analysis.idle,
         sinks,
         Some(sources),
-    )
-    .with_tick_rate(rate);
+    );
     if let Some((o, file)) = observer {
         pipeline = pipeline.with_observer(o, Some(file));
     }

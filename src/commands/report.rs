@@ -70,7 +70,6 @@ pub fn replay_with(
     let mut reader = RecordingReader::new(BufReader::new(file))
         .map_err(|e| recording_error(path, format!("{e:#}")))?;
     let mut pipeline = Pipeline::new(threshold_ms, idle, sinks, sources)
-        .with_tick_rate(reader.header.rate)
         .keeping_episodes()
         .cancellable();
     for (o, file) in observers {

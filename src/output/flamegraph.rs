@@ -41,6 +41,8 @@ struct Timing {
     duration_ms: f64,
     start: f64,
     complete: bool,
+    /// `false`: the episode was already running when its thread was first sampled.
+    start_seen: bool,
 }
 
 /// One culprit's episodes.
@@ -150,6 +152,7 @@ impl FlameGraph {
                 duration_ms: episode.duration_ms,
                 start: episode.start,
                 complete: episode.complete,
+                start_seen: episode.start_seen,
             };
             group.detailed.push((when, drawn));
         } else {
@@ -185,8 +188,9 @@ impl FlameGraph {
             );
             for (t, drawn) in &group.detailed {
                 let when = format!(
-                    "episode #{}: {:.0} ms at +{:.3} s{}",
+                    "episode #{}: {}{:.0} ms at +{:.3} s{}",
                     t.number,
+                    if t.start_seen { "" } else { "≥ " },
                     t.duration_ms,
                     t.start - start_wall,
                     if t.complete {
@@ -288,6 +292,8 @@ mod tests {
             thread: None,
             start: 1000.0 + i as f64,
             duration_ms: 60.0,
+            duration_error_ms: Some(1.0),
+            start_seen: true,
             samples: 6,
             kind: "sleep".into(),
             source: None,

@@ -301,6 +301,7 @@ mod tests {
     fn thread(syscall: &str, function: &str) -> ThreadSample {
         ThreadSample {
             gc: false,
+            loop_ended: false,
             tid: 1,
             name: Some("MainThread".into()),
             event_loop: Some("_UnixSelectorEventLoop".into()),

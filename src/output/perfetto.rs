@@ -376,6 +376,8 @@ mod tests {
             thread: Some("MainThread".into()),
             start: 1000.15,
             duration_ms: 120.0,
+            duration_error_ms: Some(1.0),
+            start_seen: true,
             samples: 3,
             kind: "sleep".into(),
             source: Some("time.sleep".into()),

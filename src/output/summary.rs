@@ -29,6 +29,10 @@ const CULPRITS_SHOWN: usize = 5;
 pub struct EpisodeTally {
     count: usize,
     total_ms: f64,
+    /// Episodes whose duration is only a lower bound (start not seen, or still running).
+    lower_bounds: usize,
+    /// The largest error bar of any episode, in ms.
+    max_error_ms: f64,
     worst: Vec<Episode>,
     /// culprit label → (count, total ms, worst ms, advice).
     by_culprit: BTreeMap<String, (usize, f64, f64, Option<String>)>,
@@ -38,6 +42,8 @@ impl EpisodeTally {
     pub fn add(&mut self, e: &Episode) {
         self.count += 1;
         self.total_ms += e.duration_ms;
+        self.lower_bounds += usize::from(e.duration_is_lower_bound());
+        self.max_error_ms = self.max_error_ms.max(e.duration_error_ms.unwrap_or(0.0));
         let entry = self
             .by_culprit
             .entry(format!("{}  [{}]", e.culprit_label(), why(e)))
@@ -106,18 +112,28 @@ pub fn write(out: &mut dyn Write, s: &Summary) -> Result<()> {
     } else {
         writeln!(
             out,
-            "loopspy: {} blocking episode{} (callbacks running {:.0} ms or more), {:.0} ms blocked in total",
+            "loopspy: {} blocking episode{} (callbacks running {:.0} ms or more), {}{:.0} ms blocked in total",
             t.count,
             if t.count == 1 { "" } else { "s" },
             s.threshold_ms,
+            if t.lower_bounds > 0 { "at least " } else { "" },
             t.total_ms
         )?;
+        // Normally each episode is timed to one tick interval; a late sampler widens that.
+        let tick_ms = if st.rate > 0.0 { 1000.0 / st.rate } else { 0.0 };
+        if t.max_error_ms > 2.0 * tick_ms {
+            writeln!(
+                out,
+                "loopspy: the sampler ran late, so some durations are only known to within ±{:.0} ms (duration_error_ms in the episodes log)",
+                t.max_error_ms
+            )?;
+        }
         writeln!(out, "  worst:")?;
         for e in &t.worst {
             writeln!(
                 out,
-                "    {:>8.1} ms  {}  [{}]  on {}{}{}",
-                e.duration_ms,
+                "    {}  {}  [{}]  on {}{}{}{}",
+                duration_label(e, tick_ms),
                 e.culprit_label(),
                 why(e),
                 crate::sample::thread_label(e.thread.as_deref(), e.tid),
@@ -127,6 +143,11 @@ pub fn write(out: &mut dyn Write, s: &Summary) -> Result<()> {
                         crate::sample::thread_label(h.thread.as_deref(), h.tid)
                     ),
                     None => String::new(),
+                },
+                if e.start_seen {
+                    ""
+                } else {
+                    "  (already running when loopspy first saw its thread)"
                 },
                 if e.complete {
                     ""
@@ -152,6 +173,20 @@ pub fn write(out: &mut dyn Write, s: &Summary) -> Result<()> {
         writeln!(out, "loopspy: wrote {}", s.outputs.join(", "))?;
     }
     Ok(())
+}
+
+/// `  152.3 ms`; `≥ 1071.0 ms` when only a lower bound is known; `  152.3 ms ±12` when the
+/// sampler was late around it.
+fn duration_label(e: &Episode, tick_ms: f64) -> String {
+    let mut label = if e.duration_is_lower_bound() {
+        format!("≥{:>7.1} ms", e.duration_ms)
+    } else {
+        format!("{:>8.1} ms", e.duration_ms)
+    };
+    if let Some(err) = e.duration_error_ms.filter(|err| *err > 2.0 * tick_ms) {
+        label.push_str(&format!(" ±{err:.0}"));
+    }
+    label
 }
 
 /// `kind, source`: a database call reads as a query (on its driver, under an ORM), a wait on a

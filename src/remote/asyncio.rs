@@ -92,6 +92,8 @@ pub struct AsyncioReader {
     task_texts: HashMap<u64, ((u64, u64), (Option<String>, Option<String>))>,
     /// `len(sys.modules)` at the last lookup that did not find everything.
     modules_seen: Option<u64>,
+    /// Slot offsets of `TimerHandle`, for `due_timer_task`.
+    pub(super) handle_slots: super::waiting::HandleSlots,
 }
 
 impl AsyncioReader {
@@ -113,6 +115,7 @@ impl AsyncioReader {
             timer_slots: HashMap::new(),
             task_texts: HashMap::new(),
             modules_seen: None,
+            handle_slots: Default::default(),
         };
         reader.refresh(&spy.process);
         Ok(reader)
@@ -130,6 +133,7 @@ impl AsyncioReader {
         self.qualnames.clear();
         self.timer_slots.clear();
         self.task_texts.clear();
+        self.handle_slots.clear();
         if self.al.minor >= 14 && self.debug.is_none() {
             if let Ok(Some(o)) = asyncio_offsets(self.pid) {
                 self.debug = Some(o);
@@ -256,12 +260,41 @@ impl AsyncioReader {
         if head.loop_ != loop_ {
             return None;
         }
+        self.describe(mem, task, &head)
+    }
+
+    /// The task at `task`, when it runs on `loop_` and awaits exactly the future `fut`.
+    pub(super) fn describe_waiting<M: Memory + ?Sized>(
+        &mut self,
+        mem: &M,
+        task: u64,
+        loop_: u64,
+        fut: u64,
+    ) -> Option<CurrentTask> {
+        if !plausible_obj(task) {
+            return None;
+        }
+        self.tasks
+            .calibrate(mem, &self.al, &mut self.kinds, task, loop_);
+        let head = self.tasks.head(mem, &self.al, &mut self.kinds, task)?;
+        if head.loop_ != loop_ || head.fut_waiter != fut {
+            return None;
+        }
+        self.describe(mem, task, &head)
+    }
+
+    fn describe<M: Memory + ?Sized>(
+        &mut self,
+        mem: &M,
+        task: u64,
+        head: &TaskHead,
+    ) -> Option<CurrentTask> {
         let objects = (head.coro, head.name);
         let (name, coroutine) = match self.task_texts.get(&task) {
             Some((o, texts)) if *o == objects && texts.0.is_some() => texts.clone(),
             _ => {
                 let texts = (
-                    self.tasks.name(mem, &self.al, &mut self.kinds, &head),
+                    self.tasks.name(mem, &self.al, &mut self.kinds, head),
                     qualname(
                         mem,
                         &self.al,
@@ -298,6 +331,21 @@ impl AsyncioReader {
     /// reads: the attribute's slot (the list is replaced when the loop compacts it), then the
     /// list's header. `None` for loops without it (uvloop) or when it does not read validly.
     pub fn timers<M: Memory + ?Sized>(&mut self, mem: &M, loop_: u64) -> Option<u64> {
+        let list = self.scheduled_list(mem, loop_)?;
+        let b = read_bytes(mem, list, 24)?;
+        let kind = self
+            .kinds
+            .of_type(mem, u64_at(&b, OB_TYPE)?, self.al.tuple_items)?;
+        let n = i64_at(&b, OB_SIZE)?;
+        (kind == Kind::List && (0..MAX_TIMERS).contains(&n)).then_some(n as u64)
+    }
+
+    /// The `loop._scheduled` list object now (the attribute's slot is cached).
+    pub(super) fn scheduled_list<M: Memory + ?Sized>(
+        &mut self,
+        mem: &M,
+        loop_: u64,
+    ) -> Option<u64> {
         let slot = match self.timer_slots.get(&loop_) {
             Some(s) => (*s)?,
             None => {
@@ -309,13 +357,7 @@ impl AsyncioReader {
                 slot?
             }
         };
-        let list = read_u64(mem, slot)?;
-        let b = read_bytes(mem, list, 24)?;
-        let kind = self
-            .kinds
-            .of_type(mem, u64_at(&b, OB_TYPE)?, self.al.tuple_items)?;
-        let n = i64_at(&b, OB_SIZE)?;
-        (kind == Kind::List && (0..MAX_TIMERS).contains(&n)).then_some(n as u64)
+        read_u64(mem, slot)
     }
 
     /// Calibrates the task offsets on the first of `tasks` that belongs to one of `loops`,

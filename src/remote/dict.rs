@@ -41,6 +41,7 @@ pub struct Found {
 
 /// Returns the value stored under `key` in the dict at `dict_addr`, or `None` when the
 /// key is absent, the value is NULL, or anything read does not look like a valid dict.
+#[cfg(test)]
 pub fn lookup_str<M: Memory + ?Sized>(
     mem: &M,
     layout: DictLayout,
@@ -51,7 +52,8 @@ pub fn lookup_str<M: Memory + ?Sized>(
     find_str(mem, layout, str_ascii_size, dict_addr, key).map(|f| f.value)
 }
 
-/// Like `lookup_str`, also giving the value's slot.
+/// The value stored under `key` and the slot it was read from, or `None` when the key is
+/// absent, the value is NULL, or anything read does not look like a valid dict.
 pub fn find_str<M: Memory + ?Sized>(
     mem: &M,
     layout: DictLayout,

@@ -57,6 +57,7 @@ mod task_sets;
 mod tasks;
 mod threads;
 mod tid;
+mod waiting;
 
 #[cfg(test)]
 mod garbage_tests;
@@ -72,7 +73,7 @@ pub use gil::Gil;
 pub use mem::{Memory, Prefetched, Process};
 pub use offsets::{DictLayout, Layout, LoopSlot};
 pub use runtime::{DiscoverError, Runtime, Version};
-pub use scanner::{PyThread, RunningLoop, ThreadScanner};
+pub use scanner::{LoopSlotWatch, PyThread, RunningLoop, ThreadScanner};
 pub use stacks::{StackError, StackOf, StackReader, KEEP_INNER, KEEP_OUTER};
 pub use tasks::TaskState;
 

@@ -30,6 +30,24 @@ pub struct PyThread {
     /// slot), if any. Only objects whose type derives from `asyncio.AbstractEventLoop` are
     /// reported (this rejects freed-and-reused memory read mid-update).
     pub running_loop: Option<RunningLoop>,
+    /// The word asyncio rewrites when this thread starts or stops running a loop, for a cheap
+    /// check between scans ([`ThreadScanner::loop_slot_unchanged`]). `None` for a thread that
+    /// never ran one (3.8–3.12: its dict has no running-loop key).
+    pub loop_slot: Option<LoopSlotWatch>,
+}
+
+/// Where a thread's running-loop slot is, and the loop pointer it led to at the scan: the
+/// value in `tstate->dict` under `__asyncio_running_event_loop__` (3.12 the loop or None; 3.8–
+/// 3.11 a `_RunningLoopHolder`, replaced at every `_set_running_loop`, whose `rl_loop` is
+/// compared, since two holders alternate between two addresses), or the thread state's own
+/// slot (3.13+).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoopSlotWatch {
+    pub addr: u64,
+    /// The slot holds a `_RunningLoopHolder`: follow it to `rl_loop`.
+    pub holder: bool,
+    /// The loop pointer (None's address, or 0) seen at the scan.
+    pub value: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,11 +180,15 @@ impl ThreadScanner {
         self.task_ids = ids.clone();
         let threads: Vec<PyThread> = raw
             .iter()
-            .map(|t| PyThread {
-                tstate: t.tstate,
-                pthread_id: t.pthread_id,
-                native_tid: self.native_tid(process, t, &tids).and_then(|n| ids.host(n)),
-                running_loop: self.running_loop(process, t),
+            .map(|t| {
+                let (running_loop, loop_slot) = self.running_loop(process, t);
+                PyThread {
+                    tstate: t.tstate,
+                    pthread_id: t.pthread_id,
+                    native_tid: self.native_tid(process, t, &tids).and_then(|n| ids.host(n)),
+                    running_loop,
+                    loop_slot,
+                }
             })
             .collect();
         if self.main_pthread.is_none() {
@@ -216,15 +238,77 @@ impl ThreadScanner {
         }
     }
 
-    /// The thread's running loop, or None when it has none or anything read is invalid.
+    /// Whether the running-loop slot still holds what the scan saw: one 8-byte read. `false`
+    /// (the thread started or stopped a loop, or the slot is gone) means: scan again.
+    pub fn loop_slot_unchanged<M: Memory + ?Sized>(&self, mem: &M, watch: &LoopSlotWatch) -> bool {
+        watched_loop(mem, watch.addr, watch.holder) == Some(watch.value)
+    }
+
+    /// The thread's running loop (None when it has none or anything read is invalid), and
+    /// where to watch for it to change.
+    fn running_loop<M: Memory + ?Sized>(
+        &mut self,
+        mem: &M,
+        t: &RawThread,
+    ) -> (Option<RunningLoop>, Option<LoopSlotWatch>) {
+        let watch = match self.layout.slot {
+            LoopSlot::DictHolder | LoopSlot::DictDirect => {
+                let d = t.dict.filter(|&d| d != 0);
+                d.and_then(|d| {
+                    dict::find_str(
+                        mem,
+                        self.layout.dict,
+                        self.layout.str_ascii_size,
+                        d,
+                        &mut self.key,
+                    )
+                })
+                .and_then(|f| {
+                    let holder = self.layout.slot == LoopSlot::DictHolder;
+                    Some(LoopSlotWatch {
+                        addr: f.slot,
+                        holder,
+                        value: if holder {
+                            watched_loop(mem, f.slot, true)?
+                        } else {
+                            f.value
+                        },
+                    })
+                })
+            }
+            LoopSlot::TstateField(_) | LoopSlot::AsyncioDebug => match (self.slot_off, t.slot) {
+                (Some(off), Some(value)) => t.tstate.checked_add(off).map(|addr| LoopSlotWatch {
+                    addr,
+                    holder: false,
+                    value,
+                }),
+                _ => None,
+            },
+        };
+        let value = match (self.layout.slot, t.dict) {
+            // The holder itself, which `loop_at` type-checks.
+            (LoopSlot::DictHolder, Some(d)) if d != 0 => {
+                watch.and_then(|w| mem::read_u64(mem, w.addr))
+            }
+            _ => watch.map(|w| w.value),
+        };
+        (self.loop_at(mem, t, value), watch)
+    }
+
+    /// The loop the slot value `value` stands for.
     ///
     /// Objects can be freed and their memory reused between any two of our reads, so the
     /// holder is copied in one read (type, `rl_loop` and `rl_pid` from the same moment) and
     /// the loop candidate must have an event-loop type (see `objects`).
-    fn running_loop<M: Memory + ?Sized>(&mut self, mem: &M, t: &RawThread) -> Option<RunningLoop> {
+    fn loop_at<M: Memory + ?Sized>(
+        &mut self,
+        mem: &M,
+        t: &RawThread,
+        value: Option<u64>,
+    ) -> Option<RunningLoop> {
         let loop_addr = match self.layout.slot {
             LoopSlot::DictHolder => {
-                let holder = self.dict_value(mem, t)?;
+                let holder = value?;
                 let h = mem::read_bytes(mem, holder, (HOLDER_PID + 4) as usize)?;
                 let holder_type = mem::u64_at(&h, OB_TYPE)?;
                 if !self
@@ -241,7 +325,7 @@ impl ThreadScanner {
                 }
                 mem::u64_at(&h, HOLDER_LOOP)?
             }
-            LoopSlot::DictDirect => self.dict_value(mem, t)?,
+            LoopSlot::DictDirect => value?,
             LoopSlot::TstateField(_) | LoopSlot::AsyncioDebug => t.slot?,
         };
         if loop_addr == 0 {
@@ -269,15 +353,16 @@ impl ThreadScanner {
             ready,
         })
     }
+}
 
-    fn dict_value<M: Memory + ?Sized>(&mut self, mem: &M, t: &RawThread) -> Option<u64> {
-        let d = t.dict.filter(|&d| d != 0)?;
-        dict::lookup_str(
-            mem,
-            self.layout.dict,
-            self.layout.str_ascii_size,
-            d,
-            &mut self.key,
-        )
+/// The loop pointer a running-loop slot at `slot` leads to now: the slot's value, or with
+/// `holder` the `rl_loop` of the `_RunningLoopHolder` it holds. Unchecked: for comparing with
+/// what a scan saw.
+fn watched_loop<M: Memory + ?Sized>(mem: &M, slot: u64, holder: bool) -> Option<u64> {
+    let value = mem::read_u64(mem, slot)?;
+    if holder {
+        mem::read_u64(mem, value.checked_add(HOLDER_LOOP)?)
+    } else {
+        Some(value)
     }
 }

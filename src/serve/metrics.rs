@@ -379,6 +379,8 @@ mod tests {
             thread: Some("MainThread".into()),
             start: 1000.0,
             duration_ms: ms,
+            duration_error_ms: Some(1.0),
+            start_seen: true,
             samples: 3,
             kind: "sleep".into(),
             source: Some("time.sleep".into()),

@@ -81,7 +81,8 @@ pub fn run(args: &TopArgs) -> Result<()> {
     let s = stop.clone();
     let _ = ctrlc::set_handler(move || s.store(true, Ordering::SeqCst));
     let interactive = std::io::stdout().is_terminal();
-    let (_, tick_rate) = args.sampling.resolve_clock()?;
+    // Refuse a clock that is not available before attaching (the sampler picks it again).
+    args.sampling.resolve_clock()?;
     let mut target = match args.pid {
         Some(pid) => attach(pid)?,
         None => launch(&args.command, interactive)?,
@@ -126,8 +127,7 @@ pub fn run(args: &TopArgs) -> Result<()> {
     let detector = Detector::new(DetectorConfig {
         threshold: args.threshold / 1000.0,
     })
-    .with_sources(SourceFiles::for_pid(target.pid))
-    .with_interval(1.0 / tick_rate);
+    .with_sources(SourceFiles::for_pid(target.pid));
     let model = TopModel::new(
         target.pid,
         &target.command,

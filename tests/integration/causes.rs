@@ -11,7 +11,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::support::{marker_line, pythons, record_scenario, repo, Run};
+use crate::support::{duration_tolerance, marker_line, pythons, record_scenario, repo, Run};
 
 pub const RATE: f64 = 200.0;
 
@@ -218,7 +218,7 @@ pub fn check_durations(label: &str, r: &Run, loop_blocks: &[Value], slack_ms: f6
             b["ms"].as_f64().unwrap(),
         );
         assert!(
-            (got - want).abs() <= 1000.0 / RATE + slack_ms,
+            (got - want).abs() <= duration_tolerance(ep, RATE, slack_ms),
             "{label}: {got:.1} ms vs {want:.1} ms\n{ep}"
         );
     }

@@ -12,14 +12,14 @@ use loopspy::pipeline::Sinks;
 
 use crate::support::repo;
 
-struct Replayed {
-    episodes: Vec<Episode>,
-    jsonl: String,
-    svg: String,
-    summary: String,
+pub(crate) struct Replayed {
+    pub episodes: Vec<Episode>,
+    pub jsonl: String,
+    pub svg: String,
+    pub summary: String,
 }
 
-fn replay_fixture(name: &str, threshold_ms: f64) -> Replayed {
+pub(crate) fn replay_fixture(name: &str, threshold_ms: f64) -> Replayed {
     let dir = tempfile::tempdir().unwrap();
     let svg = dir.path().join("out.svg");
     let jsonl = dir.path().join("out.jsonl");
@@ -77,7 +77,7 @@ pub fn golden(path: &Path, actual: &str) {
     }
 }
 
-fn check_goldens(name: &str, r: &Replayed) {
+pub(crate) fn check_goldens(name: &str, r: &Replayed) {
     let dir: PathBuf = repo().join("tests/golden");
     golden(&dir.join(format!("{name}.episodes.jsonl")), &r.jsonl);
     golden(&dir.join(format!("{name}.summary.txt")), &r.summary);

@@ -18,7 +18,7 @@ pub fn repo() -> PathBuf {
 
 /// The interpreters the live tests run on, by label: pyenv's CPython 3.8-3.13 (labelled by
 /// minor), Debian's own static `/usr/bin/python3` (`3.11-debian`) and Debian unstable's static
-/// builds installed by `get-python` (`3.13-debian`, `3.14`, `3.15`; see scripts/deps/pythons.sh).
+/// builds installed by `get-python` (`3.13-debian`, `3.14`, `3.15`; see scripts/deps/00-pythons.sh).
 pub const VERSIONS: &[&str] = &[
     "3.8",
     "3.9",
@@ -84,13 +84,13 @@ pub fn pythons() -> Vec<(String, PathBuf)> {
         match interpreter(&label, &root) {
             Some(py) => found.push((label, py)),
             None => eprintln!(
-                "SKIPPED: CPython {label} is not installed (pyenv install, or scripts/deps/pythons.sh) — live tests skip it"
+                "SKIPPED: CPython {label} is not installed (pyenv install, or scripts/deps/00-pythons.sh) — live tests skip it"
             ),
         }
     }
     assert!(
         !found.is_empty(),
-        "none of the test interpreters is installed (pyenv 3.8-3.13, scripts/deps/pythons.sh)"
+        "none of the test interpreters is installed (pyenv 3.8-3.13, scripts/deps/00-pythons.sh)"
     );
     found
 }
@@ -302,4 +302,38 @@ pub fn launch_scenario(args: &[&str], scenario: &str, dir: &Path) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap()
+}
+
+/// An episode's error bar (`duration_error_ms`), which every episode must carry.
+pub fn error_ms(ep: &Value) -> f64 {
+    ep["duration_error_ms"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no duration_error_ms in {ep}"))
+}
+
+/// How far an episode's duration may be from the target's own measurement: its error bar
+/// (one tick interval when the sampler kept time, wider when it ran late), never less than one
+/// interval, plus `slack_ms` for the target's own timing (it measures its blocking call, not
+/// the whole callback, on a machine it shares).
+pub fn duration_tolerance(ep: &Value, rate: f64, slack_ms: f64) -> f64 {
+    error_ms(ep).max(1000.0 / rate) + slack_ms
+}
+
+/// The error bars are honest only if they are small when the sampler keeps time: one tick
+/// interval when every tick is on time (half of two one-tick gaps), a little more with the
+/// wake-up jitter of a shared machine. The median bar of a run must stay within 1.5 intervals:
+/// a late tick widens one bar now and then, and the duration checks may use it, but a bar
+/// that is always wide would make them pass for nothing. (At 1 kHz, wake-up jitter alone is
+/// a good part of an interval: 1 ms of it is allowed.)
+pub fn check_error_bars(label: &str, episodes: &[Value], rate: f64) {
+    let interval = 1000.0 / rate;
+    let allowed = (1.5 * interval).max(interval + 1.0);
+    let mut bars: Vec<f64> = episodes.iter().map(error_ms).collect();
+    bars.sort_by(f64::total_cmp);
+    if let Some(median) = bars.get(bars.len() / 2) {
+        assert!(
+            *median <= allowed,
+            "{label}: the error bars are wider than a tick interval ({interval} ms) on most episodes: {bars:?}"
+        );
+    }
 }

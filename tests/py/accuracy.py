@@ -14,9 +14,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from scenarios import native_id, read_go, say, wait_go  # noqa: E402
 
 
-def reported(t0, t1):
+def reported(t0, t1, wall1):
+    # `start`: the block's start on the wall clock (Unix seconds), like an episode's.
     say("BLOCK", name="block", ms=(t1 - t0) * 1000.0, tid=native_id(),
-        thread=threading.current_thread().name)
+        thread=threading.current_thread().name, start=wall1 - (t1 - t0))
 
 
 async def blocks(n):
@@ -27,7 +28,7 @@ async def blocks(n):
         time.sleep(rng.uniform(0.055, 0.3))
         # Printed by the next callback, so the block's own callback is only the sleep: its
         # duration is what loopspy should report, to within the loop's own bookkeeping.
-        loop.call_soon(reported, t0, time.monotonic())
+        loop.call_soon(reported, t0, time.monotonic(), time.time())
         await asyncio.sleep(0.03)
 
 

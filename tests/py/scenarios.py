@@ -26,8 +26,10 @@ def say(tag, **fields):
 
 
 def report(name, t0):
-    say("BLOCK", name=name, ms=(time.monotonic() - t0) * 1000.0, tid=native_id(),
-        thread=threading.current_thread().name)
+    # `start`: the block's start on the wall clock (Unix seconds), like an episode's.
+    now, wall = time.monotonic(), time.time()
+    say("BLOCK", name=name, ms=(now - t0) * 1000.0, tid=native_id(),
+        thread=threading.current_thread().name, start=wall - (now - t0))
 
 
 def burn(seconds):
@@ -154,6 +156,36 @@ async def long_block_main():
     time.sleep(5.0)  # BLOCK-LINE long
 
 
+async def blocked_at_attach_main():
+    # READY comes from inside the callback, right before it blocks: loopspy attaches mid-block.
+    t0 = time.monotonic()
+    say("READY", tid=native_id(), wall=time.time())
+    time.sleep(2.0)  # BLOCK-LINE attach
+    report("attach", t0)
+    await asyncio.sleep(0.1)
+
+
+async def restart_blocks():
+    for _ in range(2):
+        t0 = time.monotonic()
+        time.sleep(0.12)  # BLOCK-LINE restart
+        report("restart", t0)
+        await asyncio.sleep(0.05)
+
+
+def restart_loops():
+    """Three loops in a row on the main thread (asyncio.run three times), each blocking twice."""
+    threading.Thread(target=read_go, daemon=True, name="stdin-reader").start()
+
+    async def first():
+        say("READY", tid=native_id())
+        await wait_go()
+        await restart_blocks()
+    asyncio.run(first())
+    asyncio.run(restart_blocks())
+    asyncio.run(restart_blocks())
+
+
 SINGLE = {
     "long_block": long_block_main,
     "back_to_back": back_to_back_main,
@@ -227,6 +259,15 @@ def main():
         loop = uvloop.new_event_loop()
         asyncio.set_event_loop(loop)
         loop.run_until_complete(single_main(lambda: sleepy_handler(3, 0.15, 0.1)))
+    elif name == "blocked_at_attach":
+        asyncio.run(blocked_at_attach_main())
+    elif name == "uvloop_blocked_at_attach":
+        # No runner frame (run_until_complete is Cython) and no idle sample before the block:
+        # only the task being stepped says where the callback starts.
+        import uvloop
+        uvloop.new_event_loop().run_until_complete(blocked_at_attach_main())
+    elif name == "restart_loops":
+        restart_loops()
     elif name == "thread_loop":
         threaded([("loop-thread", blocking_thread_main)])
     elif name == "thread_ends":

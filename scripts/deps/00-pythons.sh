@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # pythons: the interpreters the live tests run on besides pyenv's 3.8-3.13, with uvloop and
-# requests for their tests:
+# requests for their tests (named 00- so it runs first: causes.sh installs into its trees):
 # - Debian unstable's static 3.13, 3.14 and 3.15, installed by get-python (from ../shared/tools,
 #   or $LOOPSPY_GET_PYTHON) under /opt/loopspy-pythons; their packages go into the tree's own
 #   dist-packages directory, which is on their sys.path;
