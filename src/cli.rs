@@ -100,7 +100,7 @@ impl Format {
 #[derive(Debug, Args)]
 pub struct AnalysisArgs {
     /// A callback running at least this many milliseconds is a blocking episode.
-    #[arg(long, default_value = "50", value_parser = positive_f64)]
+    #[arg(long, default_value = "50", value_parser = threshold_ms)]
     pub threshold: f64,
     /// Write the episodes as JSON Lines to FILE (`-` for stdout), one line as each ends.
     /// See "Output files" in the README for how paths are written.
@@ -129,12 +129,17 @@ pub struct SamplingArgs {
     /// Full stack samples per second in the background, for the flame graph of ordinary work.
     /// The event-loop threads' stacks are also read at every tick while a callback has run
     /// past 5 ms (every 10 ms past one second).
-    #[arg(long, default_value = DEFAULT_STACK_RATE, value_parser = positive_f64)]
+    #[arg(long, default_value = DEFAULT_STACK_RATE, value_parser = stack_rate_hz)]
     pub stack_rate: f64,
     /// Also sample the target's Python child processes (uvicorn/gunicorn workers,
     /// multiprocessing), including workers started after loopspy attached.
     #[arg(long)]
     pub subprocesses: bool,
+    /// Do not read which HTTP request a blocked task was serving. By default loopspy reads
+    /// the method, path (never the query string) and route template of the request from the
+    /// task's frames: no headers, no body.
+    #[arg(long)]
+    pub no_request: bool,
 }
 
 #[derive(Debug, Args)]
@@ -144,7 +149,7 @@ pub struct RecordArgs {
     #[arg(short, long)]
     pub pid: Option<u32>,
     /// Stop after this many seconds (default: until Ctrl-C or the target exits).
-    #[arg(short, long, value_parser = positive_f64)]
+    #[arg(short, long, value_parser = duration_secs)]
     pub duration: Option<f64>,
     #[command(flatten)]
     pub sampling: SamplingArgs,
@@ -179,7 +184,7 @@ pub struct TopArgs {
     #[command(flatten)]
     pub sampling: SamplingArgs,
     /// A callback running at least this many milliseconds is a blocking episode.
-    #[arg(long, default_value = "50", value_parser = positive_f64)]
+    #[arg(long, default_value = "50", value_parser = threshold_ms)]
     pub threshold: f64,
     /// The command to launch and watch, after `--` (its output is discarded while the view runs).
     #[arg(last = true, value_name = "CMD")]
@@ -211,7 +216,7 @@ pub struct MonitorArgs {
     #[command(flatten)]
     pub sampling: SamplingArgs,
     /// A callback running at least this many milliseconds is a blocking episode.
-    #[arg(long, default_value = "50", value_parser = positive_f64)]
+    #[arg(long, default_value = "50", value_parser = threshold_ms)]
     pub threshold: f64,
     /// Address for the HTTP endpoints (/metrics, /debug/pprof/profile). Port 0 picks a free
     /// port (the address is printed on stderr).
@@ -239,7 +244,7 @@ pub struct DiffArgs {
     #[arg(long)]
     pub fail_on_regression: bool,
     /// With recordings: a callback running at least this many milliseconds is an episode.
-    #[arg(long, default_value = "50", value_parser = positive_f64)]
+    #[arg(long, default_value = "50", value_parser = threshold_ms)]
     pub threshold: f64,
 }
 
@@ -258,6 +263,17 @@ pub struct DumpArgs {
     /// threads for about a millisecond).
     #[arg(long)]
     pub native: bool,
+    /// Also dump the target's Python child processes (uvicorn/gunicorn workers,
+    /// multiprocessing).
+    #[arg(long)]
+    pub subprocesses: bool,
+    /// List every task on its own. By default tasks with the same loop, state, coroutine and
+    /// await chain are shown once, with their count.
+    #[arg(long)]
+    pub all_tasks: bool,
+    /// Do not read the HTTP request a loop's running task serves (method, path, route).
+    #[arg(long)]
+    pub no_request: bool,
 }
 
 /// Ticks needed per `--threshold`: an episode's boundaries are each known to within one tick
@@ -332,6 +348,17 @@ fn positive_f64(s: &str) -> Result<f64, String> {
     }
 }
 
+/// A number in `range`, or `why` (one line: the range and its reason). Every numeric flag is
+/// bounded here, at parse time, so no later conversion (`Duration::from_secs_f64`, `1 / rate`)
+/// can overflow or panic.
+fn number_in(s: &str, range: impl std::ops::RangeBounds<f64>, why: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && range.contains(&v) => Ok(v),
+        Ok(_) => Err(why.into()),
+        Err(_) => Err(format!("`{s}` is not a number")),
+    }
+}
+
 impl Cli {
     /// Relations between flags that clap's attributes cannot state. A failure is a clap error:
     /// printed in clap's style, exit 2.
@@ -392,6 +419,35 @@ impl SamplingArgs {
         };
         Ok((kernel, rate))
     }
+}
+
+/// `--stack-rate`: full stacks per second in the background.
+fn stack_rate_hz(s: &str) -> Result<f64, String> {
+    number_in(
+        s,
+        0.1..=1000.0,
+        "must be from 0.1 to 1000 (per second): a full stack takes about 0.4 ms to read, so 1000 a second is the most a sampler can take",
+    )
+}
+
+/// `--duration`: seconds.
+fn duration_secs(s: &str) -> Result<f64, String> {
+    const WHY: &str = "must be more than 0 and at most 2592000 (seconds, 30 days): leave --duration out to record until Ctrl-C or the target exits";
+    let v = number_in(s, 0.0..=2_592_000.0, WHY)?;
+    if v > 0.0 {
+        Ok(v)
+    } else {
+        Err(WHY.into())
+    }
+}
+
+/// `--threshold`: milliseconds.
+fn threshold_ms(s: &str) -> Result<f64, String> {
+    number_in(
+        s,
+        1.0..=3_600_000.0,
+        "must be from 1 to 3600000 (ms): shorter than 1 ms is not a block, and an hour is the longest callback loopspy times",
+    )
 }
 
 impl RecordArgs {
@@ -457,6 +513,24 @@ mod tests {
             Cli::try_parse_from(["loopspy", "record", "--pid", "1", "--threshold", "-5"]).is_err()
         );
         assert!(Cli::try_parse_from(["loopspy", "record"]).is_err());
+        // Out of range, and so never a panic later (`Duration::from_secs_f64(1e30)` panics).
+        for (flag, bad) in [
+            ("--duration", "1e30"),
+            ("--duration", "inf"),
+            ("--rate", "1e9"),
+            ("--stack-rate", "1e-300"),
+            ("--threshold", "1e300"),
+            ("--threshold", "0.5"),
+        ] {
+            let e = Cli::try_parse_from(["loopspy", "record", "--pid", "1", flag, bad]);
+            let e = e.expect_err(bad);
+            assert_eq!(
+                e.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{flag} {bad}"
+            );
+        }
+        assert!(Cli::try_parse_from(["loopspy", "record", "--pid", "1", "-d", "2592000"]).is_ok());
         assert!(Cli::try_parse_from(["loopspy", "record", "--pid", "1", "--", "python3"]).is_err());
         let ok =
             Cli::try_parse_from(["loopspy", "record", "--", "python3", "app.py", "-x"]).unwrap();

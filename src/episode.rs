@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::sample::Frame;
+use crate::sample::{Frame, Request};
 
 /// The innermost frame of the user's own code to blame, or a frame of a stack.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,6 +93,10 @@ pub struct Episode {
     /// handler calling its own server synchronously.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub self_call: bool,
+    /// The HTTP request the blocked task was serving (`{method, path, route}`), when one was
+    /// read; absent from recordings made before it existed.
+    #[serde(default)]
+    pub request: Option<Request>,
 }
 
 fn yes() -> bool {
@@ -108,6 +112,11 @@ impl Episode {
     /// stopped during the episode.
     pub fn duration_is_lower_bound(&self) -> bool {
         !self.start_seen || !self.complete
+    }
+
+    /// `GET /orders/{order_id}` for an episode that served a request.
+    pub fn endpoint(&self) -> Option<String> {
+        self.request.as_ref().map(Request::endpoint)
     }
 
     /// `function (file:line)` of the culprit, for summaries and flame-graph labels.

@@ -68,9 +68,15 @@ impl fmt::Display for AlreadyReported {
 impl std::error::Error for AlreadyReported {}
 
 /// Print `loopspy: error: MESSAGE` on stderr; a closed stderr is ignored (never a panic).
+/// Messages quote what the target named (its `comm`, paths): escaped for the terminal.
 pub fn print(message: &dyn fmt::Display) {
     use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "loopspy: error: {message}");
+    let text = message.to_string();
+    let _ = writeln!(
+        std::io::stderr(),
+        "loopspy: error: {}",
+        crate::output::escape::escape(&text)
+    );
 }
 
 /// The OS's reason alone: the `tempfile` crate appends ` at path "<dir>/.<name>.XXXXXX.tmp"`,

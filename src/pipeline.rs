@@ -17,6 +17,7 @@ use crate::error::{AlreadyReported, UserError};
 use crate::os::signals;
 use crate::os::source_files::SourceFiles;
 use crate::output::episodes::EpisodeLog;
+use crate::output::escape::escape;
 use crate::output::flamegraph::{FlameContext, FlameGraph};
 use crate::output::speedscope;
 use crate::output::summary::{self, EpisodeTally, Summary};
@@ -108,6 +109,8 @@ pub struct Pipeline {
     /// A stop signal abandons the outputs instead of writing them (`report`).
     cancellable: bool,
     observers: Vec<(Box<dyn Observer + Send>, Option<OutputFile>)>,
+    /// Lines for the summary's notes, from the caller (`add_note`).
+    notes: Vec<String>,
 }
 
 impl Pipeline {
@@ -136,6 +139,7 @@ impl Pipeline {
             lost: 0,
             cancellable: false,
             observers: Vec::new(),
+            notes: Vec::new(),
         }
     }
 
@@ -154,6 +158,11 @@ impl Pipeline {
     pub fn cancellable(mut self) -> Pipeline {
         self.cancellable = true;
         self
+    }
+
+    /// A line for the summary's notes (printed after the episodes).
+    pub fn add_note(&mut self, note: String) {
+        self.notes.push(note);
     }
 
     /// Keep the episodes (up to `KEPT_EPISODES`) for the caller of `finish`.
@@ -266,12 +275,11 @@ impl Pipeline {
             let shown = self.hangs.entry((pid, tid)).or_insert(0);
             if whole >= 1 && whole > *shown {
                 *shown = whole;
-                // A closed stderr must not stop the recording.
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "loopspy: event loop on {} blocked for {whole} s so far, in {callback}",
-                    crate::sample::thread_label(name.as_deref(), tid)
-                );
+                crate::output::escape::print_err(&format!(
+                    "loopspy: event loop on {} blocked for {whole} s so far, in {}",
+                    escape(&crate::sample::thread_label(name.as_deref(), tid)),
+                    escape(&callback)
+                ));
             }
         }
     }
@@ -351,6 +359,8 @@ impl Pipeline {
             self.check_cancel()?;
             self.commit(log.into_file(), Sink::Episodes, &mut written);
         }
+        let mut notes = self.detector.source_notes();
+        notes.append(&mut self.notes);
         let summarized = summary::write(
             summary_out,
             &Summary {
@@ -359,6 +369,7 @@ impl Pipeline {
                 loops: &self.detector.loops_seen(),
                 threshold_ms: self.threshold_ms,
                 outputs: &written,
+                notes: &notes,
             },
         )
         .and_then(|()| Ok(summary_out.flush()?));

@@ -184,6 +184,7 @@ mod tests {
                 task: None,
                 coroutine: None,
                 timers: None,
+                request: None,
                 frames: vec![Frame {
                     function: "f".into(),
                     file: "a.py".into(),

@@ -100,8 +100,41 @@ pub struct ThreadSample {
     /// Seen by asyncio's running-loop slot changing (`asyncio.run` returned or was called again).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub loop_ended: bool,
+    /// The HTTP request the running task was serving, read on stack samples of a loop thread
+    /// inside a task step (`remote::request`); `None` when none, unreadable or not read
+    /// (`--no-request`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<Request>,
     /// Innermost frame first.
     pub frames: Vec<Frame>,
+}
+
+/// An HTTP request being served: only its method, its path (no query string) and the route
+/// template the framework matched (`/orders/{order_id}`), never headers or bodies.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Request {
+    /// `GET`, `POST`, ...; `WEBSOCKET` for an ASGI websocket connection.
+    pub method: String,
+    /// The concrete path, without the query string; at most `MAX_REQUEST_CHARS` characters
+    /// (a longer one ends in `…`).
+    pub path: String,
+    /// The route template, when the framework has matched one.
+    #[serde(default)]
+    pub route: Option<String>,
+}
+
+/// Longest path or route kept, in characters.
+pub const MAX_REQUEST_CHARS: usize = 256;
+
+impl Request {
+    /// `GET /orders/{order_id}`: the method and the route, or the path when no route matched.
+    pub fn endpoint(&self) -> String {
+        format!(
+            "{} {}",
+            self.method,
+            self.route.as_deref().unwrap_or(&self.path)
+        )
+    }
 }
 
 /// One sample of the whole process.

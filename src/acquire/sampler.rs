@@ -49,6 +49,25 @@ pub trait SampleSource {
     fn gil_range(&self) -> Option<std::ops::Range<u64>> {
         None
     }
+    /// Checked after every read: why this source no longer reads the program it attached to
+    /// although the process may live on (it called `exec()`; its main thread exited and reads
+    /// through it fail). The read just made is then dropped, never used.
+    fn replaced(&mut self) -> Option<String> {
+        None
+    }
+    /// After [`SampleSource::replaced`]: attach to the same process afresh. `Ok(None)` while
+    /// the new program cannot be read yet (a Python still starting up); an error when it never
+    /// will be (it is not Python).
+    fn reattach(&mut self) -> Result<Option<Reattached>> {
+        bail!("this source cannot attach again")
+    }
+}
+
+/// A source attached afresh to a process whose program changed.
+pub struct Reattached {
+    pub source: Box<dyn SampleSource + Send>,
+    /// What the process runs now (its command line and Python version), for messages.
+    pub what: String,
 }
 
 /// How the sampler did: written into recordings and shown in the summary.
@@ -180,12 +199,28 @@ fn track_runs(
     longest
 }
 
-/// Finds new processes to sample (worker processes started after attaching); called about
-/// once a second with the pids already sampled.
+/// Finds new processes to sample (worker processes started after attaching); called every
+/// `DISCOVER_EVERY` with the pids already sampled.
 pub type Discover<'a> = dyn FnMut(&[u32]) -> Vec<Box<dyn SampleSource + Send>> + 'a;
 
-/// How often `Discover` is asked for new processes.
-const DISCOVER_EVERY: Duration = Duration::from_secs(1);
+/// How often `Discover` is asked for new processes (it only collects what a finder thread
+/// attached, so it is cheap).
+const DISCOVER_EVERY: Duration = Duration::from_millis(100);
+/// After an `exec()`, how often to try attaching to the new program, and for how long.
+const REATTACH_EVERY: Duration = Duration::from_millis(50);
+const REATTACH_FOR: Duration = Duration::from_secs(10);
+/// The longest the sampler sleeps at once: a stop request or the deadline is seen within it,
+/// whatever the rate.
+const NAP: Duration = Duration::from_millis(50);
+/// Intervals are capped here, so no rate given to the library overflows a `Duration`.
+const MAX_INTERVAL: f64 = 3600.0;
+
+/// `1 / rate` seconds, capped at `MAX_INTERVAL` (also for a rate of 0 or NaN).
+// Not `clamp`: it passes NaN through, and `from_secs_f64(NaN)` panics; `min` maps it to the cap.
+#[allow(clippy::manual_clamp)]
+fn interval_of(rate: f64) -> Duration {
+    Duration::from_secs_f64((1.0 / rate).min(MAX_INTERVAL).max(0.0))
+}
 
 /// One sampled process and its schedule.
 struct Slot<'s> {
@@ -201,6 +236,8 @@ struct Slot<'s> {
     clocks: HashMap<u32, RunClock>,
     consecutive: u64,
     kernel: kernel::KernelSlot,
+    /// Since when (and when last tried) the process's new program is waited for.
+    reattaching: Option<(Instant, Instant)>,
 }
 
 /// What one tick of one process gave.
@@ -210,6 +247,8 @@ enum Read {
     Sample(Sample, u64),
     Skipped,
     Failed(anyhow::Error),
+    /// The program the source read is gone (`exec`), and why.
+    Replaced(String),
 }
 
 /// Which read a tick makes.
@@ -232,6 +271,7 @@ impl<'s> Slot<'s> {
             clocks: HashMap::new(),
             consecutive: 0,
             kernel: kernel::KernelSlot::new(clock),
+            reattaching: None,
         }
     }
 
@@ -300,6 +340,10 @@ impl<'s> Slot<'s> {
                 None => return Read::Skipped,
             },
         };
+        // After the read: if the program is still the one attached to now, it was then too.
+        if let Some(why) = self.source.replaced() {
+            return Read::Replaced(why);
+        }
         let cost = started.elapsed();
         match kind {
             Kind::All => {
@@ -319,6 +363,11 @@ impl<'s> Slot<'s> {
             }
         }
         match read {
+            // Nothing to probe (a process without a loop): no sample.
+            Ok(threads) if kind == Kind::Probe && threads.is_empty() => {
+                self.consecutive = 0;
+                Read::Skipped
+            }
             Ok(threads) => {
                 self.consecutive = 0;
                 if kernel {
@@ -397,6 +446,12 @@ pub fn run(
         fn gil_range(&self) -> Option<std::ops::Range<u64>> {
             self.0.gil_range()
         }
+        fn replaced(&mut self) -> Option<String> {
+            self.0.replaced()
+        }
+        fn reattach(&mut self) -> Result<Option<Reattached>> {
+            self.0.reattach()
+        }
     }
     run_tree(vec![Box::new(Borrowed(source))], None, limits, sink)
 }
@@ -410,18 +465,19 @@ pub fn run_tree<'s>(
     limits: &Limits,
     sink: &mut dyn FnMut(Sample, &SamplerStats) -> Result<()>,
 ) -> Result<SamplerStats> {
-    let interval = Duration::from_secs_f64(1.0 / limits.rate);
+    let interval = interval_of(limits.rate);
     let start = Instant::now();
     let timing = Timing {
-        stack_interval: Duration::from_secs_f64(1.0 / limits.stack_rate.min(limits.rate)),
-        stack_only: Duration::from_secs_f64(1.0 / STACK_ONLY_MAX_RATE),
-        threshold: Duration::from_secs_f64(limits.threshold),
+        stack_interval: interval_of(limits.stack_rate.min(limits.rate)),
+        stack_only: interval_of(STACK_ONLY_MAX_RATE),
+        threshold: Duration::from_secs_f64(limits.threshold.clamp(0.0, MAX_INTERVAL)),
         start,
-        kernel_interval: Duration::from_secs_f64(1.0 / limits.kernel_rate),
+        kernel_interval: interval_of(limits.kernel_rate),
         // At most half the threshold: a 55 ms block at a 50 ms threshold, with the sampler 30 ms
         // late at the wrong moment, got no stack read at all and was not reported.
         burst_after: BUSY_STACKS.min(Duration::from_secs_f64(limits.threshold / 2.0)),
     };
+    let deadline = limits.duration.and_then(|d| start.checked_add(d));
     let mut stats = SamplerStats {
         rate: limits.rate,
         ..Default::default()
@@ -448,7 +504,17 @@ pub fn run_tree<'s>(
         let wake = kernel_wake.unwrap_or(next);
         let now = Instant::now();
         if now < wake {
-            kernel::wait(&mut slots, wake - now)?;
+            // Never one long wait: a stop or the deadline is seen within `NAP`, at any rate.
+            let mut until = wake.min(now + NAP);
+            if let Some(d) = deadline {
+                until = until.min(d);
+            }
+            kernel::wait(&mut slots, until - now)?;
+            // The nap ran out before the wake: back to the loop head (stop, deadline). A wait
+            // that returned early was a ring buffer filling: tick now.
+            if until < wake && Instant::now() >= until {
+                continue;
+            }
         }
         let tick = Instant::now();
         // A kernel-clock wake already due when computed ("as soon as possible") is not late;
@@ -480,6 +546,24 @@ pub fn run_tree<'s>(
         let mut any = false;
         let mut i = 0;
         while i < slots.len() {
+            if slots[i].reattaching.is_some() {
+                match reattach(&mut slots[i], tick) {
+                    Reattach::Waiting => i += 1,
+                    Reattach::Done(source) => {
+                        let clock = kernel::make_clock(limits, start, &mut stats)?;
+                        slots[i] = Slot::new(source, clock);
+                        i += 1;
+                    }
+                    Reattach::GaveUp(why) if i == 0 => {
+                        stats.end = why;
+                        break 'ticks;
+                    }
+                    Reattach::GaveUp(_) => {
+                        slots.remove(i);
+                    }
+                }
+                continue;
+            }
             if let Some(events) = kernel::step(&mut slots[i], limits, mono, &mut stats)? {
                 sink(
                     Sample {
@@ -505,6 +589,40 @@ pub fn run_tree<'s>(
                     i += 1;
                 }
                 Read::Skipped => i += 1,
+                Read::Replaced(why) => {
+                    let slot = &mut slots[i];
+                    let pid = slot.source.pid();
+                    if i == 0 && !slot.source.alive() {
+                        // An exit, as a failed read would have found it.
+                        stats.end = "target exited".into();
+                        break 'ticks;
+                    }
+                    // The callback running then ended with the program (or the process): close
+                    // its episode at this tick, and never count the new program's time in it.
+                    sink(
+                        Sample {
+                            wall,
+                            mono,
+                            pid,
+                            probe: false,
+                            threads: Vec::new(),
+                            events: Vec::new(),
+                        },
+                        &stats,
+                    )?;
+                    if !slot.source.alive() {
+                        slots.remove(i);
+                        continue;
+                    }
+                    // The kernel clock followed the old program's threads: nobody drains it
+                    // while waiting, so it goes now (a fresh one comes with the new source).
+                    slot.kernel = kernel::KernelSlot::new(None);
+                    crate::output::escape::print_err(&format!(
+                        "loopspy: process {pid} {why}: the episode in progress ends here; attaching to it again"
+                    ));
+                    slot.reattaching = Some((tick, tick));
+                    i += 1;
+                }
                 Read::Failed(e) => {
                     stats.errors += 1;
                     stats.last_error = Some(format!("{e:#}"));
@@ -556,6 +674,50 @@ pub fn run_tree<'s>(
     }
     Ok(stats)
 }
+
+enum Reattach<'s> {
+    Waiting,
+    Done(Box<dyn SampleSource + Send + 's>),
+    /// Why sampling this process ends.
+    GaveUp(String),
+}
+
+/// One attempt (every `REATTACH_EVERY`) to attach to the new program of a slot's process.
+fn reattach<'s>(slot: &mut Slot<'s>, tick: Instant) -> Reattach<'s> {
+    let Some((since, tried)) = slot.reattaching else {
+        return Reattach::Waiting;
+    };
+    if tick - tried < REATTACH_EVERY {
+        return Reattach::Waiting;
+    }
+    slot.reattaching = Some((since, tick));
+    let pid = slot.source.pid();
+    let attempt = slot.source.reattach();
+    if !slot.source.alive() {
+        return Reattach::GaveUp("target exited".into());
+    }
+    let why = match attempt {
+        Ok(Some(r)) => {
+            crate::output::escape::print_err(&format!(
+                "loopspy: attached to process {pid} again: it now runs {}",
+                crate::output::escape::escape(&r.what)
+            ));
+            return Reattach::Done(r.source);
+        }
+        Ok(None) if tick - since < REATTACH_FOR => return Reattach::Waiting,
+        Ok(None) => format!(
+            "its new program was not readable as Python within {} s",
+            REATTACH_FOR.as_secs()
+        ),
+        Err(e) => format!("{e:#}"),
+    };
+    crate::output::escape::print_err(&format!(
+        "loopspy: stopped sampling process {pid}: {}",
+        crate::output::escape::escape(&why)
+    ));
+    Reattach::GaveUp(format!("target replaced by exec: {why}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -674,6 +836,7 @@ mod tests {
                 task: None,
                 coroutine: None,
                 timers: None,
+                request: None,
                 frames: Vec::new(),
             }
         }
@@ -698,6 +861,40 @@ mod tests {
         }
         fn alive(&mut self) -> bool {
             Instant::now() < self.until
+        }
+    }
+
+    /// Regression: the sampler slept a whole interval at once, so `--rate 1e-9` never
+    /// answered Ctrl-C and `--rate 0.05` took up to 20 s to stop.
+    #[test]
+    fn answers_a_stop_within_a_nap_at_any_rate() {
+        for rate in [1e-9, 0.05, 1.0] {
+            let stop = AtomicBool::new(false);
+            let mut src = Fake {
+                left: u32::MAX,
+                fail_every: 0,
+                n: 0,
+            };
+            let limits = Limits {
+                rate,
+                stack_rate: rate,
+                threshold: 0.05,
+                duration: None,
+                stop: &stop,
+                clock: ClockChoice::Probe,
+                kernel_rate: rate,
+            };
+            let started = Instant::now();
+            let stats = std::thread::scope(|scope| {
+                scope.spawn(|| {
+                    std::thread::sleep(Duration::from_millis(30));
+                    stop.store(true, Ordering::SeqCst);
+                });
+                run(&mut src, &limits, &mut |_, _| Ok(())).unwrap()
+            });
+            let took = started.elapsed();
+            assert_eq!(stats.end, "interrupted", "rate {rate}");
+            assert!(took < Duration::from_millis(130), "rate {rate}: {took:?}");
         }
     }
 
@@ -730,5 +927,153 @@ mod tests {
         );
         // Then one at every tick (spaced by their cost).
         assert!(src.stacks.len() >= 10, "{}", src.stacks.len());
+    }
+
+    #[test]
+    fn ends_at_the_duration_even_between_slow_ticks() {
+        let stop = AtomicBool::new(false);
+        let mut src = Fake {
+            left: u32::MAX,
+            fail_every: 0,
+            n: 0,
+        };
+        let limits = Limits {
+            rate: 0.05,
+            stack_rate: 0.05,
+            threshold: 0.05,
+            duration: Some(Duration::from_millis(120)),
+            stop: &stop,
+            clock: ClockChoice::Probe,
+            kernel_rate: 0.05,
+        };
+        let started = Instant::now();
+        let stats = run(&mut src, &limits, &mut |_, _| Ok(())).unwrap();
+        assert_eq!(stats.end, "duration");
+        assert_eq!(stats.samples, 1);
+        assert!(started.elapsed() < Duration::from_millis(220));
+    }
+
+    /// A source whose process exec()s after `left` reads; `next` says what attaching again
+    /// gives: `None` a new program that is not Python, `Some(n)` one readable after n tries.
+    struct Execing {
+        left: u32,
+        next: Option<u32>,
+        replaced: bool,
+    }
+
+    impl SampleSource for Execing {
+        fn pid(&self) -> u32 {
+            7
+        }
+        fn sample(&mut self) -> Result<Vec<ThreadSample>> {
+            if self.left == 0 {
+                self.replaced = true;
+                // What the new program's memory gives: garbage, which must not be used.
+                return Ok(vec![loop_thread(999)]);
+            }
+            self.left -= 1;
+            Ok(vec![loop_thread(7)])
+        }
+        fn alive(&mut self) -> bool {
+            true
+        }
+        fn replaced(&mut self) -> Option<String> {
+            self.replaced.then(|| "called exec()".to_string())
+        }
+        fn reattach(&mut self) -> Result<Option<Reattached>> {
+            match self.next.as_mut() {
+                None => bail!("`sleep` is not Python"),
+                Some(0) => Ok(Some(Reattached {
+                    source: Box::new(Fake {
+                        left: 5,
+                        fail_every: 0,
+                        n: 0,
+                    }),
+                    what: "python3 next.py".into(),
+                })),
+                Some(n) => {
+                    *n -= 1;
+                    Ok(None)
+                }
+            }
+        }
+    }
+
+    fn loop_thread(tid: u32) -> ThreadSample {
+        ThreadSample {
+            gc: false,
+            loop_ended: false,
+            tid,
+            name: None,
+            event_loop: Some("loop".into()),
+            gil: false,
+            active: true,
+            os: None,
+            ready: None,
+            task: None,
+            coroutine: None,
+            timers: None,
+            request: None,
+            frames: Vec::new(),
+        }
+    }
+
+    fn limits(stop: &AtomicBool) -> Limits<'_> {
+        Limits {
+            rate: 1000.0,
+            stack_rate: 1000.0,
+            threshold: 0.05,
+            duration: Some(Duration::from_secs(5)),
+            stop,
+            clock: ClockChoice::Probe,
+            kernel_rate: 1000.0,
+        }
+    }
+
+    #[test]
+    fn exec_into_a_program_that_is_not_python_ends_sampling() {
+        let stop = AtomicBool::new(false);
+        let mut src = Execing {
+            left: 3,
+            next: None,
+            replaced: false,
+        };
+        let mut got = Vec::new();
+        let stats = run(&mut src, &limits(&stop), &mut |s, _| {
+            got.push(s);
+            Ok(())
+        })
+        .unwrap();
+        assert!(
+            stats.end.starts_with("target replaced by exec"),
+            "{}",
+            stats.end
+        );
+        // Three reads of the old program, then one empty sample that closes its episodes;
+        // nothing read after the exec.
+        assert_eq!(got.len(), 4);
+        assert!(got[..3].iter().all(|s| s.threads[0].tid == 7));
+        assert!(got[3].threads.is_empty() && !got[3].probe);
+    }
+
+    #[test]
+    fn exec_into_python_attaches_again() {
+        let stop = AtomicBool::new(false);
+        let mut src = Execing {
+            left: 2,
+            next: Some(2),
+            replaced: false,
+        };
+        let mut got = Vec::new();
+        let stats = run(&mut src, &limits(&stop), &mut |s, _| {
+            got.push(s);
+            Ok(())
+        })
+        .unwrap();
+        // The new source (a `Fake` of pid 42) is read until it exits.
+        assert_eq!(stats.end, "target exited");
+        assert_eq!(got.len(), 2 + 1 + 5);
+        assert!(got[3..].iter().all(|s| s.pid == 42));
+        assert!(!got.iter().any(|s| s.threads.iter().any(|t| t.tid == 999)));
     }
 }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Result};
 
 use crate::acquire::sampler::SampleSource;
-use crate::os::thread_state::{parse_stat_state, ThreadProc};
+use crate::os::thread_state::ThreadProc;
 use crate::remote::gc_state::{mark_collector, GcFlag};
 use crate::remote::{
     AsyncioReader, Gil, Interpreter, Prefetched, Process, PyThread, StackError, StackOf,
@@ -74,6 +74,15 @@ pub struct Spy {
     loop_threads: HashSet<u64>,
     /// A ready queue the last scan found did not read at the last probe.
     suspect: bool,
+    /// The process (thread group) id; reads go through `spy.pid`, which is a live thread's
+    /// id instead when the main thread has exited.
+    pid: u32,
+    /// The program image attached to: gone after an `exec()`.
+    image: Option<crate::os::process::Image>,
+    /// Whether the last full read failed (then a leader that exited is looked for).
+    failing: bool,
+    /// Read the request a loop's running task serves (on by default; `--no-request`).
+    read_requests: bool,
 }
 
 /// What a full read adds to the stacks: the loops' task and timers (not on the loop-only reads
@@ -107,8 +116,13 @@ impl Spy {
             Some(spy.runtime.address),
             (version.major, version.minor),
         );
+        let pid = spy.pid as u32;
         let mut out = Spy {
             gc,
+            image: crate::os::process::Image::open(pid),
+            pid,
+            failing: false,
+            read_requests: true,
             gil_range: gil.range(),
             gil,
             stacks,
@@ -139,6 +153,19 @@ impl Spy {
             }
         }
         Ok(out)
+    }
+
+    /// Name the process `pid` (its thread group) when reads go through another of its
+    /// threads (the reader was attached through a live thread because the leader exited).
+    pub fn with_process_id(mut self, pid: u32) -> Spy {
+        self.pid = pid;
+        self
+    }
+
+    /// Whether stack samples read the HTTP request of a loop's running task (`--no-request`
+    /// turns it off).
+    pub fn set_read_requests(&mut self, on: bool) {
+        self.read_requests = on;
     }
 
     /// `3.11.7`
@@ -312,7 +339,7 @@ impl Spy {
             .get(&t.pthread_id)
             .filter(|(tid, _)| tid.is_none() || *tid == t.native_tid)
             .map(|(_, n)| n.clone());
-        named.or_else(|| (t.native_tid == Some(self.spy.pid as u32)).then(|| "MainThread".into()))
+        named.or_else(|| (t.native_tid == Some(self.pid)).then(|| "MainThread".into()))
     }
 
     fn stale(&self) -> bool {
@@ -418,6 +445,7 @@ impl Spy {
                 task: None,
                 coroutine: None,
                 timers: None,
+                request: None,
                 frames: Vec::new(),
             });
         }
@@ -456,6 +484,7 @@ impl Spy {
                 task: None,
                 coroutine: None,
                 timers: None,
+                request: None,
                 frames: Vec::new(),
             })
             .collect();
@@ -471,7 +500,7 @@ impl Spy {
     /// The thread's OS state; `None` when it is gone (a zombie included: a launched target
     /// that exited stays one until loopspy reaps it).
     fn os_state(&mut self, tid: u32, with_stat: bool) -> Option<OsState> {
-        let pid = self.spy.pid as u32;
+        let pid = self.pid;
         let proc_ = self
             .procs
             .entry(tid)
@@ -547,7 +576,7 @@ impl Spy {
             };
             let tid = t
                 .native_tid
-                .or_else(|| single.then_some(self.spy.pid as u32))
+                .or_else(|| single.then_some(self.pid))
                 .unwrap_or(0);
             let frames = match native.as_mut().and_then(|n| n.remove(&tid)) {
                 Some(with_c) if !with_c.is_empty() => with_c,
@@ -564,13 +593,23 @@ impl Spy {
                 .and_then(|l| l.ready)
                 .and_then(|d| self.scanner.read_ready(&mem, d))
                 .map(|(len, state)| ReadyQueue { len, state });
-            let (task, coroutine, timers) = match (self.asyncio.as_mut(), &t.running_loop) {
+            let (task, coroutine, timers, request) = match (self.asyncio.as_mut(), &t.running_loop)
+            {
                 (Some(a), Some(l)) => {
                     let timers = match extras {
                         Extras::TaskAndTimers => a.timers(&mem, l.address),
                         Extras::Task => None,
                     };
-                    let current = a.current_task(&mem, t.tstate, l.address).or_else(|| {
+                    // The request the running task serves, read from this thread's frames
+                    // (`remote::request`); `ready`'s counter tells one callback from the next.
+                    let running = a.current_task(&mem, t.tstate, l.address);
+                    let request = match &running {
+                        Some(c) if self.read_requests => {
+                            a.request(&mem, t.tstate, c.address, ready.map(|q| q.state))
+                        }
+                        _ => None,
+                    };
+                    let current = running.or_else(|| {
                         // Waiting for the GIL outside any callback: the task it will step
                         // for its due timer (the starved one; see `remote::waiting`).
                         waits_outside_callback(&os, &frames)
@@ -578,11 +617,11 @@ impl Spy {
                             .flatten()
                     });
                     match current {
-                        Some(c) => (c.name, c.coroutine, timers),
-                        None => (None, None, timers),
+                        Some(c) => (c.name, c.coroutine, timers, request),
+                        None => (None, None, timers, request),
                     }
                 }
-                _ => (None, None, None),
+                _ => (None, None, None, None),
             };
             let active = os.as_ref().is_none_or(|o| matches!(o.state, 'R' | 'D'));
             out.push(ThreadSample {
@@ -598,6 +637,7 @@ impl Spy {
                 task,
                 coroutine,
                 timers,
+                request,
                 frames,
             });
         }
@@ -632,15 +672,28 @@ fn patch_of(text: &str, v: Version) -> Option<u64> {
 
 impl SampleSource for Spy {
     fn pid(&self) -> u32 {
-        self.spy.pid as u32
+        self.pid
     }
 
     fn sample(&mut self) -> Result<Vec<ThreadSample>> {
+        self.failing = true;
         self.refresh_map()?;
+        if !self.threads.values().any(|t| t.running_loop.is_some()) {
+            // No loop mapped yet (a program that just started): look for one at every stack
+            // sample, so a callback that blocks as soon as the loop starts is named whole. The
+            // thread walk is a few reads; asyncio's globals are looked up once a loop shows.
+            if let Ok(found) = self.scanner.scan(&self.spy.process) {
+                if found.iter().any(|t| t.running_loop.is_some()) {
+                    self.rescan()?;
+                }
+            }
+        }
         let mut all: Vec<&PyThread> = self.threads.values().collect();
         all.sort_by_key(|t| (t.native_tid, t.pthread_id));
         let which: Vec<u64> = all.iter().map(|t| t.pthread_id).collect();
-        self.full(&which, Extras::TaskAndTimers)
+        let read = self.full(&which, Extras::TaskAndTimers);
+        self.failing = read.is_err();
+        read
     }
 
     fn sample_loops(&mut self) -> Option<Result<Vec<ThreadSample>>> {
@@ -695,7 +748,24 @@ impl SampleSource for Spy {
     }
 
     fn alive(&mut self) -> bool {
-        process_alive(self.spy.pid as u32)
+        process_alive(self.pid)
+    }
+
+    fn replaced(&mut self) -> Option<String> {
+        if self.image.as_ref().is_some_and(|i| i.gone()) {
+            // Gone with a new image in its place: an exec. Without one, the process is
+            // exiting (its memory goes before its threads do): not a replacement.
+            let reader = self.spy.pid as u32;
+            return crate::os::process::has_image(reader).then(|| "called exec()".into());
+        }
+        // Reads through an exited main thread fail although the process runs on.
+        let through_leader = self.spy.pid as u32 == self.pid;
+        (self.failing && through_leader && crate::os::process::leader_gone(self.pid))
+            .then(|| "lost its main thread (pthread_exit)".into())
+    }
+
+    fn reattach(&mut self) -> Result<Option<crate::acquire::sampler::Reattached>> {
+        crate::acquire::attach::reattach(self.pid)
     }
 
     fn loop_tids(&self) -> Vec<u32> {
@@ -739,12 +809,10 @@ fn monotonic_now() -> f64 {
     ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
 
-/// Whether the process exists and is not a zombie.
+/// Whether the process exists and one of its threads is neither a zombie nor dead (a main
+/// thread that called `pthread_exit` leaves a zombie leader beside live threads).
 pub fn process_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !matches!(parse_stat_state(&stat), Some('Z' | 'X') | None),
-        Err(_) => false,
-    }
+    crate::os::process::alive(pid)
 }
 
 #[cfg(test)]

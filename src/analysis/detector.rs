@@ -125,6 +125,11 @@ impl Detector {
         self
     }
 
+    /// Notes on the source files read (files not trusted because they changed on disk).
+    pub fn source_notes(&self) -> Vec<String> {
+        self.sources.as_ref().map(|s| s.notes()).unwrap_or_default()
+    }
+
     /// Process one sample and return what it completed.
     pub fn feed(&mut self, sample: &Sample) -> Vec<Event> {
         // A corrupt timestamp (NaN, infinite, centuries away) cannot be placed in time.
@@ -460,6 +465,7 @@ impl Detector {
             run.key = Some(gil_key());
         }
         let task = run.task();
+        let request = run.request();
         // A run no stack sample ever named (probe ticks alone, e.g. an interpreter shutting
         // down after its loop stopped) is not known to be a callback: no episode.
         if duration < self.config.threshold || run.key.is_none() {
@@ -521,6 +527,7 @@ impl Detector {
             holds_gil: b.holds_gil,
             fd: b.fd,
             self_call: b.self_call,
+            request,
         };
         let stacks = stacks.into_iter().map(|(f, (c, _))| (f, c)).collect();
         events.push(Event::Episode { episode, stacks });

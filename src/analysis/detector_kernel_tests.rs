@@ -48,6 +48,7 @@ fn thread(cb: Option<&str>, ready_state: u64, syscall: &str, gil_wait: bool) -> 
         task: None,
         coroutine: None,
         timers: None,
+        request: None,
         frames,
     }
 }

@@ -75,6 +75,7 @@ fn thread(tid: u32, doing: Doing, ready_state: u64) -> ThreadSample {
         task: None,
         coroutine: None,
         timers: None,
+        request: None,
         frames,
     }
 }

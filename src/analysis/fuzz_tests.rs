@@ -242,6 +242,7 @@ impl Gen {
             task: matches!(l.doing, Doing::Cb(4)).then(|| "Task-7".into()),
             coroutine: matches!(l.doing, Doing::Cb(4)).then(|| "Task-7".into()),
             timers: Some(3),
+            request: None,
             frames,
         }
     }
@@ -385,6 +386,7 @@ impl Gen {
                 task: None,
                 coroutine: None,
                 timers: None,
+                request: None,
                 frames: vec![frame("work", "/app/worker.py", 3)],
             });
             if self.rng.chance(self.damage) {

@@ -244,6 +244,7 @@ mod tests {
             task: None,
             coroutine: None,
             timers: None,
+            request: None,
             os: syscall.map(|s| OsState {
                 fd: None,
                 state: 'S',

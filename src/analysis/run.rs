@@ -8,7 +8,7 @@ use crate::analysis::classify::kind_of_os;
 use crate::analysis::evidence::Evidence;
 use crate::analysis::loop_state::CallbackKey;
 use crate::analysis::weights::Timeline;
-use crate::sample::{Frame, ReadyQueue, Sample, ThreadSample};
+use crate::sample::{Frame, ReadyQueue, Request, Sample, ThreadSample};
 
 /// Where a run's episode begins and ends (monotonic seconds), and how sure that is.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -61,6 +61,8 @@ pub struct Run {
     pub evidence: Evidence,
     /// The stack samples in time order, to weigh an episode's stacks by its own time.
     pub timeline: Timeline,
+    /// The HTTP requests stack samples saw the running task serve: how many samples each.
+    pub requests: HashMap<Request, u32>,
 }
 
 impl Run {
@@ -82,7 +84,17 @@ impl Run {
             gil_secs: 0.0,
             evidence: Evidence::default(),
             timeline: Timeline::default(),
+            requests: HashMap::new(),
         }
+    }
+
+    /// The request most stack samples of the run saw (samples whose read gave none do not
+    /// count: a read that failed is no evidence of another request).
+    pub fn request(&self) -> Option<Request> {
+        self.requests
+            .iter()
+            .max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)))
+            .map(|(r, _)| r.clone())
     }
 
     /// The task most stack samples of the run saw (a plain callback's samples see none, so a
@@ -131,13 +143,18 @@ impl Run {
 
     /// One more sample (probe or full) saw the run going on.
     pub fn observe(&mut self, sample: &Sample, thread: &ThreadSample) {
-        // Probe ticks do not read the current task.
-        if !sample.probe {
+        // Probe ticks do not read the current task, and a sample taken before the thread was
+        // known to run a loop (its loop not mapped yet, e.g. right after a launch) could not:
+        // neither says anything about the task.
+        if !sample.probe && thread.event_loop.is_some() {
             let task = thread
                 .task
                 .as_ref()
                 .map(|t| (t.clone(), thread.coroutine.clone()));
             *self.tasks.entry(task).or_insert(0) += 1;
+            if let Some(r) = &thread.request {
+                *self.requests.entry(r.clone()).or_insert(0) += 1;
+            }
         }
         self.last = sample.mono;
         self.samples += 1;

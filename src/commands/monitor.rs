@@ -9,6 +9,7 @@
 //! recording: only what stays bounded); the HTTP server and a slow poller of asyncio's task
 //! counts run on their own threads.
 
+use crate::output::escape::escape;
 use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -187,7 +188,12 @@ fn poll_tasks(metrics: Arc<Metrics>, pids: Arc<Mutex<BTreeSet<u32>>>, stop: &Ato
                     Err(_) => continue,
                 },
             };
-            match crate::dump::build(target) {
+            // Only the task counts: no request is read.
+            let opts = crate::dump::Options {
+                all_tasks: false,
+                requests: false,
+            };
+            match crate::dump::build(target, &opts) {
                 Ok(dump) => {
                     let counts: Vec<(Option<String>, u64)> = dump
                         .loops
@@ -229,7 +235,7 @@ pub fn run(args: &MonitorArgs) -> Result<()> {
         }
     };
     if let Some(n) = &target.notice {
-        let _ = writeln!(std::io::stderr(), "loopspy: note: {n}");
+        let _ = writeln!(std::io::stderr(), "loopspy: note: {}", escape(n));
     }
     let header = Header {
         loopspy_recording: FORMAT_VERSION,
@@ -310,15 +316,18 @@ pub fn run(args: &MonitorArgs) -> Result<()> {
     };
     let announce = format!(
         "loopspy: sampling process {} (Python {}), {clock}; Ctrl-C to stop",
-        target.pid, target.python_version
+        target.pid,
+        escape(&target.python_version)
     );
     let mut announced = false;
     let mut noted: Option<String> = None;
-    let spy = target
+    let mut spy = target
         .spy
         .take()
         .context("the target was already being sampled")?;
-    let mut finder = WorkerFinder::new(target.pid);
+    let requests = !args.sampling.no_request;
+    spy.set_read_requests(requests);
+    let mut finder = WorkerFinder::new(target.pid).reading_requests(requests);
     let mut discover = |known: &[u32]| finder.discover(known);
     let discover: Option<&mut sampler::Discover> = if args.sampling.subprocesses {
         Some(&mut discover)

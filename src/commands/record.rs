@@ -2,7 +2,6 @@
 //! the target's exit, and write everything through the shared pipeline. Where and how files
 //! are written is `output::target`'s business.
 
-use std::io::Write;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
@@ -15,6 +14,7 @@ use crate::commands::report::timeline_observer;
 use crate::os::signals;
 use crate::os::source_files::SourceFiles;
 use crate::output::episodes::EpisodeLog;
+use crate::output::escape::escape;
 use crate::output::target::{check_distinct, Mode, OutputFile, OutputTarget};
 use crate::pipeline::{Pipeline, Sinks};
 use crate::recording::{Header, RecordingWriter, FORMAT_VERSION};
@@ -71,7 +71,7 @@ pub fn run(args: &RecordArgs) -> Result<()> {
         out_file
     };
     if let Some(n) = &target.notice {
-        let _ = writeln!(std::io::stderr(), "loopspy: note: {n}");
+        crate::output::escape::print_err(&format!("loopspy: note: {}", escape(n)));
     }
     if args.native {
         if let Some(spy) = target.spy.as_mut() {
@@ -132,15 +132,18 @@ pub fn run(args: &RecordArgs) -> Result<()> {
     };
     let announce = format!(
         "loopspy: sampling process {} (Python {}), {clock}; Ctrl-C to stop",
-        target.pid, target.python_version
+        target.pid,
+        escape(&target.python_version)
     );
     let mut announced = false;
     let mut noted: Option<String> = None;
-    let spy = target
+    let mut spy = target
         .spy
         .take()
         .context("the target was already being sampled")?;
-    let mut finder = WorkerFinder::new(target.pid);
+    let requests = !args.sampling.no_request;
+    spy.set_read_requests(requests);
+    let mut finder = WorkerFinder::new(target.pid).reading_requests(requests);
     let mut discover = |known: &[u32]| finder.discover(known);
     let discover: Option<&mut sampler::Discover> = if args.sampling.subprocesses {
         Some(&mut discover)
@@ -156,7 +159,7 @@ pub fn run(args: &RecordArgs) -> Result<()> {
         // Said once the first sample is in, so scripts (and our tests) can wait for it.
         if !announced {
             announced = true;
-            let _ = writeln!(std::io::stderr(), "{announce}");
+            crate::output::escape::print_err(&announce);
         }
         pipeline.on_sample(&s)
     });

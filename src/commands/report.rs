@@ -69,6 +69,9 @@ pub fn replay_with(
     let file = File::open(path).map_err(|e| recording_error(path, e))?;
     let mut reader = RecordingReader::new(BufReader::new(file))
         .map_err(|e| recording_error(path, format!("{e:#}")))?;
+    // Files edited since the recording may not hold the code that ran.
+    let start = reader.header.start_wall;
+    let sources = sources.map(|s| s.trusting_until(start));
     let mut pipeline = Pipeline::new(threshold_ms, idle, sinks, sources)
         .keeping_episodes()
         .cancellable();
@@ -88,6 +91,23 @@ pub fn replay_with(
         }
         last = sample.mono;
         pipeline.on_sample(&sample)?;
+    }
+    if count == 0 && reader.skipped > 0 {
+        return Err(recording_error(
+            path,
+            format!(
+                "none of its {} sample lines could be read (damaged, or not written by loopspy)",
+                reader.skipped
+            ),
+        ));
+    }
+    if reader.skipped > 0 {
+        pipeline.add_note(format!(
+            "{} line{} of the recording could not be read and {} skipped: the episodes come from the {count} samples read",
+            reader.skipped,
+            if reader.skipped == 1 { "" } else { "s" },
+            if reader.skipped == 1 { "was" } else { "were" },
+        ));
     }
     let header = reader.header.clone();
     // A recording cut short has no stats line: rebuild what can be known.

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::sample::Frame;
+use crate::sample::{Frame, Request};
 
 /// One read of the whole target.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -14,7 +14,13 @@ pub struct Dump {
     pub command: String,
     pub threads: Vec<ThreadDump>,
     pub loops: Vec<LoopDump>,
+    /// Every task read: one entry per group of tasks with the same loop, state, coroutine,
+    /// await chain and awaited kind (`count` of them, the fields of the first one), or one per
+    /// task with `--all-tasks`.
     pub tasks: Vec<TaskDump>,
+    /// How many tasks were read (the sum of the entries' `count`).
+    #[serde(default)]
+    pub task_count: u64,
     /// What could not be read, one line each.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
@@ -32,6 +38,10 @@ pub struct ThreadDump {
     pub syscall: Option<String>,
     /// The type of the event loop it runs, if any.
     pub event_loop: Option<String>,
+    /// For a loop thread seen inside one callback during the whole of dump's probe (`state`
+    /// is then `blocked`): how long it was seen there, in ms, a lower bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked_ms: Option<f64>,
     /// Innermost frame first.
     pub stack: Vec<Frame>,
 }
@@ -54,10 +64,24 @@ pub struct LoopDump {
     /// The task it is stepping now.
     pub running_task: Option<String>,
     pub running_coroutine: Option<String>,
+    /// The HTTP request that task serves (method, path, route), unless `--no-request`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<Request>,
+    /// Inside one callback for at least this many ms (seen so during dump's probe of a few
+    /// ms, without pausing the target); `None` when idle or between callbacks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_ms_at_least: Option<f64>,
+    /// Milliseconds since the loop last came back from polling (`_run_once`'s `end_time`),
+    /// for a loop inside a callback (stdlib loops only): how long it has not served I/O.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since_poll_ms: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskDump {
+    /// How many tasks this entry stands for (the others differ only in name and address).
+    #[serde(default = "one")]
+    pub count: u64,
     /// Its address in the target, `0x...` (what other tasks' `awaiting` refers to).
     pub address: String,
     pub name: Option<String>,
@@ -71,6 +95,19 @@ pub struct TaskDump {
     pub await_chain: Vec<AwaitFrame>,
     /// What the innermost coroutine waits on.
     pub awaiting: Option<Awaiting>,
+}
+
+fn one() -> u64 {
+    1
+}
+
+/// Every process of a `dump --subprocesses`: the target and its Python descendants.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Processes {
+    pub processes: Vec<Dump>,
+    /// Descendants that could not be read, one line each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

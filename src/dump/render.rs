@@ -4,15 +4,46 @@
 
 use std::io::{self, Write};
 
-use super::model::{Dump, LoopDump, TaskDump, ThreadDump};
+use super::model::{Dump, LoopDump, Processes, TaskDump, ThreadDump};
+use crate::output::escape::escape;
 use crate::sample::{short_path, thread_label};
 
+/// Write one line. Its names come from the target: escaped, so none can move the cursor,
+/// retitle the terminal or forge a line (the line's own text has no control characters).
+fn put(out: &mut dyn Write, line: &str) -> io::Result<()> {
+    writeln!(out, "{}", escape(line))
+}
+
+/// `20000` → `20,000`.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// `dump --subprocesses`: each process in turn.
+pub fn processes(p: &Processes, out: &mut dyn Write) -> io::Result<()> {
+    for (i, d) in p.processes.iter().enumerate() {
+        if i > 0 {
+            writeln!(out, "\n{}", "=".repeat(60))?;
+        }
+        text(d, out)?;
+    }
+    for n in &p.notes {
+        put(out, &format!("note: {n}"))?;
+    }
+    Ok(())
+}
+
 pub fn text(d: &Dump, out: &mut dyn Write) -> io::Result<()> {
-    writeln!(
-        out,
-        "Process {}: {}\nPython {}",
-        d.pid, d.command, d.python_version
-    )?;
+    put(out, &format!("Process {}: {}", d.pid, d.command))?;
+    put(out, &format!("Python {}", d.python_version))?;
     writeln!(out, "\nThreads ({})", d.threads.len())?;
     for t in &d.threads {
         thread(t, out)?;
@@ -21,21 +52,34 @@ pub fn text(d: &Dump, out: &mut dyn Write) -> io::Result<()> {
     for l in &d.loops {
         event_loop(l, out)?;
     }
-    writeln!(out, "\nTasks ({})", d.tasks.len())?;
+    if d.tasks.len() as u64 == d.task_count {
+        writeln!(out, "\nTasks ({})", thousands(d.task_count))?;
+    } else {
+        writeln!(
+            out,
+            "\nTasks ({} in {} groups of the same await chain; --all-tasks lists each)",
+            thousands(d.task_count),
+            thousands(d.tasks.len() as u64)
+        )?;
+    }
     for t in &d.tasks {
         task(d, t, out)?;
     }
     if !d.notes.is_empty() {
         writeln!(out)?;
         for n in &d.notes {
-            writeln!(out, "note: {n}")?;
+            put(out, &format!("note: {n}"))?;
         }
     }
     Ok(())
 }
 
 fn thread(t: &ThreadDump, out: &mut dyn Write) -> io::Result<()> {
-    let mut head = format!("  {}: {}", thread_label(t.name.as_deref(), t.tid), t.state);
+    let state = match t.blocked_ms {
+        Some(ms) => format!("blocked in a callback for ≥ {ms:.0} ms"),
+        None => t.state.clone(),
+    };
+    let mut head = format!("  {}: {state}", thread_label(t.name.as_deref(), t.tid));
     if let Some(sc) = &t.syscall {
         head.push_str(&format!(" [{sc}]"));
     }
@@ -45,9 +89,9 @@ fn thread(t: &ThreadDump, out: &mut dyn Write) -> io::Result<()> {
     if let Some(l) = &t.event_loop {
         head.push_str(&format!(", runs event loop {l}"));
     }
-    writeln!(out, "{head}")?;
+    put(out, &head)?;
     for f in &t.stack {
-        writeln!(out, "      {}  {}", f.function, f.location())?;
+        put(out, &format!("      {}  {}", f.function, f.location()))?;
     }
     Ok(())
 }
@@ -66,13 +110,32 @@ fn event_loop(l: &LoopDump, out: &mut dyn Write) -> io::Result<()> {
         (None, None) => "no task running".into(),
     };
     parts.push(now);
-    writeln!(
+    if let Some(r) = &l.request {
+        let path = match &r.route {
+            Some(route) if *route != r.path => format!("{route} ({})", r.path),
+            _ => r.path.clone(),
+        };
+        parts.push(format!("serving {} {path}", r.method));
+    }
+    if let Some(ms) = l.callback_ms_at_least {
+        let mut blocked = format!("blocked in a callback for ≥ {ms:.0} ms");
+        if let Some(poll) = l.since_poll_ms {
+            blocked.push_str(&format!(
+                " (last polled {} ms ago)",
+                thousands(poll.round() as u64)
+            ));
+        }
+        parts.push(blocked);
+    }
+    put(
         out,
-        "  {} on {} at {}: {}",
-        l.loop_type,
-        thread_label(l.thread.as_deref(), l.tid),
-        l.address,
-        parts.join(", ")
+        &format!(
+            "  {} on {} at {}: {}",
+            l.loop_type,
+            thread_label(l.thread.as_deref(), l.tid),
+            l.address,
+            parts.join(", ")
+        ),
     )
 }
 
@@ -81,7 +144,11 @@ fn task(d: &Dump, t: &TaskDump, out: &mut dyn Write) -> io::Result<()> {
         .name
         .clone()
         .unwrap_or_else(|| format!("task at {}", t.address));
-    let mut head = format!("  {name}  {}", t.state);
+    let mut head = if t.count > 1 {
+        format!("  {} × {}", thousands(t.count), t.state)
+    } else {
+        format!("  {name}  {}", t.state)
+    };
     if let Some(c) = &t.coroutine {
         head.push_str(&format!("  {c}"));
     }
@@ -93,7 +160,10 @@ fn task(d: &Dump, t: &TaskDump, out: &mut dyn Write) -> io::Result<()> {
             .and_then(|x| x.name.as_deref());
         head.push_str(&format!("  (loop on {})", thread_label(tname, tid)));
     }
-    writeln!(out, "{head}")?;
+    if t.count > 1 {
+        head.push_str(&format!(", e.g. {name}"));
+    }
+    put(out, &head)?;
     for (depth, f) in t.await_chain.iter().enumerate() {
         let at = match f.line {
             Some(line) => format!("{}:{line}", short_path(&f.file)),
@@ -103,11 +173,17 @@ fn task(d: &Dump, t: &TaskDump, out: &mut dyn Write) -> io::Result<()> {
             "suspended" => String::new(),
             other => format!("  ({other})"),
         };
-        writeln!(out, "    {}{}  {at}{state}", "  ".repeat(depth), f.function)?;
+        put(
+            out,
+            &format!("    {}{}  {at}{state}", "  ".repeat(depth), f.function),
+        )?;
     }
     if let Some(a) = &t.awaiting {
         let depth = t.await_chain.len();
-        writeln!(out, "    {}awaiting {}", "  ".repeat(depth), a.label())?;
+        put(
+            out,
+            &format!("    {}awaiting {}", "  ".repeat(depth), a.label()),
+        )?;
     }
     Ok(())
 }
@@ -148,9 +224,10 @@ mod tests {
                     tid: 4242,
                     name: Some("MainThread".into()),
                     gil: true,
-                    state: "idle".into(),
+                    state: "blocked".into(),
                     syscall: Some("clock_nanosleep".into()),
                     event_loop: Some("_UnixSelectorEventLoop".into()),
+                    blocked_ms: Some(20.4),
                     stack: vec![
                         frame("handler", "/srv/app/handlers.py", 41),
                         frame("Handle._run", &format!("{py}/asyncio/events.py"), 80),
@@ -168,6 +245,7 @@ mod tests {
                     state: "idle".into(),
                     syscall: Some("futex".into()),
                     event_loop: None,
+                    blocked_ms: None,
                     stack: vec![frame(
                         "_worker",
                         &format!("{py}/concurrent/futures/thread.py"),
@@ -186,6 +264,13 @@ mod tests {
                     tasks: Some(3),
                     running_task: Some("handler-7".into()),
                     running_coroutine: Some("handler".into()),
+                    request: Some(crate::sample::Request {
+                        method: "GET".into(),
+                        path: "/orders/7".into(),
+                        route: Some("/orders/{order_id}".into()),
+                    }),
+                    callback_ms_at_least: Some(20.4),
+                    since_poll_ms: Some(2345.2),
                 },
                 LoopDump {
                     tid: 4260,
@@ -197,10 +282,14 @@ mod tests {
                     tasks: Some(0),
                     running_task: None,
                     running_coroutine: None,
+                    request: None,
+                    callback_ms_at_least: None,
+                    since_poll_ms: None,
                 },
             ],
             tasks: vec![
                 TaskDump {
+                    count: 1,
                     address: "0x7f00cc000100".into(),
                     name: Some("handler-7".into()),
                     state: "running".into(),
@@ -210,6 +299,7 @@ mod tests {
                     awaiting: None,
                 },
                 TaskDump {
+                    count: 1,
                     address: "0x7f00cc000200".into(),
                     name: Some("fetcher".into()),
                     state: "pending".into(),
@@ -230,6 +320,7 @@ mod tests {
                     }),
                 },
                 TaskDump {
+                    count: 19_998,
                     address: "0x7f00cc000300".into(),
                     name: Some("Task-3".into()),
                     state: "pending".into(),
@@ -247,6 +338,7 @@ mod tests {
                     }),
                 },
                 TaskDump {
+                    count: 1,
                     address: "0x7f00cc000400".into(),
                     name: None,
                     state: "unknown".into(),
@@ -256,6 +348,7 @@ mod tests {
                     awaiting: None,
                 },
             ],
+            task_count: 20_001,
             notes: vec!["task layout not confirmed on a live task: task names not shown".into()],
         }
     }
@@ -276,6 +369,39 @@ mod tests {
             want,
             "golden {} differs (LOOPSPY_BLESS=1 to rewrite)",
             path.display()
+        );
+    }
+
+    /// Every string the target named, with a terminal escape and a line break in it, comes
+    /// out escaped: one line each, no control character.
+    #[test]
+    fn names_from_the_target_are_escaped() {
+        const BAD: &str = "x\x1b]0;T\x07\r\nFAKE";
+        let mut m = model();
+        m.command = BAD.into();
+        m.threads[0].name = Some(BAD.into());
+        m.threads[0].stack[0] = frame(BAD, BAD, 1);
+        m.loops[0].loop_type = BAD.into();
+        m.tasks[1].name = Some(BAD.into());
+        m.tasks[1].coroutine = Some(BAD.into());
+        m.tasks[1].await_chain[0] = link(BAD, BAD, Some(3), "suspended");
+        m.tasks[1].awaiting = Some(Awaiting::Future {
+            type_name: BAD.into(),
+        });
+        let mut out = Vec::new();
+        text(&m, &mut out).unwrap();
+        let got = String::from_utf8(out).unwrap();
+        let mut plain = Vec::new();
+        text(&model(), &mut plain).unwrap();
+        assert_eq!(
+            got.lines().count(),
+            String::from_utf8(plain).unwrap().lines().count()
+        );
+        assert!(!got.chars().any(|c| c.is_control() && c != '\n'), "{got}");
+        assert!(!got.lines().any(|l| l.starts_with("FAKE")), "{got}");
+        assert!(
+            got.matches("x\\x1b]0;T\\x07\\r\\nFAKE").count() >= 10,
+            "{got}"
         );
     }
 

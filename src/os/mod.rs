@@ -4,6 +4,8 @@
 
 pub mod fd;
 pub mod net;
+pub mod process;
+pub mod safe_read;
 pub mod signals;
 pub mod source_files;
 pub mod syscalls;

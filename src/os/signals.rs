@@ -5,7 +5,10 @@
 //! `report` stops replaying and writes nothing, and an output waiting for a FIFO reader gives
 //! up. Every exit path then drops its temporary files normally. A second signal means the user
 //! does not want to wait (a write blocked on a pipe nobody reads, say): the registered
-//! temporary files are removed and loopspy exits at once with status 1.
+//! temporary files are removed, the processes loopspy launched are killed and reaped, and
+//! loopspy exits at once with status 1. SIGHUP only ever raises the flag: a closed terminal
+//! sends it more than once (the terminal's owner, e.g. tmux or sshd, and the kernel's
+//! hang-up), and that is one event, not an impatient user.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,6 +18,8 @@ static STOP: AtomicBool = AtomicBool::new(false);
 static INSTALL: Once = Once::new();
 /// Temporary files alive now, removed by a forced exit.
 static TEMPORARY: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+/// Processes loopspy launched and has not reaped yet: killed and reaped by a forced exit.
+static CHILDREN: Mutex<Vec<i32>> = Mutex::new(Vec::new());
 
 /// Install the handler (once per process; later calls only return the flag) and return the
 /// stop flag, raised by the first SIGINT, SIGTERM or SIGHUP.
@@ -28,13 +33,47 @@ pub fn stop_flag() -> &'static AtomicBool {
                 forced_exit();
             }
         });
+        // SIGHUP gets its own handler, which only raises the flag (an atomic store is safe
+        // in a signal handler): repeated hang-ups never force an exit.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_hangup as *const () as libc::sighandler_t;
+            action.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(libc::SIGHUP, &action, std::ptr::null_mut());
+        }
     });
     &STOP
+}
+
+extern "C" fn on_hangup(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
 }
 
 /// Whether a stop was asked for. False when no handler was installed (library use, tests).
 pub fn stop_requested() -> bool {
     STOP.load(Ordering::SeqCst)
+}
+
+/// Raise the stop flag from inside loopspy (`q` in `top` stops its sampler this way). Unlike a
+/// signal it starts no count: a signal after it is still the first.
+pub fn request_stop() {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// Kill and reap process `pid` (launched by loopspy) if loopspy is forced to exit before
+/// [`reaped`] is called for it: a forced exit leaves no zombie and no orphan running.
+pub fn kill_on_forced_exit(pid: u32) {
+    if let Ok(mut list) = CHILDREN.lock() {
+        list.push(pid as i32);
+    }
+}
+
+/// `pid` was reaped: a forced exit leaves it alone.
+pub fn reaped(pid: u32) {
+    if let Ok(mut list) = CHILDREN.lock() {
+        list.retain(|p| *p != pid as i32);
+    }
 }
 
 /// Remove `path` if loopspy is forced to exit before [`forget`] is called for it.
@@ -58,6 +97,16 @@ fn forced_exit() -> ! {
     };
     for path in &list {
         let _ = std::fs::remove_file(path);
+    }
+    let children = match CHILDREN.lock() {
+        Ok(list) => list.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    };
+    for pid in children {
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
     }
     use std::io::Write;
     let _ = writeln!(

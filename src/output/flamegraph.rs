@@ -10,6 +10,7 @@ use inferno::flamegraph::color::{MultiPalette, Palette};
 use inferno::flamegraph::{self, Options};
 
 use crate::episode::Episode;
+use crate::output::escape::escape;
 use crate::sample::Frame;
 
 /// inferno's Java palette colours by annotation: `_[i]` aqua for ordinary work, `_[k]` orange for
@@ -81,19 +82,22 @@ fn frame_label(f: &Frame) -> String {
     } else {
         format!("{} ({})", f.function, crate::sample::short_path(&f.file))
     };
-    label.replace(';', ":")
+    label
+}
+
+/// One frame of a folded line: `;` separates frames, and names from the target are escaped
+/// (a control character is not valid XML, and a line break would split the folded line).
+fn folded_part(label: &str, tag: &str) -> String {
+    format!("{}{tag}", escape(label).replace(';', ":"))
 }
 
 fn folded(prefix: &[String], frames: &[Frame], tag: &str) -> String {
-    let mut parts: Vec<String> = prefix
-        .iter()
-        .map(|p| format!("{}{tag}", p.replace(';', ":")))
-        .collect();
+    let mut parts: Vec<String> = prefix.iter().map(|p| folded_part(p, tag)).collect();
     parts.extend(
         frames
             .iter()
             .rev()
-            .map(|f| format!("{}{tag}", frame_label(f))),
+            .map(|f| folded_part(&frame_label(f), tag)),
     );
     parts.join(";")
 }
@@ -236,7 +240,7 @@ impl FlameGraph {
         );
         opts.subtitle = Some(format!(
             "orange: stacks that blocked an event loop for {:.0} ms or more; blue: other work. pid {}, Python {}, {} samples at {:.0} Hz",
-            ctx.threshold_ms, ctx.pid, ctx.python_version, ctx.samples, ctx.rate
+            ctx.threshold_ms, ctx.pid, escape(&ctx.python_version), ctx.samples, ctx.rate
         ));
         opts.colors = Palette::Multi(MultiPalette::Java);
         opts.hash = true;
@@ -249,12 +253,23 @@ impl FlameGraph {
     }
 }
 
+/// The root's label: the culprit, the kind and source, and the route when the episode served
+/// a request whose route is known (`in handler (app/main.py:42) [sleep, time.sleep]
+/// [GET /orders/{order_id}]`).
 fn group_key(ep: &Episode) -> String {
     let why = match &ep.source {
         Some(s) => format!("{}, {s}", ep.kind),
         None => ep.kind.clone(),
     };
-    format!("in {} [{why}]", ep.culprit_label())
+    // Only a matched route: concrete paths would make a root per path.
+    let route = ep
+        .request
+        .as_ref()
+        .and_then(|r| Some(format!("{} {}", r.method, r.route.as_ref()?)));
+    match route {
+        Some(endpoint) => format!("in {} [{why}] [{endpoint}]", ep.culprit_label()),
+        None => format!("in {} [{why}]", ep.culprit_label()),
+    }
 }
 
 fn plural(n: usize) -> &'static str {
@@ -341,5 +356,36 @@ mod tests {
             line: 3,
         };
         assert_eq!(frame_label(&frame), "handler (app/main.py:3)");
+    }
+
+    /// A control character is not allowed in XML, and a line break would split a folded
+    /// line: names from the target are escaped before they are drawn.
+    #[test]
+    fn control_characters_in_names_are_escaped() {
+        let mut fg = FlameGraph::new(false);
+        let bad = Frame {
+            function: "f\x1b]0;T\x07\r\nFAKE;g".into(),
+            file: "/app/\x01.py".into(),
+            line: 3,
+        };
+        fg.add_stack(1, "thread\x1b 1", &[bad], false, 5);
+        let lines = fg.folded_lines(0.0);
+        assert_eq!(lines.len(), 1);
+        assert_eq!(
+            lines[0],
+            "thread\\x1b 1_[i];f\\x1b]0:T\\x07\\r\\nFAKE:g (app/\\x01.py:3)_[i] 5"
+        );
+        let mut svg = Vec::new();
+        let ctx = FlameContext {
+            pid: 1,
+            python_version: "3.11.7".into(),
+            samples: 5,
+            rate: 100.0,
+            threshold_ms: 50.0,
+            start_wall: 0.0,
+        };
+        fg.render(&ctx, &mut svg).unwrap();
+        let svg = String::from_utf8(svg).unwrap();
+        assert!(!svg.chars().any(|c| c.is_control() && !"\t\n\r".contains(c)));
     }
 }

@@ -1,7 +1,7 @@
 //! Stack samples labeled for the timeline-aware outputs (pprof files, the monitor's
 //! `/debug/pprof/profile`, Perfetto traces): each thread's stack at one full sample, with its
 //! thread, task, weight, and whether it was inside a blocking episode (`blocked`) and of what
-//! kind.
+//! kind, and for a blocked sample the route template of the request its episode served.
 //!
 //! Whether a sample was inside an episode is only known once the detector has seen the run
 //! through, so the [`Labeler`] holds a loop thread's samples while its callback runs:
@@ -45,6 +45,9 @@ pub struct LabeledStack {
     /// For a blocked sample, the episode's kind; otherwise what the OS said the thread was
     /// doing (`cpu`, `sleep`, `network`, ..., `idle` for a loop waiting for events).
     pub kind: Option<Arc<str>>,
+    /// For a blocked sample, the route template of the request its episode served, when known
+    /// (`/orders/{order_id}`; never a concrete path).
+    pub route: Option<Arc<str>>,
 }
 
 /// Samples held per thread at most while a run is undecided; past it the oldest are released
@@ -127,6 +130,7 @@ impl Labeler {
         };
         let (start, end) = episode_span(ep);
         let kind = Some(self.interner.name(&ep.kind));
+        let route = crate::output::route_of(ep).map(|r| self.interner.name(&r));
         while let Some(front) = queue.front() {
             if front.wall > end {
                 break;
@@ -135,6 +139,7 @@ impl Labeler {
             if s.wall >= start {
                 s.blocked = true;
                 s.kind.clone_from(&kind);
+                s.route.clone_from(&route);
             }
             out(s);
         }
@@ -188,6 +193,7 @@ impl Labeler {
                 loop_thread,
                 blocked: false,
                 kind: kind.map(|k| self.interner.name(k)),
+                route: None,
             };
             // Behind samples still held, so each thread's samples come out in time order.
             let key = (sample.pid, t.tid);
@@ -318,6 +324,7 @@ mod tests {
             task: None,
             coroutine: None,
             timers: None,
+            request: None,
             frames: loop_frames(function),
         }
     }

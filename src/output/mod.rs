@@ -4,6 +4,7 @@
 //! by every command.
 
 pub mod episodes;
+pub mod escape;
 pub mod flamegraph;
 pub mod labeled;
 pub mod perfetto;
@@ -16,7 +17,7 @@ use crate::episode::Episode;
 
 /// The route template of the HTTP request an episode served (`/orders/{order_id}`), when the
 /// episode carries one. Bounded: a template, never a concrete path.
-pub fn route_of(_episode: &Episode) -> Option<String> {
-    // Episode.request (design.md) is being added; until it is, no episode knows its route.
-    None
+pub fn route_of(episode: &Episode) -> Option<String> {
+    // Only a matched route: a concrete path (`/orders/7`) would make a series per order.
+    episode.request.as_ref()?.route.clone()
 }

@@ -356,6 +356,7 @@ mod tests {
             loop_thread: true,
             blocked: false,
             kind: None,
+            route: None,
         }
     }
 

@@ -7,7 +7,8 @@
 //! `wall/nanoseconds` (the time that sample stands for). Labels, all strings, with names that
 //! Pyroscope accepts (`[a-zA-Z_][a-zA-Z0-9_]*`): `thread_name`, `pid`, `task_name` (when
 //! known), `blocked` (`true` inside a blocking episode, else `false`) and `kind` (the episode's
-//! kind when blocked, else the thread's OS state: `cpu`, `sleep`, `network`, ..., `idle`).
+//! kind when blocked, else the thread's OS state: `cpu`, `sleep`, `network`, ..., `idle`), and
+//! `route` on a blocked sample whose episode served a request with a matched route template.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -30,7 +31,14 @@ use crate::recording::Header;
 use crate::sample::{Frame, Sample};
 
 /// The label names, shared with tests and docs.
-pub const LABELS: [&str; 5] = ["thread_name", "pid", "task_name", "blocked", "kind"];
+pub const LABELS: [&str; 6] = [
+    "thread_name",
+    "pid",
+    "task_name",
+    "blocked",
+    "kind",
+    "route",
+];
 
 /// Distinct (stack, labels) kept before new ones are merged into one "more stacks" entry.
 const MAX_KEYS: usize = 200_000;
@@ -44,6 +52,7 @@ struct Key {
     task: Option<Arc<str>>,
     blocked: bool,
     kind: Option<Arc<str>>,
+    route: Option<Arc<str>>,
 }
 
 /// Adds up labeled stacks into pprof samples (memory grows with distinct stacks and labels,
@@ -76,6 +85,7 @@ impl PprofBuilder {
             task: s.task.clone(),
             blocked: s.blocked,
             kind: s.kind.clone(),
+            route: s.route.clone(),
         };
         if self.totals.len() >= MAX_KEYS && !self.totals.contains_key(&key) {
             self.merged = true;
@@ -85,6 +95,7 @@ impl PprofBuilder {
                 line: 0,
             }]);
             key.task = None;
+            key.route = None;
         }
         let entry = self.totals.entry(key.clone()).or_insert_with(|| {
             self.order.push(key);
@@ -116,7 +127,7 @@ impl PprofBuilder {
         for key in &self.order {
             let (count, ns) = self.totals[key];
             let location_id = key.frames.iter().map(|f| t.location(f)).collect();
-            let mut label = Vec::with_capacity(5);
+            let mut label = Vec::with_capacity(LABELS.len());
             let mut push = |t: &mut Tables, k: &str, v: &str| {
                 label.push(protos::Label {
                     key: t.string(k),
@@ -140,6 +151,9 @@ impl PprofBuilder {
             );
             if let Some(kind) = &key.kind {
                 push(&mut t, "kind", kind);
+            }
+            if let Some(route) = &key.route {
+                push(&mut t, "route", route);
             }
             samples.push(protos::Sample {
                 location_id,
@@ -396,6 +410,7 @@ mod tests {
             loop_thread: true,
             blocked,
             kind: Some(Arc::from(if blocked { "sleep" } else { "cpu" })),
+            route: blocked.then(|| Arc::from("/orders/{order_id}")),
         }
     }
 
@@ -412,7 +427,7 @@ mod tests {
         assert_eq!(p.sample.len(), 2);
         assert_eq!(p.function.len(), 2);
         let text = to_text(&p);
-        assert!(text.contains("[2, 20000000] [thread_name=MainThread pid=7 task_name=Task-1 blocked=true kind=sleep] run (app/main.py:3);handler (app/main.py:9)"), "{text}");
+        assert!(text.contains("[2, 20000000] [thread_name=MainThread pid=7 task_name=Task-1 blocked=true kind=sleep route=/orders/{order_id}] run (app/main.py:3);handler (app/main.py:9)"), "{text}");
         assert!(text.contains("[1, 100000000] [thread_name=MainThread pid=7 task_name=Task-1 blocked=false kind=cpu]"), "{text}");
         for l in &p.sample[0].label {
             let name = &p.string_table[l.key as usize];

@@ -8,6 +8,7 @@ use anyhow::Result;
 
 use crate::acquire::sampler::SamplerStats;
 use crate::episode::Episode;
+use crate::output::escape::escape;
 
 /// Everything the summary reports.
 pub struct Summary<'a> {
@@ -18,10 +19,28 @@ pub struct Summary<'a> {
     pub threshold_ms: f64,
     /// Files written, in order.
     pub outputs: &'a [String],
+    /// Things the reader should know about how the results were made (one line each), e.g.
+    /// source files whose text was not trusted.
+    pub notes: &'a [String],
 }
 
 const WORST_SHOWN: usize = 5;
 const CULPRITS_SHOWN: usize = 5;
+const ENDPOINTS_SHOWN: usize = 10;
+/// Distinct endpoints tallied; later ones (paths without a route can be many) are merged.
+const MAX_ENDPOINTS: usize = 1000;
+/// The row of episodes that served no (readable) request.
+const NO_REQUEST: &str = "(no request)";
+const OTHER_ENDPOINTS: &str = "(other endpoints)";
+
+/// One endpoint's episodes: count, total and worst ms, and blocked ms per culprit.
+#[derive(Debug, Default)]
+struct EndpointTally {
+    count: usize,
+    total_ms: f64,
+    worst_ms: f64,
+    culprits: BTreeMap<String, f64>,
+}
 
 /// What the summary needs of the episodes, kept as they come: totals, the worst few, and one
 /// entry per culprit. Bounded however long the recording runs.
@@ -36,6 +55,10 @@ pub struct EpisodeTally {
     worst: Vec<Episode>,
     /// culprit label → (count, total ms, worst ms, advice).
     by_culprit: BTreeMap<String, (usize, f64, f64, Option<String>)>,
+    /// `GET /orders/{order_id}` (the route, else the path) → its episodes.
+    by_endpoint: BTreeMap<String, EndpointTally>,
+    /// Whether any episode served a request (the endpoint table is shown then).
+    any_request: bool,
 }
 
 impl EpisodeTally {
@@ -44,9 +67,25 @@ impl EpisodeTally {
         self.total_ms += e.duration_ms;
         self.lower_bounds += usize::from(e.duration_is_lower_bound());
         self.max_error_ms = self.max_error_ms.max(e.duration_error_ms.unwrap_or(0.0));
+        // Names and paths come from the target: escaped before they reach a terminal.
+        let label = escape(&format!("{}  [{}]", e.culprit_label(), why(e))).into_owned();
+        self.any_request |= e.request.is_some();
+        let mut endpoint = e
+            .endpoint()
+            .map_or_else(|| NO_REQUEST.to_string(), |p| escape(&p).into_owned());
+        if self.by_endpoint.len() >= MAX_ENDPOINTS && !self.by_endpoint.contains_key(&endpoint) {
+            endpoint = OTHER_ENDPOINTS.to_string();
+        }
+        let ep = self.by_endpoint.entry(endpoint).or_default();
+        ep.count += 1;
+        ep.total_ms += e.duration_ms;
+        ep.worst_ms = ep.worst_ms.max(e.duration_ms);
+        if ep.culprits.len() < MAX_ENDPOINTS || ep.culprits.contains_key(&label) {
+            *ep.culprits.entry(label.clone()).or_insert(0.0) += e.duration_ms;
+        }
         let entry = self
             .by_culprit
-            .entry(format!("{}  [{}]", e.culprit_label(), why(e)))
+            .entry(label)
             .or_insert((0, 0.0, 0.0, e.advice.clone()));
         entry.0 += 1;
         entry.1 += e.duration_ms;
@@ -84,7 +123,7 @@ pub fn write(out: &mut dyn Write, s: &Summary) -> Result<()> {
         error_share,
         st.late,
         st.max_late_ms,
-        st.end
+        escape(&st.end)
     )?;
     match (st.clock.as_str(), &st.clock_note) {
         ("", _) => {}
@@ -100,7 +139,11 @@ pub fn write(out: &mut dyn Write, s: &Summary) -> Result<()> {
     if s.loops.is_empty() {
         writeln!(out, "loopspy: no asyncio event loop was found in the target (is it running one? loops are found while they run)")?;
     } else {
-        writeln!(out, "loopspy: event loops seen on {}", s.loops.join(", "))?;
+        writeln!(
+            out,
+            "loopspy: event loops seen on {}",
+            escape(&s.loops.join(", "))
+        )?;
     }
     let t = s.episodes;
     if t.count == 0 {
@@ -134,13 +177,13 @@ pub fn write(out: &mut dyn Write, s: &Summary) -> Result<()> {
                 out,
                 "    {}  {}  [{}]  on {}{}{}{}",
                 duration_label(e, tick_ms),
-                e.culprit_label(),
-                why(e),
-                crate::sample::thread_label(e.thread.as_deref(), e.tid),
+                escape(&e.culprit_label()),
+                escape(&why(e)),
+                escape(&crate::sample::thread_label(e.thread.as_deref(), e.tid)),
                 match &e.gil_holder {
                     Some(h) => format!(
                         ", GIL held by {}",
-                        crate::sample::thread_label(h.thread.as_deref(), h.tid)
+                        escape(&crate::sample::thread_label(h.thread.as_deref(), h.tid))
                     ),
                     None => String::new(),
                 },
@@ -165,12 +208,18 @@ pub fn write(out: &mut dyn Write, s: &Summary) -> Result<()> {
                 "    {n:>4}x  total {total:>8.0} ms  worst {worst:>7.0} ms  {label}"
             )?;
             if let Some(a) = advice {
-                writeln!(out, "           fix: {a}")?;
+                writeln!(out, "           fix: {}", escape(a))?;
             }
         }
+        if t.any_request {
+            endpoints(out, t)?;
+        }
+    }
+    for n in s.notes {
+        writeln!(out, "loopspy: note: {}", escape(n))?;
     }
     if !s.outputs.is_empty() {
-        writeln!(out, "loopspy: wrote {}", s.outputs.join(", "))?;
+        writeln!(out, "loopspy: wrote {}", escape(&s.outputs.join(", ")))?;
     }
     Ok(())
 }
@@ -187,6 +236,36 @@ fn duration_label(e: &Episode, tick_ms: f64) -> String {
         label.push_str(&format!(" ±{err:.0}"));
     }
     label
+}
+
+/// The "blocked time by endpoint" table: each endpoint's episodes and the culprit that blocked
+/// it longest.
+fn endpoints(out: &mut dyn Write, t: &EpisodeTally) -> Result<()> {
+    writeln!(out, "  blocked time by endpoint:")?;
+    let mut by: Vec<_> = t.by_endpoint.iter().collect();
+    by.sort_by(|a, b| b.1.total_ms.total_cmp(&a.1.total_ms).then(a.0.cmp(b.0)));
+    for (endpoint, e) in by.iter().take(ENDPOINTS_SHOWN) {
+        writeln!(
+            out,
+            "    {:>4}x  total {:>8.0} ms  worst {:>7.0} ms  {endpoint}",
+            e.count, e.total_ms, e.worst_ms
+        )?;
+        let top = e
+            .culprits
+            .iter()
+            .max_by(|a, b| a.1.total_cmp(b.1).then(b.0.cmp(a.0)));
+        if let Some((culprit, ms)) = top {
+            writeln!(out, "           top culprit: {culprit}, {ms:.0} ms")?;
+        }
+    }
+    if by.len() > ENDPOINTS_SHOWN {
+        writeln!(
+            out,
+            "           and {} more endpoints",
+            by.len() - ENDPOINTS_SHOWN
+        )?;
+    }
+    Ok(())
 }
 
 /// `kind, source`: a database call reads as a query (on its driver, under an ORM), a wait on a

@@ -24,7 +24,7 @@ use super::attrs::instance_attr;
 use super::code::CodeCache;
 use super::collections::dict_items;
 use super::coro::{await_chain, qualname, Awaited, Link, Qualnames};
-use super::dict::{find_str, KeyCache};
+use super::dict::{find_str, find_str_large, KeyCache};
 use super::kinds::{Kind, Kinds};
 use super::mem::{i64_at, plausible_obj, read_bytes, read_u64, u64_at};
 use super::offsets::{Layout, OB_SIZE, OB_TYPE};
@@ -72,14 +72,14 @@ pub enum AwaitTarget {
 }
 
 pub struct AsyncioReader {
-    layout: Layout,
+    pub(super) layout: Layout,
     pub(super) al: AsyncLayout,
     pid: i32,
     interp: u64,
     /// Address of the `sys.modules` pointer.
     modules_ptr: u64,
     pub(super) kinds: Kinds,
-    codes: CodeCache,
+    pub(super) codes: CodeCache,
     qualnames: Qualnames,
     pub(super) tasks: TaskReader,
     pub(super) globals: Globals,
@@ -94,6 +94,8 @@ pub struct AsyncioReader {
     modules_seen: Option<u64>,
     /// Slot offsets of `TimerHandle`, for `due_timer_task`.
     pub(super) handle_slots: super::waiting::HandleSlots,
+    /// The request reader's caches (see `request`).
+    pub(super) requests: super::request::RequestState,
 }
 
 impl AsyncioReader {
@@ -116,6 +118,7 @@ impl AsyncioReader {
             task_texts: HashMap::new(),
             modules_seen: None,
             handle_slots: Default::default(),
+            requests: super::request::RequestState::for_minor(al.minor),
         };
         reader.refresh(&spy.process);
         Ok(reader)
@@ -134,6 +137,7 @@ impl AsyncioReader {
         self.timer_slots.clear();
         self.task_texts.clear();
         self.handle_slots.clear();
+        self.requests.refresh();
         if self.al.minor >= 14 && self.debug.is_none() {
             if let Ok(Some(o)) = asyncio_offsets(self.pid) {
                 self.debug = Some(o);
@@ -197,7 +201,9 @@ impl AsyncioReader {
         name: &'static [u8],
     ) -> Option<u64> {
         self.is(mem, modules, Kind::Dict)?;
-        let module = self.lookup(mem, modules, name)?;
+        let mut key = KeyCache::new(name);
+        let (dl, ascii) = (self.layout.dict, self.layout.str_ascii_size);
+        let module = find_str_large(mem, dl, ascii, modules, &mut key)?.value;
         self.is(mem, module, Kind::Module)?;
         let dict = read_u64(mem, module.checked_add(MODULE_DICT)?)?;
         self.is(mem, dict, Kind::Dict)?;
@@ -243,24 +249,34 @@ impl AsyncioReader {
         loop_: u64,
     ) -> Option<CurrentTask> {
         let task = match self.debug {
-            Some(o) => read_u64(mem, tstate.checked_add(o.running_task)?)?,
-            None => {
-                let dict = self.globals.current?;
-                // `{loop: task}`: one entry per loop running a task; a key is its loop.
-                let items = dict_items(mem, self.layout.dict, dict)?;
-                items.iter().find(|(k, _)| *k == loop_)?.1
-            }
+            Some(o) => match read_u64(mem, tstate.checked_add(o.running_task)?)? {
+                // 3.14's pure-Python tasks (`_PyTask`) step through `_py_enter_task`, which
+                // records them in the module's `_current_tasks` dict, not the thread state.
+                0 => self.current_in_dict(mem, loop_)?,
+                t => t,
+            },
+            None => self.current_in_dict(mem, loop_)?,
         };
         if !plausible_obj(task) {
             return None;
         }
-        self.tasks
-            .calibrate(mem, &self.al, &mut self.kinds, task, loop_);
-        let head = self.tasks.head(mem, &self.al, &mut self.kinds, task)?;
+        if self.kinds.of_object(mem, task, self.al.tuple_items)?.1 == Kind::Task {
+            self.tasks
+                .calibrate(mem, &self.al, &mut self.kinds, task, loop_);
+        }
+        let head = self.any_head(mem, task)?;
         if head.loop_ != loop_ {
             return None;
         }
         self.describe(mem, task, &head)
+    }
+
+    /// The task `asyncio.tasks._current_tasks` (`{loop: task}`, one entry per loop running a
+    /// task) holds for `loop_`.
+    fn current_in_dict<M: Memory + ?Sized>(&mut self, mem: &M, loop_: u64) -> Option<u64> {
+        let dict = self.globals.current?;
+        let items = dict_items(mem, self.layout.dict, dict)?;
+        items.iter().find(|(k, _)| *k == loop_).map(|e| e.1)
     }
 
     /// The task at `task`, when it runs on `loop_` and awaits exactly the future `fut`.
@@ -294,7 +310,7 @@ impl AsyncioReader {
             Some((o, texts)) if *o == objects && texts.0.is_some() => texts.clone(),
             _ => {
                 let texts = (
-                    self.tasks.name(mem, &self.al, &mut self.kinds, head),
+                    self.head_name(mem, head),
                     qualname(
                         mem,
                         &self.al,
@@ -367,6 +383,14 @@ impl AsyncioReader {
             if self.tasks.calibrated {
                 return;
             }
+            if self
+                .kinds
+                .of_object(mem, t, self.al.tuple_items)
+                .map(|k| k.1)
+                != Some(Kind::Task)
+            {
+                continue;
+            }
             if let Some(l) = read_u64(mem, t + 16).filter(|l| loops.contains(l)) {
                 self.tasks.calibrate(mem, &self.al, &mut self.kinds, t, l);
             }
@@ -375,7 +399,7 @@ impl AsyncioReader {
 
     /// Everything about one task, with its await chain.
     pub fn task_info<M: Memory + ?Sized>(&mut self, mem: &M, task: u64) -> Option<TaskInfo> {
-        let head = self.tasks.head(mem, &self.al, &mut self.kinds, task)?;
+        let head = self.any_head(mem, task)?;
         let (chain, awaited) =
             await_chain(mem, &self.al, &mut self.kinds, &mut self.codes, head.coro);
         let awaiting = awaited.map(|a| match a {
@@ -388,7 +412,7 @@ impl AsyncioReader {
         });
         Some(TaskInfo {
             address: task,
-            name: self.tasks.name(mem, &self.al, &mut self.kinds, &head),
+            name: self.head_name(mem, &head),
             state: head.state,
             loop_: head.loop_,
             coroutine: qualname(
@@ -404,8 +428,8 @@ impl AsyncioReader {
     }
 
     fn task_name<M: Memory + ?Sized>(&mut self, mem: &M, task: u64) -> Option<String> {
-        let head = self.tasks.head(mem, &self.al, &mut self.kinds, task)?;
-        self.tasks.name(mem, &self.al, &mut self.kinds, &head)
+        let head = self.any_head(mem, task)?;
+        self.head_name(mem, &head)
     }
 
     /// One read of a task's fields (validated), for the task walkers.

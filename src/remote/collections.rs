@@ -11,8 +11,9 @@ use super::dict::EntryTable;
 use super::mem::{plausible_obj, read_bytes, u64_at};
 use super::offsets::DictLayout;
 
-/// Largest set table we copy (entries): 1M entries is 16 MiB; more is garbage.
-const MAX_SET_SLOTS: u64 = 1 << 20;
+/// Largest set table we copy (entries): 4M slots (64 MiB) hold a million tasks at CPython's
+/// 60% fill; more is garbage.
+const MAX_SET_SLOTS: u64 = 1 << 22;
 /// `PySetObject` (gdb, 3.8–3.13; unchanged in 3.14's `setobject.h`): `fill` @16, `used` @24,
 /// `mask` @32, `table` @40; entries are `{key, hash}`.
 const SET_USED: u64 = 24;

@@ -103,7 +103,7 @@ pub fn await_chain<M: Memory + ?Sized>(
                 };
                 return (links, describe(mem, l, kinds, fut));
             }
-            Kind::Task => return (links, Some(Awaited::Task(obj))),
+            Kind::Task | Kind::PyTask => return (links, Some(Awaited::Task(obj))),
             Kind::Future => {
                 return (links, kinds.type_name(mem, tp).map(Awaited::Future));
             }
@@ -123,7 +123,7 @@ fn describe<M: Memory + ?Sized>(
 ) -> Option<Awaited> {
     let (tp, kind) = kinds.of_object(mem, fut, l.tuple_items)?;
     match kind {
-        Kind::Task => Some(Awaited::Task(fut)),
+        Kind::Task | Kind::PyTask => Some(Awaited::Task(fut)),
         Kind::Future => kinds.type_name(mem, tp).map(Awaited::Future),
         _ => None,
     }

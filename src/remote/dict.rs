@@ -61,13 +61,47 @@ pub fn find_str<M: Memory + ?Sized>(
     dict_addr: u64,
     key: &mut KeyCache,
 ) -> Option<Found> {
+    find_str_bounded(mem, layout, str_ascii_size, dict_addr, key, MAX_ENTRIES)
+}
+
+/// Largest dict `find_str_large` reads: `sys.modules` of a big application has tens of
+/// thousands of entries (24 MiB of entries at this bound).
+pub const MAX_LARGE_ENTRIES: u64 = 1 << 20;
+
+/// `find_str` for a dict that can be large (`sys.modules`: one entry per imported module, past
+/// 4096 in big applications).
+pub fn find_str_large<M: Memory + ?Sized>(
+    mem: &M,
+    layout: DictLayout,
+    str_ascii_size: u64,
+    dict_addr: u64,
+    key: &mut KeyCache,
+) -> Option<Found> {
+    find_str_bounded(
+        mem,
+        layout,
+        str_ascii_size,
+        dict_addr,
+        key,
+        MAX_LARGE_ENTRIES,
+    )
+}
+
+fn find_str_bounded<M: Memory + ?Sized>(
+    mem: &M,
+    layout: DictLayout,
+    str_ascii_size: u64,
+    dict_addr: u64,
+    key: &mut KeyCache,
+    max_entries: u64,
+) -> Option<Found> {
     if !plausible_obj(dict_addr) {
         return None;
     }
     // PyDictObject: ma_used @16, ma_keys @32, ma_values @40 (all versions).
     let d = read_bytes(mem, dict_addr, 48)?;
     let used = u64_at(&d, 16)?;
-    if used == 0 || used > MAX_ENTRIES {
+    if used == 0 || used > max_entries {
         return None;
     }
     let keys = u64_at(&d, 32)?;
@@ -91,7 +125,7 @@ pub fn find_str<M: Memory + ?Sized>(
             key,
         );
     }
-    let t = EntryTable::read(mem, layout, keys)?;
+    let t = EntryTable::read_bounded(mem, layout, keys, max_entries)?;
     let i = t.index_of(mem, str_ascii_size, key)?;
     let v = u64_at(&t.bytes, i * t.entry_size + t.value_off)?;
     let slot = keys.checked_add(t.entries_off + i * t.entry_size + t.value_off)?;
@@ -141,6 +175,16 @@ impl EntryTable {
         layout: DictLayout,
         keys: u64,
     ) -> Option<EntryTable> {
+        Self::read_bounded(mem, layout, keys, MAX_ENTRIES)
+    }
+
+    /// Like `read`, for tables of up to `max_entries` entries.
+    pub(super) fn read_bounded<M: Memory + ?Sized>(
+        mem: &M,
+        layout: DictLayout,
+        keys: u64,
+        max_entries: u64,
+    ) -> Option<EntryTable> {
         let hdr_len = match layout {
             DictLayout::Pre311 => 40,
             DictLayout::Post311 { .. } => 32,
@@ -149,7 +193,7 @@ impl EntryTable {
         let (entries_off, nentries, entry_size, key_off, value_off) = match layout {
             DictLayout::Pre311 => {
                 let size = u64_at(&buf, 8)?;
-                if !size.is_power_of_two() || !(8..=1 << 20).contains(&size) {
+                if !size.is_power_of_two() || !(8..=1 << 22).contains(&size) {
                     return None;
                 }
                 // Index width grows with the table size (int8/16/32/64 indices).
@@ -171,7 +215,7 @@ impl EntryTable {
                 let log2_index_bytes = u8_at(&buf, 9)? as u64;
                 let kind = u8_at(&buf, 10)?;
                 // Index bytes = size * width, width 1..=8, so log2 differs by 0..=3.
-                if !(3..=20).contains(&log2_size)
+                if !(3..=22).contains(&log2_size)
                     || !(log2_size..=log2_size + 3).contains(&log2_index_bytes)
                     || kind > 2
                 {
@@ -186,7 +230,7 @@ impl EntryTable {
                 (32 + (1u64 << log2_index_bytes), n, es, ko, vo)
             }
         };
-        if nentries > MAX_ENTRIES {
+        if nentries > max_entries {
             return None;
         }
         let len = nentries * entry_size;

@@ -44,6 +44,9 @@ pub enum Kind {
     Task,
     /// `_asyncio.Future` or a subclass (not a Task): the C `FutureObj` layout.
     Future,
+    /// The pure-Python `asyncio.tasks.Task` (`asyncio.tasks._PyTask`) or a subclass: its fields
+    /// are instance attributes (`_loop`, `_state`, `_coro`, `_name`, `_fut_waiter`).
+    PyTask,
     /// Anything else, by type name.
     Other(String),
 }
@@ -87,10 +90,14 @@ impl Kinds {
             Some(k) => k,
             None => {
                 let mro = self.mro_names(mem, tp, tuple_items)?;
-                if mro.iter().any(|n| n == "_asyncio.Task") {
+                let has = |want: &str| mro.iter().any(|n| n == want);
+                if has("_asyncio.Task") {
                     Kind::Task
-                } else if mro.iter().any(|n| n == "_asyncio.Future") {
+                } else if has("_asyncio.Future") {
                     Kind::Future
+                } else if has("Task") && has("Future") {
+                    // asyncio.tasks._PyTask derives from the pure-Python futures.Future.
+                    Kind::PyTask
                 } else {
                     Kind::Other(name)
                 }
@@ -108,7 +115,8 @@ impl Kinds {
         self.names.of_type(mem, tp)
     }
 
-    fn mro_names<M: Memory + ?Sized>(
+    /// `tp_name` of every type in `tp`'s MRO, itself first.
+    pub fn mro_names<M: Memory + ?Sized>(
         &mut self,
         mem: &M,
         tp: u64,

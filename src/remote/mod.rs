@@ -48,7 +48,9 @@ mod mem;
 mod names;
 mod objects;
 mod offsets;
+mod py_tasks;
 mod ready;
+mod request;
 mod runtime;
 mod scanner;
 mod stacks;
@@ -75,6 +77,7 @@ pub use offsets::{DictLayout, Layout, LoopSlot};
 pub use runtime::{DiscoverError, Runtime, Version};
 pub use scanner::{LoopSlotWatch, PyThread, RunningLoop, ThreadScanner};
 pub use stacks::{StackError, StackOf, StackReader, KEEP_INNER, KEEP_OUTER};
+pub use task_sets::MAX_TASKS;
 pub use tasks::TaskState;
 
 /// An attached interpreter: the process, where its runtime is, and the layouts of its version.

@@ -111,8 +111,42 @@ pub fn str_from<M: Memory + ?Sized>(
     Some(text)
 }
 
-/// Decodes compact string data of the given kind (bytes per character); a code point that is
-/// not a character becomes U+FFFD. `None` for ASCII data with a non-ASCII byte (not a string).
+/// At most the first `max_chars` characters of the compact `str` at `addr`, whose first bytes
+/// are `head`, and whether it was longer: only that prefix is read, so a huge string costs no
+/// more than a short one.
+pub fn str_prefix<M: Memory + ?Sized>(
+    mem: &M,
+    l: StrLayout,
+    addr: u64,
+    head: &[u8],
+    max_chars: u64,
+) -> Option<(String, bool)> {
+    let len = u64_at(head, LENGTH)?;
+    let state = u32_at(head, STATE)?;
+    let (kind, compact, ascii) = ((state >> 2) & 7, (state >> 5) & 1, (state >> 6) & 1);
+    if compact == 0 || !matches!(kind, 1 | 2 | 4) || (ascii == 1 && kind != 1) {
+        return None;
+    }
+    // Py_ssize_t: a negative or absurd length is garbage.
+    if len > i64::MAX as u64 / 4 {
+        return None;
+    }
+    let data = if ascii == 1 {
+        l.ascii_data
+    } else {
+        l.compact_data
+    };
+    let take = len.min(max_chars);
+    let nbytes = (take * kind as u64) as usize;
+    let start = data as usize;
+    let bytes = match head.get(start..start + nbytes) {
+        Some(b) => b.to_vec(),
+        None => read_bytes(mem, addr.checked_add(data)?, nbytes)?,
+    };
+    Some((decode(&bytes, kind, ascii == 1)?, len > take))
+}
+
+/// Decodes compact string data of the given kind (bytes per character).
 fn decode(bytes: &[u8], kind: u32, ascii: bool) -> Option<String> {
     let lossy = |c: u32| char::from_u32(c).unwrap_or(char::REPLACEMENT_CHARACTER);
     match kind {

@@ -17,15 +17,16 @@ use super::async_offsets::WR_OBJECT;
 use super::asyncio::AsyncioReader;
 use super::collections::set_items;
 use super::kinds::Kind;
-use super::mem::read_u64;
+use super::mem::{read_bytes, read_u64, u64_at};
 
-/// Most tasks we list.
-pub const MAX_TASKS: usize = 100_000;
+/// Most tasks we list: a million tasks are a few seconds of reads and 8 MiB of addresses;
+/// past it `task_addresses` says the list was cut.
+pub const MAX_TASKS: usize = 1_000_000;
 
 /// asyncio's module-level registries, once found.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Globals {
-    /// `_current_tasks` (dict), 3.8–3.13.
+    /// `_current_tasks` (dict): every task on 3.8–3.13, pure-Python tasks (`_PyTask`) on 3.14.
     pub current: Option<u64>,
     /// `_all_tasks` (WeakSet), ≤3.11.
     pub all: Option<u64>,
@@ -62,8 +63,8 @@ impl Globals {
             Some(v)
         };
         Globals {
-            // 3.14 keeps a pure-Python `_current_tasks` that nothing updates: not used.
-            current: get(b"_current_tasks", Kind::Dict, minor <= 13),
+            // 3.14 records only pure-Python tasks there (C tasks are in the thread state).
+            current: get(b"_current_tasks", Kind::Dict, true),
             all: get(b"_all_tasks", weakset(), minor <= 11),
             scheduled: get(b"_scheduled_tasks", weakset(), minor >= 12),
             eager: get(b"_eager_tasks", Kind::Set, (12..=13).contains(&minor)),
@@ -73,8 +74,13 @@ impl Globals {
 
 impl AsyncioReader {
     /// The addresses of every task the target has registered, each type-checked, without
-    /// duplicates. `tstates` are the thread states (3.14 keeps a task list in each).
-    pub fn task_addresses<M: Memory + ?Sized>(&mut self, mem: &M, tstates: &[u64]) -> Vec<u64> {
+    /// duplicates, and whether the list stopped at `MAX_TASKS`. `tstates` are the thread
+    /// states (3.14 keeps a task list in each).
+    pub fn task_addresses<M: Memory + ?Sized>(
+        &mut self,
+        mem: &M,
+        tstates: &[u64],
+    ) -> (Vec<u64>, bool) {
         let mut out = Vec::new();
         let g = self.globals;
         for ws in [g.all, g.scheduled].into_iter().flatten() {
@@ -82,7 +88,7 @@ impl AsyncioReader {
         }
         if let Some(set) = g.eager {
             for t in set_items(mem, set).unwrap_or_default() {
-                if self.is(mem, t, Kind::Task).is_some() {
+                if self.is_task(mem, t) {
                     out.push(t);
                 }
             }
@@ -96,8 +102,9 @@ impl AsyncioReader {
         }
         let mut seen = HashSet::new();
         out.retain(|t| seen.insert(*t));
+        let cut = out.len() >= MAX_TASKS;
         out.truncate(MAX_TASKS);
-        out
+        (out, cut)
     }
 
     /// The live tasks of a `WeakSet`: `ws.data` is a set of weak references.
@@ -112,14 +119,17 @@ impl AsyncioReader {
             if out.len() >= MAX_TASKS {
                 return;
             }
-            if self.is(mem, r, Kind::WeakRef).is_none() {
+            // One read: the reference's type and referent (a dead one points at None).
+            let Some(b) = read_bytes(mem, r, (WR_OBJECT + 8) as usize) else {
                 continue;
-            }
-            // A dead reference points at None.
-            if let Some(t) = read_u64(mem, r + WR_OBJECT) {
-                if self.is(mem, t, Kind::Task).is_some() {
-                    out.push(t);
-                }
+            };
+            let (Some(tp), Some(t)) = (u64_at(&b, 8), u64_at(&b, WR_OBJECT)) else {
+                continue;
+            };
+            if self.kinds.of_type(mem, tp, self.al.tuple_items) == Some(Kind::WeakRef)
+                && self.is_task(mem, t)
+            {
+                out.push(t);
             }
         }
     }

@@ -47,6 +47,8 @@ pub struct TaskHead {
     pub fut_waiter: u64,
     /// 3.14: the `next` pointer of `task_node`.
     pub next_node: Option<u64>,
+    /// A pure-Python task (`Kind::PyTask`): `name` is its `_name` attribute, a `str`.
+    pub python: bool,
 }
 
 /// Reads tasks with calibrated offsets.
@@ -162,6 +164,7 @@ impl TaskReader {
             name: u64_at(&b, o.name)?,
             fut_waiter: u64_at(&b, o.fut_waiter())?,
             next_node: o.node.and_then(|n| u64_at(&b, n)),
+            python: false,
         })
     }
 

@@ -43,7 +43,12 @@ impl TaskIds {
 /// The innermost value of a `status` file's `NSpid:` line (the id in the process's own
 /// namespace); None when there is no such line.
 fn inner_id(status: &str) -> Option<u32> {
-    let line = status.lines().find(|l| l.starts_with("NSpid:"))?;
+    innermost(status, "NSpid:")
+}
+
+/// The innermost value of the `status` line starting with `key`.
+fn innermost(status: &str, key: &str) -> Option<u32> {
+    let line = status.lines().find(|l| l.starts_with(key))?;
     line.split_whitespace().last()?.parse().ok()
 }
 
@@ -52,8 +57,17 @@ fn inner_id(status: &str) -> Option<u32> {
 pub fn task_ids(pid: i32) -> Option<TaskIds> {
     let host = os_tids(pid)?;
     let own = std::fs::read_to_string(format!("/proc/{pid}/status")).ok();
-    let inner_pid = own.as_deref().and_then(inner_id).unwrap_or(pid as u32);
-    let inner_to_host = if inner_pid == pid as u32 {
+    // The process's numbers (`NStgid`, `Tgid`), not the thread's: `pid` may be any of its
+    // threads (the one reads go through when the main thread has exited).
+    let inner_pid = own
+        .as_deref()
+        .and_then(|s| innermost(s, "NStgid:"))
+        .unwrap_or(pid as u32);
+    let host_pid = own
+        .as_deref()
+        .and_then(|s| innermost(s, "Tgid:"))
+        .unwrap_or(pid as u32);
+    let inner_to_host = if inner_pid == host_pid {
         host.into_iter().map(|t| (t, t)).collect()
     } else {
         host.into_iter()
@@ -125,11 +139,17 @@ impl PthreadTid {
         for off in candidates {
             let vals: Option<Vec<u32>> = bufs.iter().map(|b| u32_at(b, off)).collect();
             let Some(vals) = vals else { continue };
-            let distinct: HashSet<u32> = vals.iter().copied().collect();
-            let all_known = vals.iter().all(|v| *v != 0 && tids.contains(v));
-            let has_main = vals.contains(&(pid as u32));
-            if all_known && distinct.len() == vals.len() && (has_main || vals.len() >= 2) {
-                let strong = vals.len() >= 2;
+            // A thread that exited (a main thread that called `pthread_exit`, whose thread
+            // state stays listed) has its `tid` cleared to 0 by the kernel: it proves nothing
+            // either way, but it explains a lone live thread without the main one.
+            let exited = vals.iter().filter(|v| **v == 0).count() == 1;
+            let live: Vec<u32> = vals.into_iter().filter(|v| *v != 0).collect();
+            let distinct: HashSet<u32> = live.iter().copied().collect();
+            let all_known = !live.is_empty() && live.iter().all(|v| tids.contains(v));
+            let has_main = live.contains(&(pid as u32));
+            if all_known && distinct.len() == live.len() && (has_main || live.len() >= 2 || exited)
+            {
+                let strong = live.len() >= 2;
                 // Never let a weaker result replace a strong one.
                 if strong || !self.strong {
                     *self = PthreadTid {
@@ -211,5 +231,21 @@ mod tests {
         // Garbage afterwards does not demote a strong calibration.
         c.calibrate(&m, 100, &[0x30_0000], &tids);
         assert_eq!(c.offset, Some(0x2f0));
+    }
+
+    /// A main thread that called `pthread_exit` stays listed with its `tid` cleared to 0:
+    /// the live thread beside it still calibrates (weakly).
+    #[test]
+    fn an_exited_main_thread_does_not_stop_calibration() {
+        let mut m = FakeMem::default();
+        m.put(0x10_0000, pthread(&[(0x2f0, 0)]));
+        m.put(0x20_0000, pthread(&[(0x2f0, 101)]));
+        let tids: HashSet<u32> = [100, 101].into_iter().collect();
+        let mut c = PthreadTid::default();
+        c.calibrate(&m, 100, &[0x10_0000, 0x20_0000], &tids);
+        assert_eq!(c.offset, Some(0x2f0));
+        assert!(!c.strong);
+        assert_eq!(c.read(&m, 0x20_0000, &tids), Some(101));
+        assert_eq!(c.read(&m, 0x10_0000, &tids), None);
     }
 }

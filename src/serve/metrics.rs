@@ -396,6 +396,40 @@ mod tests {
     }
 
     #[test]
+    fn route_label_is_the_route_template_never_the_path() {
+        let m = Metrics::new();
+        let mut routed = episode(7, 120.0);
+        routed.request = Some(crate::sample::Request {
+            method: "GET".into(),
+            path: "/orders/7".into(),
+            route: Some("/orders/{order_id}".into()),
+        });
+        // A request the router had not matched yet: its path must not become a label value.
+        let mut unmatched = episode(7, 120.0);
+        unmatched.request = Some(crate::sample::Request {
+            method: "GET".into(),
+            path: "/orders/8".into(),
+            route: None,
+        });
+        m.on_episode(&routed);
+        m.on_episode(&unmatched);
+        let text = m.encode();
+        let labels = |route: &str| {
+            format!(
+                r#"pid="7",thread_name="MainThread",kind="sleep",source="time.sleep",route="{route}""#
+            )
+        };
+        for route in ["/orders/{order_id}", "none"] {
+            let want = format!("loopspy_blocking_episodes_total{{{}}} 1", labels(route));
+            assert!(text.contains(&want), "missing {want} in:\n{text}");
+        }
+        assert!(
+            !text.contains("/orders/7") && !text.contains("/orders/8"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn exposition_has_the_contract_names_and_labels() {
         let m = Metrics::new();
         m.on_episode(&episode(7, 120.0));

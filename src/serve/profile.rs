@@ -134,6 +134,7 @@ mod tests {
             loop_thread: true,
             blocked: false,
             kind: Some("cpu".into()),
+            route: None,
         }
     }
 

@@ -2,6 +2,7 @@
 //! and episodes; `render` draws it (pure, golden-tested at fixed sizes); `terminal` is the thin
 //! I/O layer (raw mode, keys, refresh, and a plain-text mode when stdout is not a terminal).
 
+pub mod keys;
 pub mod model;
 pub mod render;
 pub mod terminal;
@@ -23,7 +24,7 @@ pub fn feed_sample(
             model.on_episode(&episode);
         }
     }
-    model.on_sample(s.mono, s.wall, detector.loops(s.mono), stats);
+    model.on_sample(s.pid, s.mono, s.wall, detector.loops(s.mono), stats);
 }
 
 /// Sampling ended (`why`): close open episodes and say so.

@@ -12,6 +12,10 @@ use crate::episode::{Episode, Location};
 pub const BUSY_WINDOW: f64 = 10.0;
 /// Episodes counted as recent for the per-loop column.
 pub const EPISODE_WINDOW: f64 = 60.0;
+/// Seconds of blocked time each loop's sparkline covers.
+pub const SPARK_SECONDS: usize = 60;
+/// Distinct endpoints remembered per culprit.
+const MAX_ENDPOINTS: usize = 64;
 const RECENT_KEPT: usize = 50;
 
 /// How the culprit table is sorted; `s` cycles through them.
@@ -43,6 +47,17 @@ impl SortKey {
     }
 }
 
+/// How the view reaches the user, which decides what its footer says about keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ViewKind {
+    /// The full-screen view, with keys.
+    #[default]
+    FullScreen,
+    /// Plain-text snapshots (stdout is not a terminal); `reads_q` when stdin is a terminal
+    /// from which `q` (then Enter) is read.
+    Plain { reads_q: bool },
+}
+
 /// One event loop's row.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoopRow {
@@ -51,6 +66,9 @@ pub struct LoopRow {
     pub busy_share: f64,
     pub episodes_last_minute: usize,
     pub worst_ms: f64,
+    /// Blocked milliseconds in each of the last `SPARK_SECONDS` seconds, oldest first: time
+    /// inside episodes, and the block in progress.
+    pub blocked_per_second: Vec<u64>,
 }
 
 /// One culprit: everything that blocked the loop at the same place.
@@ -65,6 +83,23 @@ pub struct CulpritRow {
     pub latest: f64,
     pub stack: Vec<Location>,
     pub advice: Option<String>,
+    /// Blocked ms per endpoint (`GET /orders/{order_id}`) of the requests it blocked.
+    pub endpoints: BTreeMap<String, f64>,
+}
+
+impl CulpritRow {
+    /// The endpoint it blocked longest, with `+N` for the others; `-` for none.
+    pub fn endpoint_label(&self) -> String {
+        let top = self
+            .endpoints
+            .iter()
+            .max_by(|a, b| a.1.total_cmp(b.1).then(b.0.cmp(a.0)));
+        match top {
+            None => "-".to_string(),
+            Some((e, _)) if self.endpoints.len() == 1 => e.clone(),
+            Some((e, _)) => format!("{e} +{}", self.endpoints.len() - 1),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -72,6 +107,24 @@ struct LoopHistory {
     busy: VecDeque<(f64, bool)>,
     episodes: VecDeque<(f64, f64)>,
     worst_ms: f64,
+    /// Whole second (monotonic) → blocked ms in it, from finished episodes.
+    blocked: BTreeMap<i64, f64>,
+}
+
+/// Adds the part of `[start, end]` (monotonic seconds) in each whole second to `per_second`.
+fn spread(per_second: &mut BTreeMap<i64, f64>, start: f64, end: f64) {
+    if !(start.is_finite() && end.is_finite()) || end <= start {
+        return;
+    }
+    // Bounded: only the last minute is ever shown.
+    let first = (start.floor() as i64).max(end.floor() as i64 - SPARK_SECONDS as i64);
+    for s in first..=end.floor() as i64 {
+        let lo = start.max(s as f64);
+        let hi = end.min(s as f64 + 1.0);
+        if hi > lo {
+            *per_second.entry(s).or_insert(0.0) += (hi - lo) * 1000.0;
+        }
+    }
 }
 
 /// Everything the view shows.
@@ -84,7 +137,9 @@ pub struct TopModel {
     pub stats: SamplerStats,
     /// Monotonic time of the latest sample.
     pub now: f64,
-    /// Wall minus monotonic time, to place episodes (which carry wall-clock starts).
+    /// Wall minus monotonic time per process, to place episodes (which carry wall-clock
+    /// starts); the same for every process of one live run, not of merged recordings.
+    wall_offsets: HashMap<u32, f64>,
     wall_offset: f64,
     pub loops: Vec<LoopRow>,
     history: HashMap<(u32, u32), LoopHistory>,
@@ -95,6 +150,7 @@ pub struct TopModel {
     pub help: bool,
     /// Set when sampling ended: why (target exited, error).
     pub ended: Option<String>,
+    pub view: ViewKind,
 }
 
 impl TopModel {
@@ -107,6 +163,7 @@ impl TopModel {
             stats: SamplerStats::default(),
             now: 0.0,
             wall_offset: 0.0,
+            wall_offsets: HashMap::new(),
             loops: Vec::new(),
             history: HashMap::new(),
             culprits: BTreeMap::new(),
@@ -115,15 +172,27 @@ impl TopModel {
             selected: 0,
             help: false,
             ended: None,
+            view: ViewKind::FullScreen,
         }
     }
 
     /// A sample arrived: `views` is the detector's picture of every loop after it.
-    pub fn on_sample(&mut self, mono: f64, wall: f64, views: Vec<LoopView>, stats: &SamplerStats) {
+    pub fn on_sample(
+        &mut self,
+        pid: u32,
+        mono: f64,
+        wall: f64,
+        views: Vec<LoopView>,
+        stats: &SamplerStats,
+    ) {
         self.now = mono;
         self.wall_offset = wall - mono;
+        if self.wall_offsets.len() < 4096 || self.wall_offsets.contains_key(&pid) {
+            self.wall_offsets.insert(pid, wall - mono);
+        }
         self.stats = stats.clone();
         let now = self.now;
+        let threshold = self.threshold_ms / 1000.0;
         self.loops = views
             .into_iter()
             .map(|view| {
@@ -141,10 +210,26 @@ impl TopModel {
                     h.episodes.pop_front();
                 }
                 let n = h.busy.len().max(1) as f64;
+                let last = now.floor() as i64;
+                h.blocked = h.blocked.split_off(&(last - SPARK_SECONDS as i64 + 1));
+                let mut seconds = h.blocked.clone();
+                if let ViewState::Running { secs, .. } = &view.state {
+                    if *secs >= threshold {
+                        spread(&mut seconds, now - secs, now);
+                    }
+                }
+                let blocked_per_second = (last - SPARK_SECONDS as i64 + 1..=last)
+                    .map(|s| {
+                        seconds
+                            .get(&s)
+                            .map_or(0, |ms| ms.round().min(1000.0) as u64)
+                    })
+                    .collect();
                 LoopRow {
                     busy_share: h.busy.iter().filter(|(_, b)| *b).count() as f64 / n,
                     episodes_last_minute: h.episodes.len(),
                     worst_ms: h.worst_ms,
+                    blocked_per_second,
                     view,
                 }
             })
@@ -152,10 +237,16 @@ impl TopModel {
     }
 
     pub fn on_episode(&mut self, e: &Episode) {
-        let end = e.start - self.wall_offset + e.duration_ms / 1000.0;
+        let offset = self
+            .wall_offsets
+            .get(&e.pid)
+            .copied()
+            .unwrap_or(self.wall_offset);
+        let end = e.start - offset + e.duration_ms / 1000.0;
         let h = self.history.entry((e.pid, e.tid)).or_default();
         h.episodes.push_back((end, e.duration_ms));
         h.worst_ms = h.worst_ms.max(e.duration_ms);
+        spread(&mut h.blocked, end - e.duration_ms / 1000.0, end);
         let why = match &e.source {
             Some(s) => format!("{}/{s}", e.kind),
             None => e.kind.clone(),
@@ -173,7 +264,13 @@ impl TopModel {
             latest: end,
             stack: e.stack.clone(),
             advice: e.advice.clone(),
+            endpoints: BTreeMap::new(),
         });
+        if let Some(endpoint) = e.endpoint() {
+            if row.endpoints.len() < MAX_ENDPOINTS || row.endpoints.contains_key(&endpoint) {
+                *row.endpoints.entry(endpoint).or_insert(0.0) += e.duration_ms;
+            }
+        }
         row.count += 1;
         row.total_ms += e.duration_ms;
         row.worst_ms = row.worst_ms.max(e.duration_ms);

@@ -5,19 +5,26 @@ use ratatui::backend::TestBackend;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Cell, Paragraph, Row, Table, Wrap};
+use ratatui::widgets::{Cell, Paragraph, Row, Sparkline, Table, Wrap};
 use ratatui::{Frame, Terminal};
 
 use crate::analysis::detector::{LoopView, ViewState};
+use crate::output::escape::escape;
 use crate::sample::{short_path, thread_label};
-use crate::top::model::TopModel;
+use crate::top::model::{TopModel, ViewKind, SPARK_SECONDS};
 
 const BLOCKED: Style = Style::new().fg(Color::Red).add_modifier(Modifier::BOLD);
 const TITLE: Style = Style::new().add_modifier(Modifier::BOLD);
 const DIM: Style = Style::new().fg(Color::DarkGray);
 
+/// Text from the target, escaped: ratatui drops control characters, and the plain-text mode
+/// prints this buffer too; escaped, a hostile name shows what it is.
+fn esc(s: &str) -> String {
+    escape(s).into_owned()
+}
+
 fn loc(l: &crate::episode::Location) -> String {
-    format!("{}:{}", short_path(&l.file), l.line)
+    format!("{}:{}", esc(short_path(&l.file)), l.line)
 }
 
 /// What a loop is doing now, as one styled line.
@@ -33,15 +40,15 @@ fn state_line(view: &LoopView, threshold_ms: f64) -> Span<'static> {
         } if *secs * 1000.0 >= threshold_ms => {
             let at = culprit
                 .as_ref()
-                .map(|c| format!("{} ({})", c.function, loc(c)))
-                .unwrap_or_else(|| callback.clone());
+                .map(|c| format!("{} ({})", esc(&c.function), loc(c)))
+                .unwrap_or_else(|| esc(callback));
             let kind = kind
                 .as_deref()
-                .map(|k| format!(" [{k}]"))
+                .map(|k| format!(" [{}]", esc(k)))
                 .unwrap_or_default();
             Span::styled(format!("BLOCKED for {secs:.1} s in {at}{kind}"), BLOCKED)
         }
-        ViewState::Running { callback, .. } => Span::raw(format!("running {callback}")),
+        ViewState::Running { callback, .. } => Span::raw(format!("running {}", esc(callback))),
     }
 }
 
@@ -55,7 +62,11 @@ fn header(m: &TopModel, paused: bool) -> Paragraph<'static> {
     };
     let mut first = vec![
         Span::styled(format!("loopspy top  pid {}", m.pid), TITLE),
-        Span::raw(format!("  Python {}  {}", m.python_version, m.command)),
+        Span::raw(format!(
+            "  Python {}  {}",
+            esc(&m.python_version),
+            esc(&m.command)
+        )),
     ];
     if paused {
         first.push(Span::styled("  [paused]", BLOCKED));
@@ -87,7 +98,7 @@ fn loops_table(m: &TopModel) -> Table<'static> {
         .iter()
         .map(|r| {
             let v = &r.view;
-            let who = thread_label(v.thread.as_deref(), v.tid);
+            let who = esc(&thread_label(v.thread.as_deref(), v.tid));
             Row::new(vec![
                 Cell::from(if multi {
                     format!("{} {who}", v.pid)
@@ -156,16 +167,37 @@ fn loops_table(m: &TopModel) -> Table<'static> {
     .header(header)
 }
 
-fn culprits_table(m: &TopModel, height: u16) -> Table<'static> {
+/// `file:line` in at most `width` columns: leading path components go first, never the line.
+fn fit_loc(l: &crate::episode::Location, width: usize) -> String {
+    let full = loc(l);
+    if full.chars().count() <= width {
+        return full;
+    }
+    let name = l.file.rsplit('/').next().unwrap_or(&l.file);
+    let short = format!("{}:{}", esc(name), l.line);
+    let n = short.chars().count();
+    if n <= width {
+        short
+    } else {
+        // Keep the end: the line number and as much of the name as fits.
+        let tail: String = short.chars().skip(n - width.saturating_sub(1)).collect();
+        format!("…{tail}")
+    }
+}
+
+fn culprits_table(m: &TopModel, width: u16, height: u16) -> Table<'static> {
+    // `where` and `kind/source` give way on narrow screens to the culprit and endpoint.
+    let (where_w, kind_w) = if width < 100 { (16, 16) } else { (26, 22) };
     let rows: Vec<Row> = m
         .culprits()
         .into_iter()
         .enumerate()
         .map(|(i, c)| {
             let row = Row::new(vec![
-                Cell::from(c.culprit.function.clone()),
-                Cell::from(loc(&c.culprit)),
-                Cell::from(c.why.clone()),
+                Cell::from(esc(&c.culprit.function)),
+                Cell::from(fit_loc(&c.culprit, where_w as usize)),
+                Cell::from(esc(&c.why)),
+                Cell::from(esc(&c.endpoint_label())),
                 Cell::from(format!("{:>5}", c.count)),
                 Cell::from(format!("{:>8.0}", c.total_ms)),
                 Cell::from(format!("{:>6.0}", c.worst_ms)),
@@ -184,6 +216,7 @@ fn culprits_table(m: &TopModel, height: u16) -> Table<'static> {
         "culprit",
         "where",
         "kind/source",
+        "endpoint",
         "count",
         "total ms",
         "worst",
@@ -193,8 +226,9 @@ fn culprits_table(m: &TopModel, height: u16) -> Table<'static> {
         rows.into_iter().skip(skip),
         [
             Constraint::Fill(2),
+            Constraint::Max(where_w),
+            Constraint::Max(kind_w),
             Constraint::Fill(2),
-            Constraint::Max(22),
             Constraint::Length(5),
             Constraint::Length(8),
             Constraint::Length(6),
@@ -217,14 +251,34 @@ fn detail(m: &TopModel) -> Paragraph<'static> {
     if let Some(a) = &c.advice {
         lines.push(Line::from(vec![
             Span::styled("fix: ", TITLE),
-            Span::raw(a.clone()),
+            Span::raw(esc(a)),
         ]));
+    }
+    // From the user's own frame outwards, so it stays visible however deep the library call
+    // under it goes; the frames under it are summed up in one line.
+    let at = c.stack.iter().position(|f| *f == c.culprit).unwrap_or(0);
+    lines.push(Line::styled(
+        format!("→ {} ({})", esc(&c.culprit.function), loc(&c.culprit)),
+        TITLE,
+    ));
+    if at > 0 {
+        let inner = &c.stack[0];
+        lines.push(Line::styled(
+            format!(
+                "    calls {at} library frame{} down to {} ({})",
+                if at == 1 { "" } else { "s" },
+                esc(&inner.function),
+                loc(inner)
+            ),
+            DIM,
+        ));
     }
     for f in c
         .stack
         .iter()
+        .skip(at + 1)
         .filter(|f| !f.file.contains("/asyncio/"))
-        .take(6)
+        .take(5)
     {
         lines.push(Line::from(format!("  {} ({})", f.function, loc(f))));
     }
@@ -237,15 +291,18 @@ fn recent(m: &TopModel) -> Paragraph<'static> {
         .iter()
         .map(|e| {
             Line::from(format!(
-                "{:>7.0} ms  {} ({})  {}  on {}",
+                "{:>7.0} ms  {} ({})  {}  on {}{}",
                 e.duration_ms,
-                e.culprit.function,
+                esc(&e.culprit.function),
                 loc(&e.culprit),
-                match &e.source {
+                esc(&match &e.source {
                     Some(s) => format!("{}/{s}", e.kind),
                     None => e.kind.clone(),
-                },
-                thread_label(e.thread.as_deref(), e.tid)
+                }),
+                esc(&thread_label(e.thread.as_deref(), e.tid)),
+                e.endpoint()
+                    .map(|p| format!("  {}", esc(&p)))
+                    .unwrap_or_default()
             ))
         })
         .collect();
@@ -253,12 +310,23 @@ fn recent(m: &TopModel) -> Paragraph<'static> {
 }
 
 fn footer(m: &TopModel) -> Line<'static> {
-    match &m.ended {
-        Some(why) => Line::styled(
-            format!("sampling ended: {why}. The last state stays on screen; q quits."),
+    match (&m.ended, m.view) {
+        (Some(why), ViewKind::FullScreen) => Line::styled(
+            format!(
+                "sampling ended: {}. The last state stays on screen; q quits.",
+                esc(why)
+            ),
             BLOCKED,
         ),
-        None => Line::styled(
+        (Some(why), ViewKind::Plain { .. }) => {
+            Line::styled(format!("sampling ended: {}.", esc(why)), BLOCKED)
+        }
+        // Plain snapshots read no keys but `q` (then Enter) from a terminal on stdin.
+        (None, ViewKind::Plain { reads_q: true }) => {
+            Line::styled("q then Enter, or Ctrl-C, quits", DIM)
+        }
+        (None, ViewKind::Plain { reads_q: false }) => Line::styled("Ctrl-C quits", DIM),
+        (None, ViewKind::FullScreen) => Line::styled(
             format!(
                 "q quit  p pause  s sort ({})  ↑↓ select  ? help",
                 m.sort.label()
@@ -280,6 +348,12 @@ fn help() -> Paragraph<'static> {
         Line::from("A loop is BLOCKED when one callback has run longer than the threshold."),
         Line::from(
             "busy: share of the last 10 s spent in callbacks; /min: episodes in the last minute.",
+        ),
+        Line::from(
+            "blocked ms/s: time each loop spent blocked, per second over the last minute (a full bar: the whole second).",
+        ),
+        Line::from(
+            "endpoint: the HTTP route the culprit blocked most (+N others), read from the blocked task (--no-request: none).",
         ),
     ])
 }
@@ -317,12 +391,71 @@ pub fn draw(f: &mut Frame, m: &TopModel, paused: bool) {
             loops,
         );
     } else {
-        f.render_widget(loops_table(m), loops);
+        let width = spark_width(area.width);
+        let [table, _, sparks] = Layout::horizontal([
+            Constraint::Fill(1),
+            Constraint::Length(1),
+            Constraint::Length(width),
+        ])
+        .areas(loops);
+        f.render_widget(loops_table(m), table);
+        draw_sparklines(f, m, sparks);
     }
-    f.render_widget(culprits_table(m, culprits.height), culprits);
+    f.render_widget(culprits_table(m, culprits.width, culprits.height), culprits);
     f.render_widget(detail(m), detail_area);
     f.render_widget(section("recent episodes", recent(m)), recent_area);
     f.render_widget(footer(m), foot);
+}
+
+/// Columns of the sparkline: a divisor of `SPARK_SECONDS`, one second per column when there
+/// is room (160 columns), two at 120, four at 80.
+fn spark_width(screen: u16) -> u16 {
+    let room = screen.saturating_sub(100);
+    [60u16, 30, 20, 15]
+        .into_iter()
+        .find(|w| *w <= room)
+        .unwrap_or(15)
+}
+
+/// Each loop row's blocked time per second over the last minute, right of its row: one bar per
+/// `SPARK_SECONDS / width` seconds (the worst of them), full height at a whole second blocked.
+fn draw_sparklines(f: &mut Frame, m: &TopModel, area: Rect) {
+    let per_bar = (SPARK_SECONDS / area.width.max(1) as usize).max(1);
+    let head = Rect { height: 1, ..area };
+    f.render_widget(
+        Paragraph::new(Line::styled(
+            if area.width >= 20 {
+                format!("blocked/s, last {SPARK_SECONDS} s")
+            } else {
+                format!("blocked, {SPARK_SECONDS} s")
+            },
+            TITLE,
+        )),
+        head,
+    );
+    for (i, r) in m.loops.iter().enumerate() {
+        let y = area.y + 1 + i as u16;
+        if y >= area.y + area.height {
+            break;
+        }
+        let bars: Vec<u64> = r
+            .blocked_per_second
+            .chunks(per_bar)
+            .map(|c| c.iter().copied().max().unwrap_or(0))
+            .collect();
+        let row = Rect {
+            y,
+            height: 1,
+            ..area
+        };
+        f.render_widget(
+            Sparkline::default()
+                .data(&bars)
+                .max(1000)
+                .style(Style::new().fg(Color::Red)),
+            row,
+        );
+    }
 }
 
 fn recent_height(area: Rect) -> u16 {

@@ -2,15 +2,18 @@
 //! this thread feeds the detector and the model, reads keys and redraws a few times a second.
 //! The terminal is restored on every exit path (a guard's Drop, and ratatui's panic hook).
 //! When stdout is not a terminal, a plain-text snapshot is printed at each refresh instead.
+//!
+//! Every way out is watched: `q`, Ctrl-C, SIGINT/SIGTERM/SIGHUP (the signal flag), and the
+//! terminal going away (a hang-up, EOF or EIO on it, a write that fails; an ssh disconnect or
+//! a killed tmux session): the view then restores what it can, stops the sampler, and stops
+//! and reaps a target it launched. A closed pipe on stdout (`top | head`) ends it quietly.
 
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
 
 use crate::acquire::attach::{attach, launch};
 use crate::acquire::sampler::{self, Limits, SamplerStats};
@@ -19,7 +22,8 @@ use crate::analysis::detector::{Detector, DetectorConfig};
 use crate::cli::TopArgs;
 use crate::os::source_files::SourceFiles;
 use crate::sample::Sample;
-use crate::top::model::TopModel;
+use crate::top::keys::{Input, Key, Keys};
+use crate::top::model::{TopModel, ViewKind};
 use crate::top::render::{draw, to_text};
 use crate::top::{feed_end, feed_sample};
 
@@ -55,11 +59,19 @@ impl Feed {
         }
     }
 
-    /// Handle whatever arrived, waiting at most `wait` for the first message.
+    /// Handle whatever arrived, waiting at most `wait` for the first message. A sampler that
+    /// went away without saying why (it panicked) ends sampling too, so no caller waits on a
+    /// channel that can no longer deliver.
     fn drain(&mut self, wait: Duration) {
         match self.rx.recv_timeout(wait) {
             Ok(msg) => self.handle(msg),
-            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return,
+            Err(RecvTimeoutError::Timeout) => return,
+            Err(RecvTimeoutError::Disconnected) => {
+                if self.model.ended.is_none() {
+                    feed_end(&mut self.detector, &mut self.model, "the sampler stopped");
+                }
+                return;
+            }
         }
         while let Ok(msg) = self.rx.try_recv() {
             self.handle(msg);
@@ -67,19 +79,18 @@ impl Feed {
     }
 }
 
-/// Restores the terminal when dropped, whatever path leaves the view.
+/// Restores the terminal when dropped, whatever path leaves the view. Errors are ignored: a
+/// terminal that is gone cannot be restored, and saying so on it would fail too.
 struct Restore;
 
 impl Drop for Restore {
     fn drop(&mut self) {
-        ratatui::restore();
+        let _ = ratatui::try_restore();
     }
 }
 
 pub fn run(args: &TopArgs) -> Result<()> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let s = stop.clone();
-    let _ = ctrlc::set_handler(move || s.store(true, Ordering::SeqCst));
+    let stop = crate::os::signals::stop_flag();
     let interactive = std::io::stdout().is_terminal();
     // Refuse a clock that is not available before attaching (the sampler picks it again).
     args.sampling.resolve_clock()?;
@@ -88,10 +99,12 @@ pub fn run(args: &TopArgs) -> Result<()> {
         None => launch(&args.command, interactive)?,
     };
     let (tx, rx) = mpsc::channel();
-    let spy = target
+    let mut spy = target
         .spy
         .take()
         .context("the target was already being sampled")?;
+    let requests = !args.sampling.no_request;
+    spy.set_read_requests(requests);
     let (rate, kernel_rate, clock, stack_rate, threshold) = (
         args.sampling.probe_rate(),
         args.sampling.kernel_rate(),
@@ -100,18 +113,17 @@ pub fn run(args: &TopArgs) -> Result<()> {
         args.threshold / 1000.0,
     );
     let (root, subprocesses) = (target.pid, args.sampling.subprocesses);
-    let stop_sampler = stop.clone();
     let sampler = std::thread::spawn(move || {
         let limits = Limits {
             rate,
             stack_rate,
             threshold,
             duration: None,
-            stop: &stop_sampler,
+            stop,
             clock,
             kernel_rate,
         };
-        let mut finder = WorkerFinder::new(root);
+        let mut finder = WorkerFinder::new(root).reading_requests(requests);
         let mut discover = |known: &[u32]| finder.discover(known);
         let discover: Option<&mut sampler::Discover> = if subprocesses {
             Some(&mut discover)
@@ -140,57 +152,86 @@ pub fn run(args: &TopArgs) -> Result<()> {
         rx,
     };
     let result = if interactive {
-        interactive_loop(&mut feed, &stop)
+        interactive_loop(&mut feed, stop)
     } else {
-        plain_loop(&mut feed, &stop)
+        plain_loop(&mut feed, stop)
     };
-    stop.store(true, Ordering::SeqCst);
-    // The sampler may be blocked sending to a view that stopped reading: drop the receiver.
+    crate::os::signals::request_stop();
+    // The sampler ends within one nap of the stop; its sends to the dropped receiver fail.
     drop(feed);
     let _ = sampler.join();
     target.stop_child();
     result
 }
 
+/// What a key asks for.
+enum Action {
+    Quit,
+    Redraw,
+}
+
+fn on_key(key: Key, feed: &mut Feed, frozen: &mut Option<TopModel>) -> Action {
+    if matches!(key, Key::Char('q') | Key::CtrlC) {
+        return Action::Quit;
+    }
+    for m in std::iter::once(&mut feed.model).chain(frozen.as_mut()) {
+        match key {
+            Key::Char('s') => m.cycle_sort(),
+            Key::Up => m.select(-1),
+            Key::Down => m.select(1),
+            Key::Char('?') => m.help = !m.help,
+            Key::Esc => m.help = false,
+            _ => {}
+        }
+    }
+    if key == Key::Char('p') {
+        *frozen = match frozen {
+            Some(_) => None,
+            None => Some(feed.model.clone()),
+        };
+    }
+    Action::Redraw
+}
+
 fn interactive_loop(feed: &mut Feed, stop: &AtomicBool) -> Result<()> {
+    let mut keys = Keys::open();
     let mut terminal = ratatui::try_init().context("cannot set up the terminal")?;
     let _restore = Restore;
     let mut frozen: Option<TopModel> = None;
     let mut last_draw: Option<Instant> = None;
     while !stop.load(Ordering::Relaxed) {
         feed.drain(Duration::from_millis(20));
-        if event::poll(Duration::from_millis(20))? {
-            if let Event::Key(k) = event::read()? {
-                if k.kind != KeyEventKind::Press {
-                    continue;
-                }
-                let ctrl_c =
-                    k.code == KeyCode::Char('c') && k.modifiers.contains(KeyModifiers::CONTROL);
-                if k.code == KeyCode::Char('q') || ctrl_c {
-                    break;
-                }
-                for m in std::iter::once(&mut feed.model).chain(frozen.as_mut()) {
-                    match k.code {
-                        KeyCode::Char('s') => m.cycle_sort(),
-                        KeyCode::Up => m.select(-1),
-                        KeyCode::Down => m.select(1),
-                        KeyCode::Char('?') => m.help = !m.help,
-                        KeyCode::Esc => m.help = false,
-                        _ => {}
+        let input = match keys.as_mut() {
+            Some(k) => k.wait(Duration::from_millis(20)),
+            None => {
+                std::thread::sleep(Duration::from_millis(20));
+                Input::Idle
+            }
+        };
+        match input {
+            // The terminal is gone: nobody is watching, and nothing can be drawn. (ratatui's
+            // Terminal would complain on stderr, itself that terminal, when dropped.)
+            Input::Gone => {
+                std::mem::forget(terminal);
+                return Ok(());
+            }
+            Input::Idle => {}
+            Input::Keys(pressed) => {
+                for key in pressed {
+                    if let Action::Quit = on_key(key, feed, &mut frozen) {
+                        return Ok(());
                     }
+                    last_draw = None;
                 }
-                if k.code == KeyCode::Char('p') {
-                    frozen = match frozen {
-                        Some(_) => None,
-                        None => Some(feed.model.clone()),
-                    };
-                }
-                last_draw = None;
             }
         }
         if last_draw.is_none_or(|t| t.elapsed() >= REFRESH) {
             let shown = frozen.as_ref().unwrap_or(&feed.model);
-            terminal.draw(|f| draw(f, shown, frozen.is_some()))?;
+            // A terminal that cannot be written to any more is gone too.
+            if terminal.draw(|f| draw(f, shown, frozen.is_some())).is_err() {
+                std::mem::forget(terminal);
+                return Ok(());
+            }
             last_draw = Some(Instant::now());
         }
     }
@@ -198,12 +239,33 @@ fn interactive_loop(feed: &mut Feed, stop: &AtomicBool) -> Result<()> {
 }
 
 fn plain_loop(feed: &mut Feed, stop: &AtomicBool) -> Result<()> {
+    match write_snapshots(feed, stop) {
+        // A closed pipe (`loopspy top | head`) is the reader's choice, not a failure.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("cannot write to stdout"),
+    }
+}
+
+fn write_snapshots(feed: &mut Feed, stop: &AtomicBool) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
+    // `q` (then Enter) from a terminal on stdin; never from a pipe, which may be the target's.
+    let mut keys = Keys::stdin();
+    feed.model.view = ViewKind::Plain {
+        reads_q: keys.is_some(),
+    };
     let mut last = Instant::now();
     loop {
-        feed.drain(Duration::from_millis(50));
+        feed.drain(Duration::from_millis(25));
+        let mut quit = false;
+        match keys.as_mut().map(|k| k.wait(Duration::from_millis(25))) {
+            Some(Input::Keys(pressed)) => quit = pressed.contains(&Key::Char('q')),
+            // Stdin closed (Ctrl-D): no more keys, but the snapshots go on.
+            Some(Input::Gone) => keys = None,
+            Some(Input::Idle) => {}
+            None => std::thread::sleep(Duration::from_millis(25)),
+        }
         let ended = feed.model.ended.is_some();
-        let stopping = stop.load(Ordering::Relaxed);
+        let stopping = quit || stop.load(Ordering::Relaxed);
         if last.elapsed() >= PLAIN_REFRESH || ended || stopping {
             last = Instant::now();
             writeln!(

@@ -83,7 +83,7 @@ fn bad_flags_exit_2() {
         ),
         (
             &["record", "--pid", "1", "--threshold=-5"],
-            "error: invalid value '-5' for '--threshold <THRESHOLD>': must be a number greater than 0",
+            "error: invalid value '-5' for '--threshold <THRESHOLD>': must be from 1 to 3600000 (ms)",
         ),
         // Without `=`, clap may take `-5` for a flag ("unexpected argument '-5' found") unless
         // the argument allows negative numbers: either way the first line names `-5`.

@@ -351,3 +351,65 @@ fn kernel_clock_gil_starvation() {
     }
     check_goldens("kernel_gil", &r);
 }
+
+/// A FastAPI service under uvicorn (tests/integration/servers/fixture.rs): every episode names
+/// the request its task served, replayed offline, and one background task served none.
+#[test]
+fn fastapi_recording_names_endpoints() {
+    let r = replay_fixture("fastapi", 50.0);
+    let routes: Vec<Option<&str>> = r
+        .episodes
+        .iter()
+        .map(|e| e.request.as_ref().and_then(|q| q.route.as_deref()))
+        .collect();
+    assert_eq!(
+        routes,
+        [
+            Some("/sleep/{seconds}"),
+            Some("/orders/{order_id}"),
+            Some("/quotes/{symbol}"),
+            Some("/orders/{order_id}"),
+            None
+        ]
+    );
+    let paths: Vec<&str> = r
+        .episodes
+        .iter()
+        .filter_map(|e| e.request.as_ref().map(|q| q.path.as_str()))
+        .collect();
+    assert_eq!(
+        paths,
+        ["/sleep/0.15", "/orders/7", "/quotes/ACME", "/orders/8"]
+    );
+    assert!(
+        r.summary.contains("blocked time by endpoint"),
+        "{}",
+        r.summary
+    );
+    assert!(r.summary.contains("GET /orders/{order_id}"));
+    assert!(r.summary.contains("(no request)"));
+    assert!(r
+        .svg
+        .contains("[network, sqlalchemy] [GET /orders/{order_id}]"));
+    assert!(r
+        .jsonl
+        .contains(r#""request":{"method":"GET","path":"/orders/8","route":"/orders/{order_id}"}"#));
+    assert!(r.jsonl.contains(r#""request":null"#));
+    check_goldens("fastapi", &r);
+}
+
+/// Recordings made before episodes carried requests replay with `request: null`, and an
+/// episode line without the field still parses.
+#[test]
+fn old_recordings_have_no_request() {
+    let r = replay_fixture("sleep_task", 50.0);
+    assert!(r.episodes.iter().all(|e| e.request.is_none()));
+    let line = r
+        .jsonl
+        .lines()
+        .next()
+        .unwrap()
+        .replace(r#","request":null"#, "");
+    let e: Episode = serde_json::from_str(&line).unwrap();
+    assert!(e.request.is_none());
+}

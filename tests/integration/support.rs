@@ -162,13 +162,12 @@ impl Target {
         self.lines.iter().collect()
     }
 
-    /// Wait for the target to exit; return its BLOCK lines.
+    /// Wait for the target to exit; return its BLOCK lines, timed by the loop's own
+    /// iterations where it printed them (see [`loop_timed_blocks`]).
     pub fn finish(mut self) -> Vec<Value> {
         self.child.wait().unwrap();
-        self.lines
-            .iter()
-            .filter_map(|l| tagged(&l, "BLOCK"))
-            .collect()
+        let lines: Vec<String> = self.lines.iter().collect();
+        loop_timed_blocks(&lines)
     }
 }
 
@@ -179,6 +178,40 @@ pub fn clock_args() -> Vec<String> {
         Ok(c) if !c.is_empty() => vec!["--clock".into(), c],
         _ => Vec::new(),
     }
+}
+
+/// The BLOCK lines of a target's output, each timed as the loop saw it when the target imports
+/// `tests/py/loopgap.py`: the GAP of the same thread (from a selector return to the next
+/// selector call) that contains the block's `t0` replaces `ms` (and shifts `start`), and the
+/// call's own time is kept as `call_ms`. That gap is what an episode is: the whole callback, with
+/// the GIL hand-offs and CPU waits around the blocking call, which the call's own timing misses
+/// on a loaded machine. Blocks without a matching GAP (uvloop, a thread's loop without one) keep
+/// the call's time.
+pub fn loop_timed_blocks(lines: &[String]) -> Vec<Value> {
+    let gaps: Vec<Value> = lines.iter().filter_map(|l| tagged(l, "GAP")).collect();
+    lines
+        .iter()
+        .filter_map(|l| tagged(l, "BLOCK"))
+        .map(|mut block| {
+            let t0 = block["t0"].as_f64();
+            let gap = t0.and_then(|t0| {
+                gaps.iter().find(|g| {
+                    g["tid"] == block["tid"]
+                        && g["start"].as_f64().is_some_and(|s| s <= t0)
+                        && g["end"].as_f64().is_some_and(|e| e >= t0)
+                })
+            });
+            if let (Some(t0), Some(gap)) = (t0, gap) {
+                let (ms, start) = (gap["ms"].as_f64().unwrap(), gap["start"].as_f64().unwrap());
+                block["call_ms"] = block["ms"].clone();
+                block["ms"] = ms.into();
+                if let Some(wall) = block["start"].as_f64() {
+                    block["start"] = (wall + (start - t0)).into();
+                }
+            }
+            block
+        })
+        .collect()
 }
 
 /// What one `loopspy record` run produced.

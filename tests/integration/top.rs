@@ -63,6 +63,19 @@ fn check(name: &str, model: &TopModel) {
     }
 }
 
+/// The FastAPI recording: the endpoint column, and the culprit's stack from its own frame.
+#[test]
+fn screen_endpoints() {
+    let m = model_from("fastapi", None, Some("target exited"));
+    let text = to_text(&m, 120, 40, false);
+    assert!(text.contains("GET /orders/{order_id}"), "{text}");
+    assert!(
+        text.contains("→ get_order (servers/fastapi_app.py:"),
+        "{text}"
+    );
+    check("endpoints", &m);
+}
+
 #[test]
 fn screen_idle_loop() {
     let m = model_from("idle", None, None);

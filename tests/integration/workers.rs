@@ -9,7 +9,9 @@ use std::sync::mpsc;
 
 use serde_json::Value;
 
-use crate::support::{duration_tolerance, loopspy, pythons, repo, tagged, wait_for_sampling};
+use crate::support::{
+    duration_tolerance, loop_timed_blocks, loopspy, pythons, repo, tagged, wait_for_sampling,
+};
 
 #[test]
 fn follows_workers_including_restarted_ones() {
@@ -77,20 +79,20 @@ fn follows_workers_including_restarted_ones() {
         wait_following(&workers, &mut log);
         let mut stdin = target.stdin.take().unwrap();
         stdin.write_all(b"go\n").unwrap();
-        let mut blocks = Vec::new();
+        let mut output = Vec::new();
         let restarted = loop {
             let l = lines.recv().unwrap();
-            if let Some(b) = tagged(&l, "BLOCK") {
-                blocks.push(b);
-            } else if let Some(r) = tagged(&l, "RESTARTED") {
+            if let Some(r) = tagged(&l, "RESTARTED") {
                 break r["pid"].as_u64().unwrap();
             }
+            output.push(l);
         };
         wait_following(&[restarted], &mut log);
         stdin.write_all(b"go\n").unwrap();
         drop(stdin);
-        blocks.extend(lines.iter().filter_map(|l| tagged(&l, "BLOCK")));
+        output.extend(lines.iter());
         target.wait().unwrap();
+        let blocks = loop_timed_blocks(&output);
         let status = spy.wait().unwrap();
         let mut rest = String::new();
         std::io::Read::read_to_string(&mut err, &mut rest).unwrap();

@@ -13,6 +13,8 @@ import sys
 import threading
 import time
 
+import loopgap  # noqa: F401  (the loop times its own iterations: GAP lines)
+
 try:
     native_id = threading.get_native_id
 except AttributeError:  # pragma: no cover - 3.8 has it; keep the script importable anyway
@@ -28,7 +30,7 @@ def say(tag, **fields):
 def report(name, t0):
     # `start`: the block's start on the wall clock (Unix seconds), like an episode's.
     now, wall = time.monotonic(), time.time()
-    say("BLOCK", name=name, ms=(now - t0) * 1000.0, tid=native_id(),
+    say("BLOCK", name=name, ms=(now - t0) * 1000.0, t0=t0, tid=native_id(),
         thread=threading.current_thread().name, start=wall - (now - t0))
 
 

@@ -14,9 +14,13 @@ import os
 import sys
 import time
 
+import loopgap  # noqa: F401  (the loop times its own iterations: GAP lines)
+
 
 def say(tag, **fields):
-    print(tag, json.dumps(fields), flush=True)
+    # One write: worker processes share the pipe, and print() under PYTHONUNBUFFERED writes
+    # the text and its newline separately, so two workers' lines could interleave.
+    os.write(1, ("%s %s\n" % (tag, json.dumps(fields))).encode())
 
 
 def worker(started, go):
@@ -27,7 +31,7 @@ def worker(started, go):
         for _ in range(2):
             t0 = time.monotonic()
             time.sleep(0.12)  # BLOCK-LINE worker
-            say("BLOCK", name="worker", ms=(time.monotonic() - t0) * 1000.0, tid=os.getpid(), pid=os.getpid())
+            say("BLOCK", name="worker", ms=(time.monotonic() - t0) * 1000.0, t0=t0, tid=os.getpid(), pid=os.getpid())
             await asyncio.sleep(0.05)
     asyncio.run(main())
 

@@ -57,7 +57,7 @@ impl Session {
             .filter_map(|t| t.running_loop.as_ref().map(|l| l.address))
             .collect();
         self.reader.refresh(&self.spy.process);
-        let addrs = self.reader.task_addresses(&self.spy.process, &tstates);
+        let (addrs, _) = self.reader.task_addresses(&self.spy.process, &tstates);
         self.reader.calibrate_on(&self.spy.process, &addrs, &loops);
         addrs
             .iter()
