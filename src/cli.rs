@@ -42,6 +42,28 @@ pub enum Command {
     /// Compare two recordings or episode logs, before and after a fix: per culprit, blocked
     /// time per minute, duration percentiles, and a verdict.
     Diff(DiffArgs),
+    /// Time stack reads of a running process (for scripts/bench_stacks.py).
+    #[command(hide = true)]
+    BenchStacks(BenchStacksArgs),
+}
+
+/// What `bench-stacks` times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchMode {
+    /// Every thread's stack alone (what `RemoteUnwinder.get_stack_trace()` returns).
+    Stacks,
+    /// A whole sample of every thread: stack, OS state, ready queue, current task, timers.
+    Sample,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchStacksArgs {
+    #[arg(short, long)]
+    pub pid: u32,
+    #[arg(long, default_value = "2000")]
+    pub reads: u64,
+    #[arg(long, value_enum, default_value = "stacks")]
+    pub mode: BenchMode,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -105,7 +127,8 @@ pub struct SamplingArgs {
     #[arg(long, value_enum, default_value = "auto")]
     pub clock: ClockChoice,
     /// Full stack samples per second in the background, for the flame graph of ordinary work.
-    /// Stacks are also read every 10 ms while a callback runs past the threshold.
+    /// The event-loop threads' stacks are also read at every tick while a callback has run
+    /// past 5 ms (every 10 ms past one second).
     #[arg(long, default_value = DEFAULT_STACK_RATE, value_parser = stack_rate_hz)]
     pub stack_rate: f64,
     /// Also sample the target's Python child processes (uvicorn/gunicorn workers,
@@ -140,6 +163,11 @@ pub struct RecordArgs {
     pub format: Format,
     #[command(flatten)]
     pub analysis: AnalysisArgs,
+    /// Also show C frames (C extensions, the regex engine, the GC) between the Python frames,
+    /// through py-spy's unwinder. This stops the target's threads for about a millisecond at
+    /// each stack read (at most ~50 a second); without it loopspy never pauses the target.
+    #[arg(long)]
+    pub native: bool,
     /// The command to launch and record, after `--`. It shares loopspy's stdin, stdout and
     /// stderr, except that its stdout goes to loopspy's stderr when `-o -` or `--episodes -`
     /// puts data on loopspy's stdout.
@@ -231,6 +259,10 @@ pub struct DumpArgs {
     /// Write the dump to FILE instead of stdout (`-` for stdout).
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// Also show C frames between the Python frames (py-spy's unwinder; stops the target's
+    /// threads for about a millisecond).
+    #[arg(long)]
+    pub native: bool,
     /// Also dump the target's Python child processes (uvicorn/gunicorn workers,
     /// multiprocessing).
     #[arg(long)]
@@ -301,7 +333,9 @@ impl Cli {
             Command::Record(a) => a.sampling.check_rate(a.analysis.threshold),
             Command::Top(a) => a.sampling.check_rate(a.threshold),
             Command::Monitor(a) => a.sampling.check_rate(a.threshold),
-            Command::Report(_) | Command::Dump(_) | Command::Diff(_) => Ok(()),
+            Command::Report(_) | Command::Dump(_) | Command::Diff(_) | Command::BenchStacks(_) => {
+                Ok(())
+            }
         }
     }
 }

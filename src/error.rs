@@ -36,7 +36,7 @@ impl fmt::Display for UserError {
             UserError::NoSuchProcess(pid) => write!(f, "no process with PID {pid}: check the PID with `pgrep -af python`"),
             UserError::Zombie(pid) => write!(f, "process {pid} has exited (it is a zombie waiting for its parent): nothing left to sample"),
             UserError::NotPython { pid, comm } => write!(f, "process {pid} ({comm}) is not a Python process: pass the PID of the python interpreter (e.g. a uvicorn/gunicorn worker, `pgrep -af python`)"),
-            UserError::UnsupportedVersion { pid, version } => write!(f, "process {pid} runs Python {version}, which loopspy does not support: it reads CPython 3.8 to 3.14"),
+            UserError::UnsupportedVersion { pid, version } => write!(f, "process {pid} runs Python {version}, which loopspy does not support: it reads CPython 3.8 to 3.15"),
             UserError::PermissionDenied(pid) => write!(f, "permission denied reading process {pid}: {PERMISSION_HINT}"),
             UserError::LaunchFailed { command, reason } => write!(f, "could not start `{command}`: {reason}"),
             UserError::ExitedBeforeAttach { command, status } => write!(f, "`{command}` exited ({status}) before loopspy could attach to it"),

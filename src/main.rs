@@ -23,6 +23,7 @@ fn main() -> ExitCode {
             Ok(code) => return ExitCode::from(code),
             Err(e) => Err(e),
         },
+        Command::BenchStacks(args) => loopspy::commands::bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,6 +1,6 @@
-//! Our own timestamped, serializable samples: the one place where py-spy's types are converted
-//! into ours. Everything downstream (analysis, renderers, recordings) sees only these types, so
-//! it can be tested without a live process.
+//! Our own timestamped, serializable samples, made from the live target in `acquire::spy`.
+//! Everything downstream (analysis, renderers, recordings) sees only these types, so it can be
+//! tested without a live process.
 
 use serde::{Deserialize, Serialize};
 
@@ -188,15 +188,6 @@ pub enum LoopEventKind {
 }
 
 impl Frame {
-    /// Convert a py-spy frame. File names stay as the interpreter reported them.
-    pub fn from_py_spy(frame: &py_spy::Frame) -> Frame {
-        Frame {
-            function: frame.name.clone(),
-            file: frame.filename.clone(),
-            line: u32::try_from(frame.line).unwrap_or(0),
-        }
-    }
-
     /// `file:line`, with the file shortened to its last two path components.
     pub fn location(&self) -> String {
         format!("{}:{}", short_path(&self.file), self.line)

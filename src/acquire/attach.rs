@@ -1,13 +1,11 @@
 //! Find or launch the target and attach to it: checks that turn the usual failures into clear
-//! errors (no such process, zombie, not Python, permission, unsupported version), then py-spy's
-//! attach in non-blocking mode (loopspy never pauses the target).
+//! errors (no such process, zombie, not Python, permission, unsupported version), then our own
+//! reader finds the interpreter (`crate::remote`; loopspy never pauses the target).
 
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use py_spy::config::{LineNo, LockingStrategy};
-use py_spy::{Config, PythonSpy};
 
 use crate::acquire::sampler::Reattached;
 use crate::acquire::spy::{process_alive, Spy};
@@ -15,6 +13,7 @@ use crate::error::{is_permission, UserError};
 use crate::os::process::live_thread;
 use crate::os::signals;
 use crate::output::escape::escape;
+use crate::remote::{AttachError, DiscoverError, Interpreter};
 
 /// How long a launched interpreter gets to become readable.
 const LAUNCH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -34,15 +33,6 @@ pub struct Target {
     pub child: Option<Child>,
     /// A one-line notice about reduced functionality, if any.
     pub notice: Option<String>,
-}
-
-fn spy_config() -> Config {
-    Config {
-        blocking: LockingStrategy::NonBlocking,
-        lineno: LineNo::LastInstruction,
-        collect_thread_names: true,
-        ..Config::default()
-    }
 }
 
 fn comm(pid: u32) -> String {
@@ -65,7 +55,7 @@ fn cmdline(pid: u32) -> String {
         .unwrap_or_default()
 }
 
-/// Check the PID before asking py-spy, so the common failures get their own message. Returns
+/// Check the PID before reading it, so the common failures get their own message. Returns
 /// the thread to read the process through: the leader, or a live thread when the main thread
 /// has exited (`pthread_exit`) and the others run on.
 fn precheck(pid: u32) -> Result<u32> {
@@ -90,40 +80,58 @@ fn precheck(pid: u32) -> Result<u32> {
     }
 }
 
-fn check_version(pid: u32, spy: &PythonSpy) -> Result<()> {
-    let v = &spy.version;
-    if v.major != 3 || !(8..=14).contains(&v.minor) {
-        let version = format!("{}.{}.{}", v.major, v.minor, v.patch);
-        return Err(UserError::UnsupportedVersion { pid, version }.into());
+/// Turn our reader's attach error into one of ours where the cause is known.
+fn classify_attach_error(pid: u32, err: AttachError) -> anyhow::Error {
+    match err {
+        AttachError::Discover(DiscoverError::Unsupported(v)) => UserError::UnsupportedVersion {
+            pid,
+            version: v.to_string(),
+        }
+        .into(),
+        AttachError::Discover(DiscoverError::NotFound(_)) if process_alive(pid) => {
+            UserError::NotPython {
+                pid,
+                comm: comm(pid),
+            }
+            .into()
+        }
+        err => classify_error(pid, anyhow::Error::new(err)),
     }
-    Ok(())
 }
 
-/// Turn py-spy's attach error into one of ours where the cause is known.
-fn classify_attach_error(pid: u32, err: anyhow::Error) -> anyhow::Error {
+/// A read error that is not one of ours yet: permission, a process gone, else context.
+fn classify_error(pid: u32, err: anyhow::Error) -> anyhow::Error {
+    if err.downcast_ref::<UserError>().is_some() {
+        return err;
+    }
     if is_permission(&err) {
         return UserError::PermissionDenied(pid).into();
     }
     if !process_alive(pid) {
         return UserError::NoSuchProcess(pid).into();
     }
-    let text = format!("{err:#}");
-    if text.contains("Unsupported version") {
-        return UserError::UnsupportedVersion {
-            pid,
-            version: "of this build".into(),
-        }
-        .into();
-    }
     err.context(format!(
         "could not read the Python interpreter of process {pid}"
     ))
 }
 
-fn finish(pid: u32, spy: PythonSpy, child: Option<Child>) -> Result<Target> {
-    check_version(pid, &spy)?;
-    let (spy, notice) = Spy::new(spy);
-    let spy = spy.with_process_id(pid);
+/// Our reader's first look at the interpreter of process `pid`, read through its thread
+/// `reader` (the leader, or a live thread when the main thread has exited).
+fn open(pid: u32, reader: u32) -> Result<Spy> {
+    let interp = Interpreter::attach(reader as i32).map_err(|e| classify_attach_error(pid, e))?;
+    let spy = Spy::new(interp).map_err(|e| {
+        if !process_alive(pid) {
+            return UserError::NoSuchProcess(pid).into();
+        }
+        e.context(format!(
+            "could not read the Python threads of process {pid}"
+        ))
+    })?;
+    Ok(spy.with_process_id(pid))
+}
+
+fn finish(pid: u32, spy: Spy, child: Option<Child>) -> Result<Target> {
+    let notice = spy.notice().map(str::to_string);
     Ok(Target {
         python_version: spy.python_version(),
         spy: Some(spy),
@@ -137,8 +145,7 @@ fn finish(pid: u32, spy: PythonSpy, child: Option<Child>) -> Result<Target> {
 /// Attach to a running process.
 pub fn attach(pid: u32) -> Result<Target> {
     let reader = precheck(pid)?;
-    let spy = PythonSpy::new(reader as py_spy::Pid, &spy_config())
-        .map_err(|e| classify_attach_error(pid, e))?;
+    let spy = open(pid, reader)?;
     finish(pid, spy, None)
 }
 
@@ -164,18 +171,17 @@ enum Attempt {
 /// Python (as far as can be told now), not ours to read, an unsupported version.
 fn try_attach(pid: u32) -> Result<Attempt> {
     let reader = precheck(pid)?;
-    let err = match PythonSpy::new(reader as py_spy::Pid, &spy_config()) {
-        Ok(mut spy) => match spy.get_stack_traces() {
-            Ok(traces) if !traces.is_empty() => {
-                return finish(pid, spy, None).map(|t| Attempt::Attached(Box::new(t)))
-            }
-            Ok(_) => anyhow::anyhow!("no Python thread yet"),
-            Err(e) => e,
-        },
+    let err = match open(pid, reader) {
+        Ok(spy) => return finish(pid, spy, None).map(|t| Attempt::Attached(Box::new(t))),
         Err(e) => e,
     };
-    if is_permission(&err) {
-        return Err(UserError::PermissionDenied(pid).into());
+    // A Python this reader does not support will not become one by waiting, nor will a
+    // process that is not ours to read.
+    if matches!(
+        err.downcast_ref::<UserError>(),
+        Some(UserError::UnsupportedVersion { .. } | UserError::PermissionDenied(_))
+    ) {
+        return Err(err);
     }
     Ok(Attempt::NotYet(err))
 }
@@ -284,9 +290,8 @@ pub fn launch_with(command: &[String], output: ChildOutput) -> Result<Target> {
                 .into());
             }
             return Err(match last_error {
-                Some(e) if e.downcast_ref::<UserError>().is_some() => e,
-                Some(e) => classify_attach_error(pid, e),
-                None => classify_attach_error(pid, anyhow::anyhow!("no Python interpreter found")),
+                Some(e) => classify_error(pid, e),
+                None => classify_error(pid, anyhow::anyhow!("no Python interpreter found")),
             });
         }
         let reading = if runs_python(pid) {

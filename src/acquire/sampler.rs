@@ -27,6 +27,17 @@ pub trait SampleSource {
     fn probe(&mut self) -> Option<Result<Vec<ThreadSample>>> {
         None
     }
+    /// Full samples of the event-loop threads only (and of the GIL's holder while a loop waits
+    /// for it): what a tick inside a long callback needs. `None` when this source cannot tell
+    /// its loop threads (then [`SampleSource::sample`] is used).
+    fn sample_loops(&mut self) -> Option<Result<Vec<ThreadSample>>> {
+        None
+    }
+    /// Stacks left out of samples since the last call (torn reads of threads that run no
+    /// loop), counted as errors.
+    fn take_dropped(&mut self) -> u64 {
+        0
+    }
     /// Whether the target still runs (checked after a failed read).
     fn alive(&mut self) -> bool;
     /// Host thread ids of the event-loop threads found so far, for the kernel clock.
@@ -113,10 +124,11 @@ pub struct Limits<'a> {
     pub rate: f64,
     /// Full stacks per second in the background (for the flame graph of ordinary work).
     pub stack_rate: f64,
-    /// Seconds: a callback running this long is an episode. Once one has run half of it,
-    /// stacks are read every `BURST`, so that the episode's callback, culprit and stack are
-    /// known: a run no stack names is not reported, and a block just past the threshold must
-    /// get a stack read even when the sampler runs late.
+    /// Seconds: a callback running this long is an episode. The loop threads' stacks are read
+    /// at every tick from `BUSY_STACKS` into a callback, or from half the threshold when that
+    /// is sooner, so that the episode's callback, culprit and stack are known: a run no stack
+    /// names is not reported, and a block just past the threshold must get stacks read even
+    /// when the sampler runs late.
     pub threshold: f64,
     pub duration: Option<Duration>,
     pub stop: &'a AtomicBool,
@@ -129,8 +141,23 @@ pub struct Limits<'a> {
 
 /// Give up when this many reads in a row failed while the target still runs.
 const MAX_CONSECUTIVE_ERRORS: u64 = 500;
-/// Stack interval while a callback runs past half the threshold.
+/// Once a loop thread has been inside one callback this long, every tick reads the loop
+/// threads' stacks, so even an episode just past the threshold gets its culprit and stack from
+/// many samples.
+const BUSY_STACKS: Duration = Duration::from_millis(5);
+/// Past this much of one callback, loop stacks are read every `BURST` instead of every tick
+/// (a long hang does not need a thousand stacks a second, and recordings stay small).
+const PER_TICK_UNTIL: Duration = Duration::from_secs(1);
+/// Stack interval of a callback past `PER_TICK_UNTIL`.
 const BURST: Duration = Duration::from_millis(10);
+/// A stack read that took `t` is not repeated before `COST_SPACING * t` has passed, so a costly
+/// read (a stack thousands of frames deep, hundreds of threads) takes at most about 5% of the
+/// sampler's time and never delays tick after tick. The spacing is capped, so one slow read (a
+/// first read that loads every code object, a stall) never keeps a long callback without
+/// stacks: the loop threads are read at least every `MAX_LOOP_SPACING` while one is busy.
+const COST_SPACING: u32 = 20;
+const MAX_LOOP_SPACING: Duration = Duration::from_millis(40);
+const MAX_ALL_SPACING: Duration = Duration::from_secs(2);
 /// The tick rate when the source cannot probe and every tick reads full stacks.
 pub const STACK_ONLY_MAX_RATE: f64 = 100.0;
 
@@ -148,15 +175,14 @@ fn in_epoll(t: &ThreadSample) -> bool {
     )
 }
 
-/// Follow the loop threads of one tick; true when one of them has been in one callback for
-/// at least `threshold` (here: half the episode threshold).
+/// Follow the loop threads of one tick; how long the busiest of them has been inside one
+/// callback (`None` when all are idle).
 fn track_runs(
     clocks: &mut HashMap<u32, RunClock>,
     threads: &[ThreadSample],
     now: Instant,
-    threshold: Duration,
-) -> bool {
-    let mut long = false;
+) -> Option<Duration> {
+    let mut longest: Option<Duration> = None;
     for t in threads.iter().filter(|t| t.event_loop.is_some()) {
         let c = clocks.entry(t.tid).or_default();
         let popped = matches!((&c.ready, &t.ready), (Some(a), Some(b)) if a.popped_before(b));
@@ -166,9 +192,11 @@ fn track_runs(
         } else if popped || c.busy_since.is_none() {
             c.busy_since = Some(now);
         }
-        long |= c.busy_since.is_some_and(|since| now - since >= threshold);
+        if let Some(since) = c.busy_since {
+            longest = longest.max(Some(now - since));
+        }
     }
-    long
+    longest
 }
 
 /// Finds new processes to sample (worker processes started after attaching); called every
@@ -197,8 +225,14 @@ fn interval_of(rate: f64) -> Duration {
 /// One sampled process and its schedule.
 struct Slot<'s> {
     source: Box<dyn SampleSource + Send + 's>,
+    /// The last read of every thread's stack, and how long it took.
     last_stack: Option<Instant>,
-    long_run: bool,
+    stack_cost: Duration,
+    /// The last read of the loop threads' stacks (a full read counts too), and its cost.
+    last_loop_stack: Option<Instant>,
+    loop_cost: Duration,
+    /// How long the busiest loop thread has been in one callback, as of the last tick.
+    busy: Option<Duration>,
     clocks: HashMap<u32, RunClock>,
     consecutive: u64,
     kernel: kernel::KernelSlot,
@@ -208,11 +242,21 @@ struct Slot<'s> {
 
 /// What one tick of one process gave.
 enum Read {
-    Sample(Sample),
+    /// A sample, and the errors met on the way (stacks left out, a stack read that failed
+    /// and fell back to a probe).
+    Sample(Sample, u64),
     Skipped,
     Failed(anyhow::Error),
     /// The program the source read is gone (`exec`), and why.
     Replaced(String),
+}
+
+/// Which read a tick makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    All,
+    Loops,
+    Probe,
 }
 
 impl<'s> Slot<'s> {
@@ -220,7 +264,10 @@ impl<'s> Slot<'s> {
         Slot {
             source,
             last_stack: None,
-            long_run: false,
+            stack_cost: Duration::ZERO,
+            last_loop_stack: None,
+            loop_cost: Duration::ZERO,
+            busy: None,
             clocks: HashMap::new(),
             consecutive: 0,
             kernel: kernel::KernelSlot::new(clock),
@@ -228,53 +275,96 @@ impl<'s> Slot<'s> {
         }
     }
 
+    /// What this tick reads: every thread at the background stack rate; the loop threads while
+    /// one runs a callback past `BUSY_STACKS` (every tick, then every `BURST`); else a probe.
+    /// A read is not repeated sooner than `COST_SPACING` times what it last cost.
+    /// `busy`: how long the busiest loop thread has been in one callback (from the kernel clock
+    /// when it times this process, else from the ticks).
+    fn plan(&self, tick: Instant, limits: &Timing, busy: Option<Duration>) -> Kind {
+        let since = |t: Option<Instant>| t.map(|t| tick.saturating_duration_since(t));
+        let all_every = limits
+            .stack_interval
+            .max((self.stack_cost * COST_SPACING).min(MAX_ALL_SPACING));
+        if since(self.last_stack).is_none_or(|s| s >= all_every) {
+            return Kind::All;
+        }
+        let loop_every = match busy {
+            Some(b) if b >= PER_TICK_UNTIL => Some(BURST),
+            Some(b) if b >= limits.burst_after => Some(Duration::ZERO),
+            _ => None,
+        };
+        let spacing = (self.loop_cost * COST_SPACING).min(MAX_LOOP_SPACING);
+        match loop_every {
+            Some(every) if since(self.last_loop_stack).is_none_or(|s| s >= every.max(spacing)) => {
+                Kind::Loops
+            }
+            _ => Kind::Probe,
+        }
+    }
+
     fn tick(&mut self, tick: Instant, wall: f64, mono: f64, limits: &Timing) -> Read {
         let kernel = self.kernel.active();
-        // On the kernel clock a long gap is not enough: one loop iteration may run thousands of
-        // short callbacks (pyperformance's async_tree). The ticks inside the gap follow the
-        // ready queue, so the callback itself must have run past the threshold too.
-        let long_run = if kernel {
-            self.kernel.long(tick, limits)
+        let busy = if kernel {
+            self.kernel.busy(tick, limits)
         } else {
-            self.long_run
+            self.busy
         };
-        let stack_due = self.last_stack.is_none_or(|t| {
-            let since = tick - t;
-            since >= limits.stack_interval || (long_run && since >= BURST)
-        });
-        // With the kernel clock nothing is read while the loops are idle or in short callbacks.
-        if kernel && !self.kernel.probe_due(tick, limits, stack_due) && !stack_due {
+        let mut kind = self.plan(tick, limits, busy);
+        // With the kernel clock nothing is read while the loops are idle or in short callbacks
+        // (a background stack read still is); a loop stack read counts as the busy loop's tick.
+        if kernel && !self.kernel.probe_due(tick, limits, kind != Kind::Probe) && kind != Kind::All
+        {
             return Read::Skipped;
         }
-        let mut probe = false;
-        let read = if stack_due {
-            self.last_stack = Some(tick);
-            self.source.sample()
-        } else {
-            match self.source.probe() {
-                Some(r) => {
-                    probe = true;
-                    r
+        let started = Instant::now();
+        let mut read = match kind {
+            Kind::All => self.source.sample(),
+            Kind::Loops => match self.source.sample_loops() {
+                Some(r) => r,
+                None => {
+                    kind = Kind::All;
+                    self.source.sample()
                 }
+            },
+            Kind::Probe => match self.source.probe() {
+                Some(r) => r,
                 // No cheap path for now (no loop known yet, or a layout we cannot read): read
                 // stacks instead, but no faster than a stack read can keep up with.
                 None if self
                     .last_stack
                     .is_none_or(|t| tick - t >= limits.stack_only) =>
                 {
-                    self.last_stack = Some(tick);
+                    kind = Kind::All;
                     self.source.sample()
                 }
                 None => return Read::Skipped,
-            }
+            },
         };
         // After the read: if the program is still the one attached to now, it was then too.
         if let Some(why) = self.source.replaced() {
             return Read::Replaced(why);
         }
+        let cost = started.elapsed();
+        match kind {
+            Kind::All => {
+                (self.last_stack, self.stack_cost) = (Some(tick), cost);
+                self.last_loop_stack = Some(tick);
+            }
+            Kind::Loops => (self.last_loop_stack, self.loop_cost) = (Some(tick), cost),
+            Kind::Probe => {}
+        }
+        let mut errors = self.source.take_dropped();
+        if kind != Kind::Probe && read.is_err() {
+            // A torn stack read: the tick still sees the loops' state through a probe.
+            if let Some(Ok(threads)) = self.source.probe() {
+                errors += 1;
+                read = Ok(threads);
+                kind = Kind::Probe;
+            }
+        }
         match read {
             // Nothing to probe (a process without a loop): no sample.
-            Ok(threads) if probe && threads.is_empty() => {
+            Ok(threads) if kind == Kind::Probe && threads.is_empty() => {
                 self.consecutive = 0;
                 Read::Skipped
             }
@@ -287,15 +377,18 @@ impl<'s> Slot<'s> {
                     });
                     self.kernel.observe_read(tick, popped, limits);
                 }
-                self.long_run = track_runs(&mut self.clocks, &threads, tick, limits.burst_after);
-                Read::Sample(Sample {
-                    wall,
-                    mono,
-                    pid: self.source.pid(),
-                    probe,
-                    threads,
-                    events: Vec::new(),
-                })
+                self.busy = track_runs(&mut self.clocks, &threads, tick);
+                Read::Sample(
+                    Sample {
+                        wall,
+                        mono,
+                        pid: self.source.pid(),
+                        probe: kind == Kind::Probe,
+                        threads,
+                        events: Vec::new(),
+                    },
+                    errors,
+                )
             }
             Err(e) => {
                 self.consecutive += 1;
@@ -314,7 +407,8 @@ struct Timing {
     start: Instant,
     /// Kernel clock: the tick interval while a callback runs past `QUIET`.
     kernel_interval: Duration,
-    /// Stacks are read every `BURST` once a callback has run this long.
+    /// The loop threads' stacks are read at every tick once a callback has run this long:
+    /// `BUSY_STACKS`, or half the threshold when that is sooner.
     burst_after: Duration,
 }
 
@@ -337,8 +431,20 @@ pub fn run(
         fn probe(&mut self) -> Option<Result<Vec<ThreadSample>>> {
             self.0.probe()
         }
+        fn sample_loops(&mut self) -> Option<Result<Vec<ThreadSample>>> {
+            self.0.sample_loops()
+        }
+        fn take_dropped(&mut self) -> u64 {
+            self.0.take_dropped()
+        }
         fn alive(&mut self) -> bool {
             self.0.alive()
+        }
+        fn loop_tids(&self) -> Vec<u32> {
+            self.0.loop_tids()
+        }
+        fn gil_range(&self) -> Option<std::ops::Range<u64>> {
+            self.0.gil_range()
         }
         fn replaced(&mut self) -> Option<String> {
             self.0.replaced()
@@ -367,9 +473,9 @@ pub fn run_tree<'s>(
         threshold: Duration::from_secs_f64(limits.threshold.clamp(0.0, MAX_INTERVAL)),
         start,
         kernel_interval: interval_of(limits.kernel_rate),
-        // Half the threshold: a 55 ms block at a 50 ms threshold, with the sampler 30 ms late
-        // at the wrong moment, got no stack read at all and was not reported.
-        burst_after: Duration::from_secs_f64(limits.threshold / 2.0),
+        // At most half the threshold: a 55 ms block at a 50 ms threshold, with the sampler 30 ms
+        // late at the wrong moment, got no stack read at all and was not reported.
+        burst_after: BUSY_STACKS.min(Duration::from_secs_f64(limits.threshold / 2.0)),
     };
     let deadline = limits.duration.and_then(|d| start.checked_add(d));
     let mut stats = SamplerStats {
@@ -472,8 +578,9 @@ pub fn run_tree<'s>(
                 )?;
             }
             match slots[i].tick(tick, wall, mono, &timing) {
-                Read::Sample(sample) => {
+                Read::Sample(sample, errors) => {
                     any = true;
+                    stats.errors += errors;
                     if !sample.probe {
                         stats.stacks += 1;
                     }
@@ -793,9 +900,9 @@ mod tests {
 
     #[test]
     fn stacks_are_read_before_a_callback_reaches_the_threshold() {
-        // Background stacks once a second; a callback running from the start. The burst of
-        // stack reads must begin at half the threshold (100 ms), so the run is named well
-        // before it becomes an episode, however late a tick or two may be.
+        // Background stacks once a second; a callback running from the start. The loop stacks
+        // must be read from `BUSY_STACKS` (5 ms), well before half the threshold (100 ms), so
+        // the run is named before it becomes an episode, however late a tick or two may be.
         let stop = AtomicBool::new(false);
         let start = Instant::now();
         let mut src = Busy {
@@ -815,10 +922,10 @@ mod tests {
         let second = src.stacks.get(1).expect("a burst read a stack");
         let after = second.duration_since(src.stacks[0]);
         assert!(
-            after >= Duration::from_millis(100) && after < Duration::from_millis(200),
+            after >= BUSY_STACKS && after < Duration::from_millis(100),
             "{after:?}"
         );
-        // Then one every BURST.
+        // Then one at every tick (spaced by their cost).
         assert!(src.stacks.len() >= 10, "{}", src.stacks.len());
     }
 

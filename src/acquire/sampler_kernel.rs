@@ -82,18 +82,16 @@ impl KernelSlot {
             .map(|b| t.start + Duration::from_secs_f64(b.max(0.0)))
     }
 
-    /// Whether a callback has run past the threshold: the loop left epoll that long ago and
-    /// the ticks saw no dispatch since then (one iteration may run thousands of short
-    /// callbacks, as pyperformance's async_tree does).
-    pub(super) fn long(&self, tick: Instant, t: &Timing) -> bool {
-        let Some(b) = self.busy_at(t) else {
-            return false;
-        };
+    /// How long the callback running now has run: since the loop left epoll, or since the
+    /// last dispatch the ticks saw inside this gap (one iteration may run thousands of short
+    /// callbacks, as pyperformance's async_tree does). `None` while the loops are idle.
+    pub(super) fn busy(&self, tick: Instant, t: &Timing) -> Option<Duration> {
+        let b = self.busy_at(t)?;
         let since = match self.last_pop {
             Some(p) if p > b => p,
             _ => b,
         };
-        tick >= since + t.threshold
+        Some(tick.saturating_duration_since(since))
     }
 
     /// A read of the ready queues at `tick`; `popped`: a loop dispatched since the last read.

@@ -1,48 +1,77 @@
-//! The boundary with py-spy: reads the live target through py-spy's `PythonSpy` (never pausing
-//! it) and our own thread scanner, adds the OS view from `/proc`, and returns our own
-//! [`ThreadSample`]s. Nothing past this module sees a py-spy type.
+//! The boundary where raw reads of the live target become our own [`ThreadSample`]s: our CPython
+//! reader (`crate::remote`, never pausing the target) for threads, loops, tasks and stacks, and
+//! the OS view from `/proc`.
+//!
+//! What is read when:
+//! - [`SampleSource::probe`] (every tick): each loop thread's syscall and ready queue, no stack;
+//! - [`SampleSource::sample_loops`] (while a loop runs a long callback): the loop threads'
+//!   stacks, and the GIL holder's while a loop waits for the GIL;
+//! - [`SampleSource::sample`] (the background stack rate): every thread.
+//!
+//! The thread list, loops and thread names are re-read about once a second, and at once when
+//! a thread appears or a thread state stops matching its thread.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
-use py_spy::PythonSpy;
+use anyhow::{anyhow, Result};
 
 use crate::acquire::sampler::SampleSource;
 use crate::os::thread_state::ThreadProc;
 use crate::remote::gc_state::{mark_collector, GcFlag};
-use crate::remote::{AsyncioReader, PyThread, ThreadScanner};
-use crate::sample::{Frame, ReadyQueue, Request, ThreadSample};
+use crate::remote::{
+    AsyncioReader, Gil, Interpreter, Prefetched, Process, PyThread, StackError, StackOf,
+    StackReader, ThreadScanner, Version,
+};
+use crate::sample::{Frame, OsState, ReadyQueue, ThreadSample};
 
 /// How often the thread scan (running loops, thread ids) is redone even when nothing changed.
 const RESCAN: Duration = Duration::from_secs(1);
+/// How often thread names are re-read from `threading`.
+const RENAME: Duration = Duration::from_secs(1);
+/// A thread without a name is looked up again this often, this many times.
+const NAME_RETRY: Duration = Duration::from_millis(20);
+const NAME_TRIES: u32 = 5;
 
 /// A live, attached target.
 pub struct Spy {
-    spy: PythonSpy,
-    scanner: Option<ThreadScanner>,
+    spy: Interpreter,
+    scanner: ThreadScanner,
+    stacks: StackReader,
+    gil: Gil,
+    gil_range: Option<Range<u64>>,
+    /// Our reader of asyncio's own state (current tasks, timers), when its layout reads.
+    asyncio: Option<AsyncioReader>,
+    /// The interpreter's "GC is collecting" flag, when its layout is known.
+    gc: Option<GcFlag>,
     /// pthread id → what the last scan found.
     threads: HashMap<u64, PyThread>,
     last_scan: Option<Instant>,
     procs: HashMap<u32, ThreadProc>,
-    /// The OS thread each pthread id was last seen on.
-    tid_of: HashMap<u64, u32>,
+    /// pthread id → `(OS thread, name)` as `threading` named it when last read.
+    names: HashMap<u64, (Option<u32>, String)>,
+    names_read: Option<Instant>,
+    /// pthread ids the name reads found no name for (not started through `threading`, or not
+    /// registered in it yet), with how many reads missed them.
+    unnamed: HashMap<(u64, Option<u32>), u32>,
     /// Probe ticks so far.
     probes: u64,
-    /// Last known Python name of each OS thread, for probe ticks (which read no names).
-    names: HashMap<u32, String>,
-    /// Address range of the GIL's state: a futex wait inside it is a wait for the GIL.
-    gil: Option<std::ops::Range<u64>>,
-    /// Our reader of asyncio's own state (current tasks, timers), when the layout is known.
-    asyncio: Option<AsyncioReader>,
-    /// The interpreter's "GC is collecting" flag, when its layout is known.
-    gc: Option<GcFlag>,
+    /// Stacks dropped since the last [`SampleSource::take_dropped`] (torn reads of threads that
+    /// run no loop).
+    dropped: u64,
+    version: Version,
+    notice: Option<String>,
+    /// `--native`: py-spy's unwinder, whose stacks (C frames included) replace ours.
+    #[cfg(feature = "native")]
+    native: Option<crate::acquire::native::NativeStacks>,
     /// Threads (OS tid) whose loop stopped (and maybe restarted) since the last sample: the
-    /// next sample says so once (`loop_ended`), so the detector ends what they ran there.
-    ended: std::collections::HashSet<u32>,
+    /// next sample that has the thread says so once (`loop_ended`), so the detector ends what
+    /// they ran there.
+    ended: HashSet<u32>,
     /// pthread ids of the threads that run or ran a loop: their running-loop slots are
     /// watched at every tick.
-    loop_threads: std::collections::HashSet<u64>,
+    loop_threads: HashSet<u64>,
     /// A ready queue the last scan found did not read at the last probe.
     suspect: bool,
     /// The process (thread group) id; reads go through `spy.pid`, which is a live thread's
@@ -56,85 +85,174 @@ pub struct Spy {
     read_requests: bool,
 }
 
-/// What a loop thread's running task is, for one stack sample.
-#[derive(Default)]
-struct LoopTask {
-    task: Option<String>,
-    coroutine: Option<String>,
-    timers: Option<u64>,
-    request: Option<Request>,
+/// What a full read adds to the stacks: the loops' task and timers (not on the loop-only reads
+/// of every tick, which need the task but not the timers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Extras {
+    TaskAndTimers,
+    Task,
 }
 
 impl Spy {
-    /// Wrap an attached `PythonSpy`. When our own reader does not understand this interpreter's
-    /// layout, loops are still found from their stacks; `notice` tells why.
-    pub fn new(spy: PythonSpy) -> (Spy, Option<String>) {
-        let (scanner, notice) = match ThreadScanner::new(&spy) {
-            Ok(s) => (Some(s), None),
-            Err(e) => (
-                None,
-                Some(format!(
-                    "event-loop slots not readable ({e:#}); finding loops from stacks only"
-                )),
-            ),
+    /// Reads the attached interpreter's threads for the first time. Errors when its thread
+    /// list does not read with its version's layout. [`Spy::notice`] tells of reduced
+    /// functionality.
+    pub fn new(spy: Interpreter) -> Result<Spy> {
+        let scanner = ThreadScanner::new(&spy)?;
+        let mut notice = None;
+        let asyncio = match AsyncioReader::new(&spy, scanner.layout()) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                notice = Some(format!("asyncio's tasks are not readable ({e:#})"));
+                None
+            }
         };
-        let gil = gil_range(&spy);
-        let asyncio = scanner
-            .as_ref()
-            .and_then(|s| AsyncioReader::new(&spy, s.layout()).ok());
-        let v = (spy.version.major, spy.version.minor);
-        let runtime = crate::remote::pyruntime_address(&spy.process).ok();
-        let interp = spy.addresses.interpreter_address as u64;
-        let gc = GcFlag::locate(&spy.process, interp, runtime, v);
+        let gil = Gil::new(&spy.process, &spy);
+        let version = spy.version();
+        let stacks = spy.stack_reader();
+        let gc = GcFlag::locate(
+            &spy.process,
+            spy.interp,
+            Some(spy.runtime.address),
+            (version.major, version.minor),
+        );
         let pid = spy.pid as u32;
-        let spy = Spy {
+        let mut out = Spy {
             gc,
             image: crate::os::process::Image::open(pid),
             pid,
             failing: false,
+            read_requests: true,
+            gil_range: gil.range(),
+            gil,
+            stacks,
+            scanner,
             asyncio,
             spy,
-            scanner,
             threads: HashMap::new(),
             last_scan: None,
             procs: HashMap::new(),
-            gil,
-            tid_of: HashMap::new(),
             names: HashMap::new(),
+            names_read: None,
+            unnamed: HashMap::new(),
             probes: 0,
-            ended: Default::default(),
-            loop_threads: Default::default(),
+            dropped: 0,
+            version,
+            notice,
+            #[cfg(feature = "native")]
+            native: None,
+            ended: HashSet::new(),
+            loop_threads: HashSet::new(),
             suspect: false,
-            read_requests: true,
         };
-        (spy, notice)
+        if out.version.patch.is_none() {
+            // 3.8–3.10 images may not say their patch level: `sys.version` does.
+            let mem = &out.spy.process;
+            if let Some(v) = out.asyncio.as_mut().and_then(|a| a.sys_version(mem)) {
+                out.version.patch = patch_of(&v, out.version);
+            }
+        }
+        Ok(out)
     }
 
     /// Name the process `pid` (its thread group) when reads go through another of its
-    /// threads (`PythonSpy::new` was given a live thread's id because the leader exited).
+    /// threads (the reader was attached through a live thread because the leader exited).
     pub fn with_process_id(mut self, pid: u32) -> Spy {
         self.pid = pid;
         self
     }
 
+    /// Whether stack samples read the HTTP request of a loop's running task (`--no-request`
+    /// turns it off).
+    pub fn set_read_requests(&mut self, on: bool) {
+        self.read_requests = on;
+    }
+
     /// `3.11.7`
     pub fn python_version(&self) -> String {
-        let v = &self.spy.version;
-        format!("{}.{}.{}", v.major, v.minor, v.patch)
+        self.version.to_string()
     }
 
-    fn rescan(&mut self) {
-        self.rescan_after(&[]);
+    /// Read C frames too (`--native`), through py-spy's unwinder, which stops the target's
+    /// threads for each read. Errors when this build has no unwinder or py-spy cannot read the
+    /// target.
+    pub fn enable_native(&mut self) -> Result<()> {
+        #[cfg(feature = "native")]
+        {
+            let n = crate::acquire::native::NativeStacks::start(self.spy.pid as u32)
+                .map_err(|e| anyhow!("--native: py-spy cannot unwind this process: {e:#}"))?;
+            self.native = Some(n);
+            Ok(())
+        }
+        #[cfg(not(feature = "native"))]
+        {
+            anyhow::bail!("--native is not in this build of loopspy: build it with the default features (they need libunwind, Debian's libunwind-dev)")
+        }
     }
 
-    /// Scan again; `changed` are the threads whose running-loop slot was seen to change.
-    fn rescan_after(&mut self, changed: &[u64]) {
-        let Some(scanner) = self.scanner.as_mut() else {
-            return;
-        };
-        if let Ok(found) = scanner.scan(&self.spy.process) {
+    /// With `--native`: every thread's stack with its C frames, by host thread id.
+    fn native_stacks(&mut self) -> Option<HashMap<u32, Vec<Frame>>> {
+        #[cfg(feature = "native")]
+        {
+            let read = self.native.as_ref()?.read();
+            match read {
+                Ok(by_inner) => Some(
+                    by_inner
+                        .into_iter()
+                        .map(|(inner, f)| (self.scanner.host_tid(inner).unwrap_or(inner), f))
+                        .collect(),
+                ),
+                Err(_) => {
+                    self.dropped += 1;
+                    None
+                }
+            }
+        }
+        #[cfg(not(feature = "native"))]
+        None
+    }
+
+    /// Every thread's stack and nothing else (no OS state, queues or tasks), for
+    /// `loopspy bench-stacks`: the frames read in all.
+    pub fn bench_stacks(&mut self) -> Result<usize> {
+        if self.stale() {
+            self.rescan()?;
+        }
+        let reqs: Vec<StackOf> = self
+            .threads
+            .values()
+            .map(|t| StackOf {
+                tstate: t.tstate,
+                pthread_id: t.pthread_id,
+            })
+            .collect();
+        let stacks = self.stacks.read(&self.spy.process, &reqs);
+        Ok(stacks.iter().flatten().map(Vec::len).sum())
+    }
+
+    /// A one-line notice about reduced functionality, if any.
+    pub fn notice(&self) -> Option<&str> {
+        self.notice.as_deref()
+    }
+
+    fn mem(&self) -> &Process {
+        &self.spy.process
+    }
+
+    /// Maps the threads again. An error when the thread list cannot be read (the process is
+    /// gone): the previous map is kept.
+    fn rescan(&mut self) -> Result<()> {
+        self.rescan_after(&[])
+    }
+
+    /// Maps the threads again; `changed` are the threads whose running-loop slot was seen to
+    /// change (`loops_changed`). Loops that stopped are noted in `ended`.
+    fn rescan_after(&mut self, changed: &[u64]) -> Result<()> {
+        let mem = &self.spy.process;
+        let scanned = self.scanner.scan(mem);
+        if let Ok(found) = &scanned {
             let threads: HashMap<u64, PyThread> =
-                found.into_iter().map(|t| (t.pthread_id, t)).collect();
+                found.iter().map(|t| (t.pthread_id, t.clone())).collect();
             // Loops that stopped: their thread runs no loop now or another one, or is gone,
             // or its slot changed in place since the last scan (run_forever returned, even if
             // the same loop runs again now: asyncio.run's teardown runs it a few more times).
@@ -162,72 +280,70 @@ impl Spy {
                     .map(|t| t.pthread_id),
             );
             self.threads = threads;
+            let live: HashSet<u64> = self.threads.values().map(|t| t.tstate).collect();
+            self.stacks.retain(&live);
         }
         if let Some(a) = self.asyncio.as_mut() {
-            a.refresh(&self.spy.process);
+            a.refresh(mem);
         }
         self.last_scan = Some(Instant::now());
-    }
-
-    /// For the thread `pthread`, when it runs a loop: the task that loop is stepping (name and
-    /// coroutine), the loop's timer count, and (unless `--no-request`) the HTTP request that
-    /// task serves. About 7 `process_vm_readv` calls, plus the request's first read in each
-    /// callback (`remote::request`). `ready` is the loop's ready-queue counter.
-    fn loop_tasks(&mut self, pthread: u64, ready: Option<u64>) -> LoopTask {
-        let (Some(a), Some(t)) = (self.asyncio.as_mut(), self.threads.get(&pthread)) else {
-            return LoopTask::default();
-        };
-        let Some(l) = t.running_loop.as_ref() else {
-            return LoopTask::default();
-        };
-        let mem = &self.spy.process;
-        let timers = a.timers(mem, l.address);
-        match a.current_task(mem, t.tstate, l.address) {
-            Some(c) => LoopTask {
-                request: self
-                    .read_requests
-                    .then(|| a.request(mem, t.tstate, c.address, ready))
-                    .flatten(),
-                task: c.name,
-                coroutine: c.coroutine,
-                timers,
-            },
-            None => LoopTask {
-                timers,
-                ..LoopTask::default()
-            },
+        if self.names_read.is_none_or(|t| t.elapsed() >= RENAME) || self.names_wanted() {
+            self.read_names();
         }
+        scanned.map(|_| ())
     }
 
-    /// For the thread `pthread`, when its loop waits outside any callback (for the GIL): the
-    /// task it will step for its due timer (see `remote::waiting`).
-    fn waiting_task(&mut self, pthread: u64) -> Option<crate::remote::CurrentTask> {
-        let (a, t) = (self.asyncio.as_mut()?, self.threads.get(&pthread)?);
-        let l = t.running_loop.as_ref()?;
-        a.due_timer_task(&self.spy.process, l.address, monotonic_now())
+    /// Whether a thread of the last scan has no name yet and could get one by reading again: a
+    /// thread appears in the interpreter a moment before `threading` registers it, so a new
+    /// thread is looked up a few times, 20 ms apart.
+    fn names_wanted(&self) -> bool {
+        let missing = self.threads.values().any(|t| {
+            let p = t.pthread_id;
+            let named = self
+                .names
+                .get(&p)
+                .is_some_and(|(tid, _)| tid.is_none() || *tid == t.native_tid);
+            let tries = self.unnamed.get(&(p, t.native_tid));
+            !named && tries.is_none_or(|&n| n < NAME_TRIES)
+        });
+        missing && self.names_read.is_none_or(|t| t.elapsed() >= NAME_RETRY)
     }
 
-    /// Whether stack samples read the HTTP request of a loop's running task (`--no-request`
-    /// turns it off).
-    pub fn set_read_requests(&mut self, on: bool) {
-        self.read_requests = on;
+    /// Re-reads the thread names from `threading`.
+    fn read_names(&mut self) {
+        self.names_read = Some(Instant::now());
+        let mem = &self.spy.process;
+        let Some(found) = self.asyncio.as_mut().and_then(|a| a.thread_names(mem)) else {
+            return;
+        };
+        self.names = found
+            .into_iter()
+            .map(|(p, n)| (p, (self.threads.get(&p).and_then(|t| t.native_tid), n)))
+            .collect();
+        // Counted per pthread id and OS thread: a reused pthread id is a new thread.
+        let mut unnamed = HashMap::new();
+        for t in self.threads.values() {
+            if !self.names.contains_key(&t.pthread_id) {
+                let key = (t.pthread_id, t.native_tid);
+                unnamed.insert(key, self.unnamed.get(&key).copied().unwrap_or(0) + 1);
+            }
+        }
+        self.unnamed = unnamed;
     }
 
-    /// Map the threads and their loops now rather than at the next sample, for a one-shot read
-    /// (`loopspy dump`).
-    pub fn prepare(&mut self) {
-        self.rescan();
+    /// The name of a thread: `threading`'s, unless its pthread id has moved to another OS
+    /// thread since it was read (pthread ids are reused); the main thread is `MainThread`.
+    fn name_of(&self, t: &PyThread) -> Option<String> {
+        let named = self
+            .names
+            .get(&t.pthread_id)
+            .filter(|(tid, _)| tid.is_none() || *tid == t.native_tid)
+            .map(|(_, n)| n.clone());
+        named.or_else(|| (t.native_tid == Some(self.pid)).then(|| "MainThread".into()))
     }
 
-    /// The attached process and our asyncio reader, for `loopspy dump`.
-    pub fn asyncio_parts(
-        &mut self,
-    ) -> (
-        &remoteprocess::Process,
-        &HashMap<u64, PyThread>,
-        Option<&mut AsyncioReader>,
-    ) {
-        (&self.spy.process, &self.threads, self.asyncio.as_mut())
+    fn stale(&self) -> bool {
+        self.last_scan.is_none_or(|t| t.elapsed() >= RESCAN)
     }
 
     /// The threads that started or stopped an event loop since the last scan: one 8-byte read
@@ -235,69 +351,96 @@ impl Spy {
     /// one started (`asyncio.run` called again) must not be read through the old loop's
     /// ready queue and task records for up to a second.
     fn loops_changed(&self) -> Vec<u64> {
-        let Some(scanner) = self.scanner.as_ref() else {
-            return Vec::new();
-        };
         self.loop_threads
             .iter()
             .filter(|p| {
                 self.threads
                     .get(p)
                     .and_then(|t| t.loop_slot.as_ref())
-                    .is_some_and(|w| !scanner.loop_slot_unchanged(&self.spy.process, w))
+                    .is_some_and(|w| !self.scanner.loop_slot_unchanged(self.mem(), w))
             })
             .copied()
             .collect()
     }
 
-    /// pthread id → the ready queue of the loop it runs, for the loops the last scan found.
-    fn ready_queues(&self) -> Vec<(u64, ReadyQueue)> {
-        let Some(scanner) = self.scanner.as_ref() else {
-            return Vec::new();
-        };
-        let read = |(&pthread, t): (&u64, &PyThread)| {
-            let deque = t.running_loop.as_ref()?.ready?;
-            let (len, state) = scanner.read_ready(&self.spy.process, deque)?;
-            Some((pthread, ReadyQueue { len, state }))
-        };
-        self.threads.iter().filter_map(read).collect()
+    /// Before a stack read: maps the threads again when the map is old or a loop started or
+    /// stopped, so that nothing reads the old loop's ready queue or task records.
+    fn refresh_map(&mut self) -> Result<()> {
+        let changed = self.loops_changed();
+        if self.stale() || !changed.is_empty() {
+            self.rescan_after(&changed)?;
+        }
+        Ok(())
+    }
+
+    /// Map the threads and their loops now rather than at the next sample, for a one-shot read
+    /// (`loopspy dump`).
+    pub fn prepare(&mut self) {
+        let _ = self.rescan();
+    }
+
+    /// The attached process and our asyncio reader, for `loopspy dump`.
+    pub fn asyncio_parts(
+        &mut self,
+    ) -> (
+        &Process,
+        &HashMap<u64, PyThread>,
+        Option<&mut AsyncioReader>,
+    ) {
+        (&self.spy.process, &self.threads, self.asyncio.as_mut())
+    }
+
+    /// The ready queue of the loop `t` runs, when readable.
+    fn ready_of(&self, t: &PyThread) -> Option<ReadyQueue> {
+        let deque = t.running_loop.as_ref()?.ready?;
+        let (len, state) = self.scanner.read_ready(self.mem(), deque)?;
+        Some(ReadyQueue { len, state })
     }
 
     /// The cheap tick: for each loop thread the last scan found, its ready queue and its OS
-    /// state, no stack. A few microseconds per loop.
-    fn probe_loops(&mut self) -> Option<Vec<ThreadSample>> {
-        self.scanner.as_ref()?;
+    /// state, no stack. A few microseconds per loop. An error when none of them reads.
+    fn probe_loops(&mut self) -> Option<Result<Vec<ThreadSample>>> {
         // No loop known yet (the program has not started one): look again, often, since a
         // scan is a handful of reads; until one runs, ticks read stacks instead.
         let no_loop = !self.threads.values().any(|t| t.running_loop.is_some());
         let since_scan = self.last_scan.map(|t| t.elapsed());
+        // A loop started or stopped (one read per loop thread), or a ready queue stopped
+        // reading (the loop was closed, or replaced at the same address): look again.
         let changed = self.loops_changed();
         if (no_loop && since_scan.is_none_or(|t| t >= Duration::from_millis(100)))
             || (self.suspect && since_scan.is_none_or(|t| t >= Duration::from_millis(10)))
             || !changed.is_empty()
         {
-            self.rescan_after(&changed);
+            if let Err(e) = self.rescan_after(&changed) {
+                return Some(Err(e));
+            }
         }
-        let mut out = Vec::new();
         let ended = std::mem::take(&mut self.ended);
         // A loop that stopped, on a thread that runs none now: the thread, once, with no loop.
-        let running: Vec<u32> = self
+        let mut out: Vec<ThreadSample> = Vec::new();
+        let running: HashSet<u32> = self
             .threads
             .values()
             .filter(|t| t.running_loop.is_some())
             .filter_map(|t| t.native_tid)
             .collect();
-        for &tid in ended.iter().filter(|t| !running.contains(t)) {
-            let os = self.os_state(tid, false);
+        let mut stopped: Vec<u32> = ended.difference(&running).copied().collect();
+        stopped.sort_unstable();
+        for tid in stopped {
+            let name = self
+                .threads
+                .values()
+                .find(|t| t.native_tid == Some(tid))
+                .and_then(|t| self.name_of(t));
             out.push(ThreadSample {
                 gc: false,
                 loop_ended: true,
                 tid,
-                name: self.names.get(&tid).cloned(),
+                name,
                 event_loop: None,
                 gil: false,
                 active: true,
-                os,
+                os: self.os_state(tid, false),
                 ready: None,
                 task: None,
                 coroutine: None,
@@ -306,60 +449,225 @@ impl Spy {
                 frames: Vec::new(),
             });
         }
-        if !self.threads.values().any(|t| t.running_loop.is_some()) {
-            return (!out.is_empty()).then_some(out);
-        }
-        let scanner = self.scanner.as_ref()?;
-        let mut loops: Vec<(u32, String, Option<ReadyQueue>)> = Vec::new();
+        let mut loops: Vec<(u32, String, Option<ReadyQueue>, Option<String>)> = Vec::new();
         let mut suspect = false;
         for t in self.threads.values() {
             let (Some(tid), Some(lp)) = (t.native_tid, t.running_loop.as_ref()) else {
                 continue;
             };
-            let ready = lp
-                .ready
-                .and_then(|d| scanner.read_ready(&self.spy.process, d))
-                .map(|(len, state)| ReadyQueue { len, state });
+            let ready = self.ready_of(t);
             // The deque the scan found is gone: the loop was closed (or replaced at the same
             // address); look again soon.
             suspect |= lp.ready.is_some() && ready.is_none();
-            loops.push((tid, lp.type_name.clone(), ready));
+            loops.push((tid, lp.type_name.clone(), ready, self.name_of(t)));
         }
         self.suspect = suspect;
+        if loops.is_empty() {
+            return (!out.is_empty()).then_some(Ok(out));
+        }
         loops.sort_by_key(|l| l.0);
         // `stat` (scheduler state, CPU times) on one tick in ten; the syscall on every tick.
         self.probes += 1;
-        let with_stat = self.probes % 10 == 0;
-        for (tid, event_loop, ready) in loops {
-            let os = self.os_state(tid, with_stat);
-            out.push(ThreadSample {
+        let with_stat = self.probes.is_multiple_of(10);
+        let loop_samples: Vec<ThreadSample> = loops
+            .into_iter()
+            .map(|(tid, event_loop, ready, name)| ThreadSample {
                 gc: false,
                 loop_ended: ended.contains(&tid),
                 tid,
-                name: self.names.get(&tid).cloned(),
+                name,
                 event_loop: Some(event_loop),
                 gil: false,
                 active: true,
-                os,
+                os: self.os_state(tid, with_stat),
                 ready,
                 task: None,
                 coroutine: None,
                 timers: None,
                 request: None,
                 frames: Vec::new(),
-            });
+            })
+            .collect();
+        if loop_samples.iter().all(|t| t.os.is_none()) {
+            // Every loop thread is gone: the process exited, or they did (a rescan will tell).
+            self.last_scan = None;
+            return Some(Err(anyhow!("no loop thread could be read")));
         }
-        Some(out)
+        out.extend(loop_samples);
+        Some(Ok(out))
     }
 
-    fn os_state(&mut self, tid: u32, with_stat: bool) -> Option<crate::sample::OsState> {
-        let pid = self.spy.pid as u32;
+    /// The thread's OS state; `None` when it is gone (a zombie included: a launched target
+    /// that exited stays one until loopspy reaps it).
+    fn os_state(&mut self, tid: u32, with_stat: bool) -> Option<OsState> {
+        let pid = self.pid;
         let proc_ = self
             .procs
             .entry(tid)
             .or_insert_with(|| ThreadProc::open(pid, tid));
-        proc_.read(self.gil.clone(), with_stat)
+        proc_
+            .read(self.gil_range.clone(), with_stat)
+            .filter(|o| !matches!(o.state, 'Z' | 'X'))
     }
+
+    /// Full samples of `which` threads (pthread ids), with their stacks. A thread whose stack
+    /// reads torn is left out and counted, unless it runs a loop: then the whole read fails
+    /// (the sampler falls back to a probe tick), since a loop thread missing from a sample
+    /// would end its run. The loops' ready queues, the GIL's holder and the loops' current-task
+    /// records are fetched in the stacks' first batched read.
+    fn full(&mut self, which: &[u64], extras: Extras) -> Result<Vec<ThreadSample>> {
+        let threads: Vec<PyThread> = which
+            .iter()
+            .filter_map(|p| self.threads.get(p).cloned())
+            .collect();
+        let os: Vec<Option<OsState>> = threads
+            .iter()
+            .map(|t| t.native_tid.and_then(|tid| self.os_state(tid, true)))
+            .collect();
+        // Ready queues first in the batch: a pop seen between two samples splits a callback in
+        // two, so a queue read older than its stack errs on the side of splitting.
+        let mut regions: Vec<(u64, usize)> = Vec::new();
+        for t in &threads {
+            if let Some(deque) = t.running_loop.as_ref().and_then(|l| l.ready) {
+                regions.push(self.scanner.ready_region(deque));
+            }
+        }
+        regions.extend(self.gil.holder_region());
+        if let Some(a) = self.asyncio.as_ref() {
+            for t in threads.iter().filter(|t| t.running_loop.is_some()) {
+                regions.extend(a.current_task_region(t.tstate));
+            }
+        }
+        let reqs: Vec<StackOf> = threads
+            .iter()
+            .map(|t| StackOf {
+                tstate: t.tstate,
+                pthread_id: t.pthread_id,
+            })
+            .collect();
+        let (stacks, fetched) = self.stacks.read_with(&self.spy.process, &reqs, &regions);
+        let prefetched: Vec<(u64, Vec<u8>)> = regions
+            .iter()
+            .zip(fetched)
+            .filter_map(|(r, b)| Some((r.0, b?)))
+            .collect();
+        let mut native = self.native_stacks();
+        if self.names_wanted() {
+            self.read_names();
+        }
+        let mem = Prefetched::new(&self.spy.process, prefetched);
+        let holder = self.gil.holder(&mem);
+        let single = threads.len() == 1;
+        let mut out = Vec::with_capacity(threads.len());
+        for ((t, os), stack) in threads.iter().zip(os).zip(stacks) {
+            let frames: Vec<Frame> = match stack {
+                Ok(f) => f,
+                Err(e) => {
+                    // The thread exited or its state moved: map the threads again.
+                    if e == StackError::Gone {
+                        self.last_scan = None;
+                    }
+                    if t.running_loop.is_some() && e != StackError::Gone {
+                        return Err(anyhow!("stack of loop thread {:?}: {e}", t.native_tid));
+                    }
+                    self.dropped += 1;
+                    continue;
+                }
+            };
+            let tid = t
+                .native_tid
+                .or_else(|| single.then_some(self.pid))
+                .unwrap_or(0);
+            let frames = match native.as_mut().and_then(|n| n.remove(&tid)) {
+                Some(with_c) if !with_c.is_empty() => with_c,
+                _ => frames,
+            };
+            if tid != 0 && os.is_none() {
+                // The thread id came from a scan that predates a thread exiting and its
+                // pthread id being reused: map the threads again at the next sample.
+                self.last_scan = None;
+            }
+            let ready = t
+                .running_loop
+                .as_ref()
+                .and_then(|l| l.ready)
+                .and_then(|d| self.scanner.read_ready(&mem, d))
+                .map(|(len, state)| ReadyQueue { len, state });
+            let (task, coroutine, timers, request) = match (self.asyncio.as_mut(), &t.running_loop)
+            {
+                (Some(a), Some(l)) => {
+                    let timers = match extras {
+                        Extras::TaskAndTimers => a.timers(&mem, l.address),
+                        Extras::Task => None,
+                    };
+                    // The request the running task serves, read from this thread's frames
+                    // (`remote::request`); `ready`'s counter tells one callback from the next.
+                    let running = a.current_task(&mem, t.tstate, l.address);
+                    let request = match &running {
+                        Some(c) if self.read_requests => {
+                            a.request(&mem, t.tstate, c.address, ready.map(|q| q.state))
+                        }
+                        _ => None,
+                    };
+                    let current = running.or_else(|| {
+                        // Waiting for the GIL outside any callback: the task it will step
+                        // for its due timer (the starved one; see `remote::waiting`).
+                        waits_outside_callback(&os, &frames)
+                            .then(|| a.due_timer_task(&mem, l.address, monotonic_now()))
+                            .flatten()
+                    });
+                    match current {
+                        Some(c) => (c.name, c.coroutine, timers, request),
+                        None => (None, None, timers, request),
+                    }
+                }
+                _ => (None, None, None, None),
+            };
+            let active = os.as_ref().is_none_or(|o| matches!(o.state, 'R' | 'D'));
+            out.push(ThreadSample {
+                gc: false,
+                loop_ended: self.ended.remove(&tid),
+                tid,
+                name: self.name_of(t),
+                event_loop: t.running_loop.as_ref().map(|l| l.type_name.clone()),
+                gil: holder == Some(t.tstate),
+                active,
+                os,
+                ready,
+                task,
+                coroutine,
+                timers,
+                request,
+                frames,
+            });
+        }
+        if out.is_empty() && !threads.is_empty() {
+            return Err(anyhow!("no thread of the target could be read"));
+        }
+        let collecting = self.gc.and_then(|g| g.collecting(&self.spy.process));
+        mark_collector(&mut out, collecting);
+        // Forget the /proc handles of threads that are gone.
+        if self.procs.len() > self.threads.len() {
+            let live: HashSet<u32> = self.threads.values().filter_map(|t| t.native_tid).collect();
+            self.procs.retain(|tid, _| live.contains(tid));
+        }
+        Ok(out)
+    }
+}
+
+/// The patch level from `sys.version` (`3.9.18 (main, ...)`) when it is of `v`'s minor.
+fn patch_of(text: &str, v: Version) -> Option<u64> {
+    let head = text.split_whitespace().next()?;
+    let mut parts = head.split('.');
+    let (major, minor): (u64, u64) = (parts.next()?.parse().ok()?, parts.next()?.parse().ok()?);
+    let patch: String = parts
+        .next()?
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    ((major, minor) == (v.major, v.minor))
+        .then(|| patch.parse().ok())
+        .flatten()
 }
 
 impl SampleSource for Spy {
@@ -368,135 +676,75 @@ impl SampleSource for Spy {
     }
 
     fn sample(&mut self) -> Result<Vec<ThreadSample>> {
-        // A loop started or stopped since the last scan: map the loops again first, so that
-        // nothing below reads the old loop's ready queue or task records.
-        let changed = self.loops_changed();
-        if !changed.is_empty() {
-            self.rescan_after(&changed);
-        }
-        // Ready queues before stacks: a pop seen between two samples splits a callback in two,
-        // so a queue read older than its stack errs on the side of splitting, never merging.
-        let ready = self.ready_queues();
         self.failing = true;
-        let traces = self.spy.get_stack_traces()?;
-        self.failing = false;
-        let stale = self.last_scan.is_none_or(|t| t.elapsed() >= RESCAN);
-        if stale
-            || traces
-                .iter()
-                .any(|t| !self.threads.contains_key(&t.thread_id))
-        {
-            self.rescan();
-        } else if !self.threads.values().any(|t| t.running_loop.is_some()) {
+        self.refresh_map()?;
+        if !self.threads.values().any(|t| t.running_loop.is_some()) {
             // No loop mapped yet (a program that just started): look for one at every stack
             // sample, so a callback that blocks as soon as the loop starts is named whole. The
             // thread walk is a few reads; asyncio's globals are looked up once a loop shows.
-            if let Some(scanner) = self.scanner.as_mut() {
-                if let Ok(found) = scanner.scan(&self.spy.process) {
-                    self.threads = found.into_iter().map(|t| (t.pthread_id, t)).collect();
+            if let Ok(found) = self.scanner.scan(&self.spy.process) {
+                if found.iter().any(|t| t.running_loop.is_some()) {
+                    self.rescan()?;
                 }
             }
-            if self.threads.values().any(|t| t.running_loop.is_some()) {
-                self.rescan();
-            }
         }
-        let single = traces.len() == 1;
-        let ended = std::mem::take(&mut self.ended);
-        let mut out = Vec::with_capacity(traces.len());
-        for trace in &traces {
-            let scanned = self.threads.get(&trace.thread_id);
-            // Our scan gives host tids; py-spy's `os_thread_id` is the target's own number,
-            // which differs inside a container.
-            let tid = scanned
-                .and_then(|s| s.native_tid)
-                .or_else(|| {
-                    let inner = trace.os_thread_id? as u32;
-                    let scanner = self.scanner.as_ref();
-                    Some(scanner.and_then(|sc| sc.host_tid(inner)).unwrap_or(inner))
-                })
-                .or_else(|| single.then_some(self.spy.pid as u32))
-                .unwrap_or(0);
-            let event_loop = scanned
-                .and_then(|s| s.running_loop.as_ref())
-                .map(|l| l.type_name.clone());
-            let os = if tid != 0 {
-                self.os_state(tid, true)
-            } else {
-                None
-            };
-            if tid != 0 && os.is_none() {
-                // The thread id came from a scan that predates a thread exiting and its pthread
-                // id being reused: map the threads again at the next sample.
-                self.last_scan = None;
-            }
-            // py-spy caches names by pthread id, which a new thread can reuse: a pthread id now
-            // on another OS thread means its cached name is stale.
-            // py-spy learns names from `threading` and retries unnamed threads only once a
-            // second: until then the main thread (tid == pid) is called what CPython calls it.
-            let mut name = trace
-                .thread_name
-                .clone()
-                .or_else(|| (tid == self.pid).then(|| "MainThread".to_string()));
-            if tid != 0
-                && self
-                    .tid_of
-                    .insert(trace.thread_id, tid)
-                    .is_some_and(|old| old != tid)
-            {
-                self.spy.python_thread_names.clear();
-                self.spy.python_thread_ids.clear();
-                name = None;
-            }
-            if let Some(n) = &name {
-                if tid != 0 && self.names.get(&tid) != Some(n) {
-                    self.names.insert(tid, n.clone());
+        let mut all: Vec<&PyThread> = self.threads.values().collect();
+        all.sort_by_key(|t| (t.native_tid, t.pthread_id));
+        let which: Vec<u64> = all.iter().map(|t| t.pthread_id).collect();
+        let read = self.full(&which, Extras::TaskAndTimers);
+        self.failing = read.is_err();
+        read
+    }
+
+    fn sample_loops(&mut self) -> Option<Result<Vec<ThreadSample>>> {
+        if let Err(e) = self.refresh_map() {
+            return Some(Err(e));
+        }
+        // Threads whose loop stopped are read too, so the sample says so (`loop_ended`).
+        let mut loops: Vec<&PyThread> = self
+            .threads
+            .values()
+            .filter(|t| {
+                t.running_loop.is_some() || t.native_tid.is_some_and(|n| self.ended.contains(&n))
+            })
+            .collect();
+        if loops.is_empty() {
+            return None;
+        }
+        loops.sort_by_key(|t| (t.native_tid, t.pthread_id));
+        let mut which: Vec<u64> = loops.iter().map(|t| t.pthread_id).collect();
+        let tids: Vec<u32> = loops.iter().filter_map(|t| t.native_tid).collect();
+        // A loop waiting for the GIL is blamed on the holder: read the holder's stack too.
+        let waiting = tids
+            .iter()
+            .any(|&tid| self.os_state(tid, false).is_some_and(|o| o.gil_wait));
+        if waiting {
+            if let Some(h) = self.gil.holder(self.mem()) {
+                // A thread started since the last scan: map the threads now (not more often
+                // than every 50 ms, should the holder be one no scan finds).
+                let recent = self
+                    .last_scan
+                    .is_some_and(|t| t.elapsed() < Duration::from_millis(50));
+                if !recent && !self.threads.values().any(|t| t.tstate == h) {
+                    if let Err(e) = self.rescan() {
+                        return Some(Err(e));
+                    }
+                }
+                let held_by = self.threads.values().find(|t| t.tstate == h);
+                if let Some(t) = held_by.filter(|t| !which.contains(&t.pthread_id)) {
+                    which.push(t.pthread_id);
                 }
             }
-            let queue = ready
-                .iter()
-                .find(|(p, _)| *p == trace.thread_id)
-                .map(|&(_, q)| q);
-            let lt = self.loop_tasks(trace.thread_id, queue.map(|q| q.state));
-            let (mut task, mut coroutine) = (lt.task, lt.coroutine);
-            let frames: Vec<Frame> = trace.frames.iter().map(Frame::from_py_spy).collect();
-            if task.is_none() && event_loop.is_some() && waits_outside_callback(&os, &frames) {
-                if let Some(w) = self.waiting_task(trace.thread_id) {
-                    (task, coroutine) = (w.name, w.coroutine);
-                }
-            }
-            out.push(ThreadSample {
-                gc: false,
-                loop_ended: ended.contains(&tid),
-                task,
-                coroutine,
-                timers: lt.timers,
-                request: lt.request,
-                tid,
-                name,
-                event_loop,
-                gil: trace.owns_gil,
-                active: trace.active,
-                os,
-                ready: queue,
-                frames,
-            });
         }
-        let collecting = self.gc.and_then(|g| g.collecting(&self.spy.process));
-        mark_collector(&mut out, collecting);
-        // Forget the names and /proc handles of threads that are gone.
-        if self.names.len() > out.len() {
-            self.names
-                .retain(|tid, _| out.iter().any(|t| t.tid == *tid));
-        }
-        if self.procs.len() > out.len() {
-            self.procs
-                .retain(|tid, _| out.iter().any(|t| t.tid == *tid));
-        }
-        Ok(out)
+        Some(self.full(&which, Extras::Task))
     }
 
     fn probe(&mut self) -> Option<Result<Vec<ThreadSample>>> {
-        self.probe_loops().map(Ok)
+        self.probe_loops()
+    }
+
+    fn take_dropped(&mut self) -> u64 {
+        std::mem::take(&mut self.dropped)
     }
 
     fn alive(&mut self) -> bool {
@@ -532,13 +780,13 @@ impl SampleSource for Spy {
     }
 
     fn gil_range(&self) -> Option<std::ops::Range<u64>> {
-        self.gil.clone()
+        self.gil_range.clone()
     }
 }
 
 /// Whether a loop thread waits outside any callback: for the GIL (by the OS), or out of epoll
 /// with its innermost frame still in the selector (between two of CPython's timed GIL waits).
-fn waits_outside_callback(os: &Option<crate::sample::OsState>, frames: &[Frame]) -> bool {
+fn waits_outside_callback(os: &Option<OsState>, frames: &[Frame]) -> bool {
     let Some(os) = os else { return false };
     let in_selector = frames
         .first()
@@ -561,25 +809,26 @@ fn monotonic_now() -> f64 {
     ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
 
-/// Size of CPython's `struct _gil_runtime_state` (3.8–3.14, x86-64 and aarch64).
-const GIL_STATE_SIZE: u64 = 208;
-
-/// Where the GIL's state lives. py-spy's `threadstate_address` is the GIL itself on 3.12+
-/// (`interp->ceval.gil`) and `&_PyRuntime.gilstate.tstate_current` on 3.8–3.11, which sits
-/// 216 bytes after `_PyRuntime.ceval.gil` in each of those versions (cpython-notes §2.5).
-fn gil_range(spy: &PythonSpy) -> Option<std::ops::Range<u64>> {
-    let addr = spy.addresses.threadstate_address as u64;
-    let start = match (spy.version.major, spy.version.minor) {
-        _ if addr == 0 => return None,
-        (3, 8..=11) => addr.checked_sub(216)?,
-        (3, 12..=14) => addr,
-        _ => return None,
-    };
-    Some(start..start + GIL_STATE_SIZE)
-}
-
 /// Whether the process exists and one of its threads is neither a zombie nor dead (a main
 /// thread that called `pthread_exit` leaves a zombie leader beside live threads).
 pub fn process_alive(pid: u32) -> bool {
     crate::os::process::alive(pid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patch_from_sys_version() {
+        let v = Version {
+            major: 3,
+            minor: 9,
+            patch: None,
+        };
+        assert_eq!(patch_of("3.9.18 (main, Oct 2 2023) [GCC]", v), Some(18));
+        assert_eq!(patch_of("3.9.0rc1 (x)", v), Some(0));
+        assert_eq!(patch_of("3.10.1 (x)", v), None);
+        assert_eq!(patch_of("", v), None);
+    }
 }

@@ -102,9 +102,9 @@ pub struct Detector {
     seen_more: std::collections::HashSet<(u32, u32)>,
     /// Where to read the culprit's source line from, if anywhere.
     sources: Option<SourceFiles>,
-    /// Monotonic time of the last full (stack) sample of each process: a stack stands for the
-    /// time since its own process's previous one (worker processes are sampled in turn).
-    last_full: HashMap<u32, f64>,
+    /// Monotonic time of each thread's last stack: a stack stands for the time since the
+    /// thread's previous one (loop threads are read more often than the others).
+    last_stack: HashMap<(u32, u32), f64>,
 }
 
 impl Detector {
@@ -115,7 +115,7 @@ impl Detector {
             seen: Default::default(),
             sources: None,
             seen_more: Default::default(),
-            last_full: HashMap::new(),
+            last_stack: HashMap::new(),
         }
     }
 
@@ -147,16 +147,22 @@ impl Detector {
             }
             return events;
         }
-        // Each stack stands for the time since the previous one (probe ticks read none).
-        if self.last_full.len() >= 4096 && !self.last_full.contains_key(&sample.pid) {
-            self.last_full.clear();
-        }
-        let weight = match self.last_full.insert(sample.pid, sample.mono) {
-            Some(prev) => ((sample.mono - prev) * 1000.0).round().clamp(1.0, 1000.0) as u32,
-            None => 1,
-        };
+        // Each stack stands for the time since the thread's previous one (probe ticks read
+        // none; loop threads are read more often than the others).
         for thread in &sample.threads {
+            let weight = match self
+                .last_stack
+                .insert((sample.pid, thread.tid), sample.mono)
+            {
+                Some(prev) => ((sample.mono - prev) * 1000.0).round().clamp(1.0, 1000.0) as u32,
+                None => 1,
+            };
             self.feed_thread(sample, thread, weight, &mut events);
+        }
+        // Bounded: threads not seen for a while (exited) are forgotten.
+        if self.last_stack.len() > 4 * MAX_LOOPS_REMEMBERED.max(1024) {
+            let now = sample.mono;
+            self.last_stack.retain(|_, t| now - *t < 10.0);
         }
         // A loop thread that is gone ended whatever it was running when it was last seen.
         let gone: Vec<(u32, u32)> = self

@@ -73,6 +73,12 @@ pub fn run(args: &RecordArgs) -> Result<()> {
     if let Some(n) = &target.notice {
         crate::output::escape::print_err(&format!("loopspy: note: {}", escape(n)));
     }
+    if args.native {
+        if let Some(spy) = target.spy.as_mut() {
+            spy.enable_native()?;
+        }
+        eprintln!("loopspy: note: --native stops the target's threads for about a millisecond at each stack read");
+    }
     let header = Header {
         loopspy_recording: FORMAT_VERSION,
         pid: target.pid,

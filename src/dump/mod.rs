@@ -1,4 +1,4 @@
-//! `loopspy dump --pid PID [--json] [--subprocesses] [--all-tasks] [--no-request]`: one read
+//! `loopspy dump --pid PID [--json] [--native] [--subprocesses] [--all-tasks] [--no-request]`: one read
 //! of a live target, never pausing it: every thread with its stack, every event loop with its
 //! queues, running task, the request it serves and how long its callback has run, and every
 //! task with its await chain, grouped by shape. Like CPython 3.14's `python -m asyncio ps`,
@@ -38,6 +38,12 @@ pub fn run(args: &DumpArgs) -> Result<()> {
     let path = args.output.clone().unwrap_or_else(|| "-".into());
     let mut out = OutputTarget::resolve(&path)?.open(Mode::Whole)?;
     let mut target = attach(args.pid)?;
+    if args.native {
+        if let Some(spy) = target.spy.as_mut() {
+            spy.enable_native()?;
+        }
+        eprintln!("loopspy: note: --native stops the target's threads for about a millisecond");
+    }
     let dump = build(&mut target, &opts)?;
     let written = if args.subprocesses {
         let all = with_workers(dump, args.pid, &opts);

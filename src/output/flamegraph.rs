@@ -69,7 +69,10 @@ pub struct FlameGraph {
 }
 
 fn frame_label(f: &Frame) -> String {
-    let label = if f.line > 0 {
+    let label = if f.file.is_empty() {
+        // A marker of our own (`[N frames not shown]`), or a frame with no file.
+        f.function.clone()
+    } else if f.line > 0 {
         format!(
             "{} ({}:{})",
             f.function,
@@ -337,6 +340,22 @@ mod tests {
             .iter()
             .any(|l| l.contains("50 later episodes, merged") && l.ends_with(" 3000")));
         assert!(lines[0].contains("150 episodes"));
+    }
+
+    #[test]
+    fn a_deep_stack_marker_is_drawn_as_its_text() {
+        let marker = Frame {
+            function: "[3000 frames not shown]".into(),
+            file: String::new(),
+            line: 0,
+        };
+        assert_eq!(frame_label(&marker), "[3000 frames not shown]");
+        let frame = Frame {
+            function: "handler".into(),
+            file: "/app/main.py".into(),
+            line: 3,
+        };
+        assert_eq!(frame_label(&frame), "handler (app/main.py:3)");
     }
 
     /// A control character is not allowed in XML, and a line break would split a folded

@@ -5,11 +5,12 @@
 //! 3.11.7, 3.12.1 and 3.13.0 (`p (long)&((T*)0)->field` on libpython and on each `_asyncio`
 //! .so; frame-state enums with `p (int)FRAME_SUSPENDED`; opcodes from each version's `opcode`
 //! module). 3.14 is from its headers (`pycore_interpframe_structs.h`, `pycore_frame.h`,
-//! `cpython/code.h`) and cpython-notes §3.3, and is not tested live here.
+//! `cpython/code.h`) and cpython-notes §3.3; 3.15 from its frame-state renumbering
+//! (`pycore_frame.h`) and `gen_getyieldfrom`. On 3.13+ the frame, code, generator, tuple and
+//! string offsets come from `_Py_DebugOffsets` ([`AsyncLayout::for_runtime`]).
 //!
 //! The `TaskObj` offsets are only a starting point: they drift between patch releases, so
-//! `tasks` self-calibrates them on a live task (3.14 starts from `.AsyncioDebug`), and the
-//! code object's bytecode offset on 3.13+ comes from `_Py_DebugOffsets` when it is readable.
+//! `tasks` self-calibrates them on a live task (3.14+ start from `.AsyncioDebug`).
 
 use super::strings::StrLayout;
 
@@ -62,8 +63,10 @@ pub enum StackTop {
     Depth { valuestack: u64, depth: u64 },
     /// 3.11–3.13: `stacktop` (int), counted in words from `localsplus`.
     Index { at: u64 },
-    /// 3.14: `stackpointer`, a pointer one past the top; tagged `_PyStackRef`s.
-    Pointer { at: u64 },
+    /// 3.14+: `stackpointer`, a pointer one past the top; tagged `_PyStackRef`s. The awaited
+    /// object is `depth` slots below it: 1 on 3.14; 2 on 3.15, whose `SEND` keeps a NULL
+    /// above it (`_PyFrame_StackPeek(frame, 2)` in `gen_getyieldfrom`).
+    Pointer { at: u64, depth: u64 },
 }
 
 /// Whether a frame is suspended in an `await`, by version.
@@ -78,8 +81,20 @@ pub enum Suspension {
     /// `RESUME` (151; or 3.11's quickened `RESUME_QUICK` 150, 3.12's `INSTRUMENTED_RESUME` 240)
     /// with oparg ≥ 2 (after `yield from`/`await`).
     Resume { opcodes: [u8; 2] },
-    /// 3.13+: frame state `FRAME_SUSPENDED_YIELD_FROM` (-1).
+    /// 3.13/3.14: frame state `FRAME_SUSPENDED_YIELD_FROM` (-1).
     State,
+    /// 3.15: frame state `FRAME_SUSPENDED_YIELD_FROM` (2) or `..._LOCKED` (3).
+    State315,
+}
+
+/// How a 3.11+ coroutine's `gi_frame_state` numbers its states (`pycore_frame.h`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GenStates {
+    /// 3.11–3.14: created is negative (given), suspended states are negative, executing 0,
+    /// completed and cleared positive.
+    Signed { created: i8 },
+    /// 3.15 renumbered them: created 0, suspended 1–3, executing 4, cleared 5.
+    Renumbered,
 }
 
 /// Frame fields.
@@ -94,8 +109,8 @@ pub struct FrameOffsets {
     /// Start of `localsplus` (3.11+; the stack index counts from here).
     pub localsplus: u64,
     pub suspension: Suspension,
-    /// Frame states of 3.11+ coroutines: `FRAME_CREATED` and `FRAME_EXECUTING`.
-    pub created: i8,
+    /// How 3.11+ coroutines number their frame states.
+    pub states: GenStates,
     /// Bytes of the frame to read so one read covers every field used.
     pub header: u64,
 }
@@ -154,7 +169,7 @@ impl AsyncLayout {
             10 => (88, 160),
             11 | 12 => (88, 136),
             13 => (96, 120),
-            14 => (104, 128),
+            14 | 15 => (104, 128),
             _ => return None,
         };
         let task = TaskOffsets {
@@ -190,7 +205,7 @@ impl AsyncLayout {
                     stack: StackTop::TopPointer { at: 72 },
                     localsplus: 360,
                     suspension: Suspension::YieldFrom38 { executing: 116 },
-                    created: 0,
+                    states: GenStates::Signed { created: 0 },
                     header: 120,
                 },
                 heap_code,
@@ -207,7 +222,7 @@ impl AsyncLayout {
                     },
                     localsplus: 352,
                     suspension: Suspension::YieldFrom310 { state: 108 },
-                    created: 0,
+                    states: GenStates::Signed { created: 0 },
                     header: 112,
                 },
                 heap_code,
@@ -230,10 +245,31 @@ impl AsyncLayout {
                 interp_frame(0, StackTop::Index { at: 64 }, 72, Suspension::State, -3),
                 inline_code(68, 200),
             ),
+            14 => (
+                32,
+                GenFrame::Inline { at: 72, state: 67 },
+                interp_frame(
+                    0,
+                    StackTop::Pointer { at: 64, depth: 1 },
+                    80,
+                    Suspension::State,
+                    -3,
+                ),
+                inline_code(68, 208),
+            ),
             _ => (
                 32,
                 GenFrame::Inline { at: 72, state: 67 },
-                interp_frame(0, StackTop::Pointer { at: 64 }, 80, Suspension::State, -3),
+                FrameOffsets {
+                    states: GenStates::Renumbered,
+                    ..interp_frame(
+                        0,
+                        StackTop::Pointer { at: 64, depth: 2 },
+                        80,
+                        Suspension::State315,
+                        0,
+                    )
+                },
                 inline_code(68, 208),
             ),
         };
@@ -269,28 +305,49 @@ fn interp_frame(
         stack,
         localsplus,
         suspension,
-        created,
+        states: GenStates::Signed { created },
         header: localsplus,
     }
 }
 
-/// `code_object.co_code_adaptive` from the bytes of `_Py_DebugOffsets` (3.13+), located by
-/// content: the `code_object` sub-struct starts `{size, filename, name, qualname, linetable,
-/// firstlineno, argcount, localsplusnames, localspluskinds, co_code_adaptive}` in 3.13 and
-/// 3.14, and filename/name/qualname have been 112/120/128 since 3.11. 3.13.0 (gdb): 200.
-pub fn code_adaptive_from_debug_offsets(buf: &[u8]) -> Option<u64> {
-    let word = |pos: usize| super::mem::u64_at(buf, pos as u64);
-    (8..buf.len().saturating_sub(80))
-        .step_by(8)
-        .find_map(|pos| {
-            let (size, f, n, q) = (word(pos)?, word(pos + 8)?, word(pos + 16)?, word(pos + 24)?);
-            let adaptive = word(pos + 72)?;
-            ((f, n, q) == (112, 120, 128)
-                && (136..=512).contains(&adaptive)
-                && adaptive <= size
-                && adaptive.is_multiple_of(8))
-            .then_some(adaptive)
-        })
+impl AsyncLayout {
+    /// The layout of the target: the table of its minor, with every offset the 3.13+ runtime
+    /// publishes in `_Py_DebugOffsets` taken from there instead.
+    pub fn for_runtime(rt: &super::runtime::Runtime) -> Option<AsyncLayout> {
+        let mut l = AsyncLayout::for_minor(rt.version.minor)?;
+        let Some(d) = &rt.debug else {
+            return Some(l);
+        };
+        let c = &mut l.code;
+        c.filename = d.get("code_object.filename");
+        c.name = d.get("code_object.name");
+        c.qualname = Some(d.get("code_object.qualname"));
+        c.firstlineno = d.get("code_object.firstlineno");
+        c.linetable = d.get("code_object.linetable");
+        c.bytecode = Bytecode::Inline {
+            at: d.get("code_object.co_code_adaptive"),
+        };
+        let f = &mut l.frame;
+        f.code = d.get("interpreter_frame.executable");
+        f.instr = d.get("interpreter_frame.instr_ptr");
+        f.localsplus = d.get("interpreter_frame.localsplus");
+        f.header = f.localsplus;
+        if let StackTop::Pointer { at, .. } = &mut f.stack {
+            *at = d.get("interpreter_frame.stackpointer");
+        }
+        l.tuple_items = d.get("tuple_object.ob_item");
+        l.strs.ascii_data = d.get("unicode_object.asciiobject_size");
+        if d.has("unicode_object.compactunicodeobject_size") {
+            l.strs.compact_data = d.get("unicode_object.compactunicodeobject_size");
+        }
+        if d.has("gen_object.gi_iframe") {
+            l.gen_frame = GenFrame::Inline {
+                at: d.get("gen_object.gi_iframe"),
+                state: d.get("gen_object.gi_frame_state"),
+            };
+        }
+        Some(l)
+    }
 }
 
 #[cfg(test)]
@@ -299,24 +356,11 @@ mod tests {
 
     #[test]
     fn every_supported_minor_has_a_layout() {
-        for minor in 8..=14 {
+        for minor in 8..=15 {
             let l = AsyncLayout::for_minor(minor).unwrap();
             assert_eq!(l.task.fut_waiter() + 16, l.task.name);
             assert!(l.task.read_len() as u64 > l.task.name);
         }
         assert!(AsyncLayout::for_minor(7).is_none());
-    }
-
-    #[test]
-    fn finds_code_adaptive_in_debug_offsets() {
-        // 3.13.0 (gdb): ... interpreter_frame {size, previous, executable, instr_ptr,
-        // localsplus, owner}, code_object {size, filename, name, qualname, linetable,
-        // firstlineno, argcount, localsplusnames, localspluskinds, co_code_adaptive}.
-        let mut words: Vec<u64> = vec![0; 40];
-        words[2..8].copy_from_slice(&[80, 8, 0, 56, 72, 70]);
-        words[8..18].copy_from_slice(&[208, 112, 120, 128, 136, 68, 52, 96, 104, 200]);
-        let b: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
-        assert_eq!(code_adaptive_from_debug_offsets(&b), Some(200));
-        assert_eq!(code_adaptive_from_debug_offsets(&[0u8; 400]), None);
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! Where asyncio keeps it (cpython-notes §3.2):
 //! - current task: 3.8–3.13 the `_current_tasks` dict `{loop: task}`, found once through
-//!   `sys.modules['asyncio.tasks'].__dict__` (py-spy gives the address of `sys.modules`); 3.14
+//!   `sys.modules['asyncio.tasks'].__dict__`; 3.14+
 //!   `_PyThreadStateImpl.asyncio_running_task`, at the offset given by `.AsyncioDebug`;
 //! - all tasks: see `task_sets`;
 //! - timers: `len(loop._scheduled)`, a list in the loop's instance dict.
@@ -15,10 +15,10 @@
 
 use std::collections::HashMap;
 
-use anyhow::{anyhow, Result};
-use remoteprocess::ProcessMemory;
+use super::mem::Memory;
+use anyhow::Result;
 
-use super::async_offsets::{code_adaptive_from_debug_offsets, AsyncLayout, Bytecode, MODULE_DICT};
+use super::async_offsets::{AsyncLayout, MODULE_DICT};
 use super::asyncio_debug::{asyncio_offsets, AsyncioOffsets};
 use super::attrs::instance_attr;
 use super::code::CodeCache;
@@ -87,6 +87,9 @@ pub struct AsyncioReader {
     pub(super) debug: Option<AsyncioOffsets>,
     /// Loop address → the slot of `_scheduled` in its instance dict (`None`: it has none).
     timer_slots: HashMap<u64, Option<u64>>,
+    /// Task address → (its coroutine and name objects, their texts) as last read: a running
+    /// task is read at every stack sample, and its name and coroutine rarely change.
+    task_texts: HashMap<u64, ((u64, u64), (Option<String>, Option<String>))>,
     /// `len(sys.modules)` at the last lookup that did not find everything.
     modules_seen: Option<u64>,
     /// Slot offsets of `TimerHandle`, for `due_timer_task`.
@@ -96,38 +99,26 @@ pub struct AsyncioReader {
 }
 
 impl AsyncioReader {
-    /// Build for an attached spy whose thread scanner uses `layout`.
-    pub fn new(spy: &py_spy::PythonSpy, layout: &Layout) -> Result<AsyncioReader> {
-        let minor = spy.version.minor;
-        let mut al = AsyncLayout::for_minor(minor)
-            .ok_or_else(|| anyhow!("no task layout for CPython 3.{minor}"))?;
-        if minor >= 13 {
-            // The bytecode offset moved between 3.13 and 3.14 builds: prefer the runtime's own.
-            if let Ok(runtime) = super::pyruntime_address(&spy.process) {
-                let found = read_bytes(&spy.process, runtime, 2048)
-                    .as_deref()
-                    .and_then(code_adaptive_from_debug_offsets);
-                if let Some(at) = found {
-                    al.code.bytecode = Bytecode::Inline { at };
-                }
-            }
-        }
+    /// Build for an attached interpreter whose thread scanner uses `layout`.
+    pub fn new(spy: &super::Interpreter, layout: &Layout) -> Result<AsyncioReader> {
+        let al = spy.async_layout;
         let mut reader = AsyncioReader {
             layout: *layout,
             tasks: TaskReader::new(al.task, false),
             al,
             pid: spy.pid,
-            interp: spy.addresses.interpreter_address as u64,
-            modules_ptr: spy.addresses.imports_modules_address as u64,
+            interp: spy.interp,
+            modules_ptr: spy.modules_ptr(),
             kinds: Kinds::default(),
             codes: CodeCache::default(),
             qualnames: Qualnames::default(),
             globals: Globals::default(),
             debug: None,
             timer_slots: HashMap::new(),
+            task_texts: HashMap::new(),
             modules_seen: None,
             handle_slots: Default::default(),
-            requests: super::request::RequestState::for_minor(minor),
+            requests: super::request::RequestState::for_minor(al.minor),
         };
         reader.refresh(&spy.process);
         Ok(reader)
@@ -139,11 +130,12 @@ impl AsyncioReader {
     }
 
     /// Re-resolve what is missing and drop caches that may be stale (see the module doc).
-    pub fn refresh<M: ProcessMemory + ?Sized>(&mut self, mem: &M) {
+    pub fn refresh<M: Memory + ?Sized>(&mut self, mem: &M) {
         self.kinds.clear();
         self.codes.clear();
         self.qualnames.clear();
         self.timer_slots.clear();
+        self.task_texts.clear();
         self.handle_slots.clear();
         self.requests.refresh();
         if self.al.minor >= 14 && self.debug.is_none() {
@@ -171,8 +163,38 @@ impl AsyncioReader {
         }
     }
 
+    /// pthread id → name of the threads `threading` knows (see `names`).
+    pub fn thread_names<M: Memory + ?Sized>(
+        &mut self,
+        mem: &M,
+    ) -> Option<std::collections::HashMap<u64, String>> {
+        super::names::thread_names(self, mem)
+    }
+
+    /// `sys.version`, e.g. `3.9.18 (main, Oct 2 2023, ...) [GCC 12.2.0]`.
+    pub fn sys_version<M: Memory + ?Sized>(&mut self, mem: &M) -> Option<String> {
+        let modules = read_u64(mem, self.modules_ptr)?;
+        let sys = self.module_dict(mem, modules, b"sys")?;
+        let v = self.lookup(mem, sys, b"version")?;
+        self.is(mem, v, Kind::Str)?;
+        super::strings::read_str(mem, self.al.strs, v)
+    }
+
+    pub(super) fn modules_ptr(&self) -> u64 {
+        self.modules_ptr
+    }
+
+    pub(super) fn dict_layout(&self) -> super::offsets::DictLayout {
+        self.layout.dict
+    }
+
+    /// The kind of the object at `obj`.
+    pub(super) fn kind<M: Memory + ?Sized>(&mut self, mem: &M, obj: u64) -> Option<Kind> {
+        Some(self.kinds.of_object(mem, obj, self.al.tuple_items)?.1)
+    }
+
     /// `sys.modules[name].__dict__`, type-checked at each step.
-    fn module_dict<M: ProcessMemory + ?Sized>(
+    pub(super) fn module_dict<M: Memory + ?Sized>(
         &mut self,
         mem: &M,
         modules: u64,
@@ -189,7 +211,7 @@ impl AsyncioReader {
     }
 
     /// `dict[name]` for a `str` key.
-    pub(super) fn lookup<M: ProcessMemory + ?Sized>(
+    pub(super) fn lookup<M: Memory + ?Sized>(
         &self,
         mem: &M,
         dict: u64,
@@ -201,17 +223,12 @@ impl AsyncioReader {
     }
 
     /// `Some(())` when `obj`'s kind is `kind`.
-    pub(super) fn is<M: ProcessMemory + ?Sized>(
-        &mut self,
-        mem: &M,
-        obj: u64,
-        kind: Kind,
-    ) -> Option<()> {
+    pub(super) fn is<M: Memory + ?Sized>(&mut self, mem: &M, obj: u64, kind: Kind) -> Option<()> {
         (self.kinds.of_object(mem, obj, self.al.tuple_items)?.1 == kind).then_some(())
     }
 
     /// The value of attribute `name` in `obj`'s instance dict.
-    pub(super) fn attr<M: ProcessMemory + ?Sized>(
+    pub(super) fn attr<M: Memory + ?Sized>(
         &self,
         mem: &M,
         obj: u64,
@@ -225,20 +242,20 @@ impl AsyncioReader {
     /// now, or `None` when it runs no task (idle, or a plain callback) or nothing reads validly.
     /// Five `process_vm_readv` calls: the dict's header and table (3.14: the thread-state
     /// slot), the task, its name, its coroutine.
-    pub fn current_task<M: ProcessMemory + ?Sized>(
+    pub fn current_task<M: Memory + ?Sized>(
         &mut self,
         mem: &M,
         tstate: u64,
         loop_: u64,
     ) -> Option<CurrentTask> {
         let task = match self.debug {
-            Some(o) => read_u64(mem, tstate.checked_add(o.running_task)?)?,
-            None => {
-                let dict = self.globals.current?;
-                // `{loop: task}`: one entry per loop running a task; a key is its loop.
-                let items = dict_items(mem, self.layout.dict, dict)?;
-                items.iter().find(|(k, _)| *k == loop_)?.1
-            }
+            Some(o) => match read_u64(mem, tstate.checked_add(o.running_task)?)? {
+                // 3.14's pure-Python tasks (`_PyTask`) step through `_py_enter_task`, which
+                // records them in the module's `_current_tasks` dict, not the thread state.
+                0 => self.current_in_dict(mem, loop_)?,
+                t => t,
+            },
+            None => self.current_in_dict(mem, loop_)?,
         };
         if !plausible_obj(task) {
             return None;
@@ -254,8 +271,16 @@ impl AsyncioReader {
         self.describe(mem, task, &head)
     }
 
+    /// The task `asyncio.tasks._current_tasks` (`{loop: task}`, one entry per loop running a
+    /// task) holds for `loop_`.
+    fn current_in_dict<M: Memory + ?Sized>(&mut self, mem: &M, loop_: u64) -> Option<u64> {
+        let dict = self.globals.current?;
+        let items = dict_items(mem, self.layout.dict, dict)?;
+        items.iter().find(|(k, _)| *k == loop_).map(|e| e.1)
+    }
+
     /// The task at `task`, when it runs on `loop_` and awaits exactly the future `fut`.
-    pub(super) fn describe_waiting<M: ProcessMemory + ?Sized>(
+    pub(super) fn describe_waiting<M: Memory + ?Sized>(
         &mut self,
         mem: &M,
         task: u64,
@@ -274,29 +299,54 @@ impl AsyncioReader {
         self.describe(mem, task, &head)
     }
 
-    fn describe<M: ProcessMemory + ?Sized>(
+    fn describe<M: Memory + ?Sized>(
         &mut self,
         mem: &M,
         task: u64,
         head: &TaskHead,
     ) -> Option<CurrentTask> {
+        let objects = (head.coro, head.name);
+        let (name, coroutine) = match self.task_texts.get(&task) {
+            Some((o, texts)) if *o == objects && texts.0.is_some() => texts.clone(),
+            _ => {
+                let texts = (
+                    self.head_name(mem, head),
+                    qualname(
+                        mem,
+                        &self.al,
+                        &mut self.kinds,
+                        &mut self.qualnames,
+                        head.coro,
+                    ),
+                );
+                if self.task_texts.len() >= 4096 {
+                    self.task_texts.clear();
+                }
+                self.task_texts.insert(task, (objects, texts.clone()));
+                texts
+            }
+        };
         Some(CurrentTask {
             address: task,
-            name: self.head_name(mem, head),
-            coroutine: qualname(
-                mem,
-                &self.al,
-                &mut self.kinds,
-                &mut self.qualnames,
-                head.coro,
-            ),
+            name,
+            coroutine,
         })
+    }
+
+    /// The first region [`AsyncioReader::current_task`] reads for the thread state `tstate`
+    /// (3.14+: its running-task slot; before: the `_current_tasks` dict's header), to fetch it
+    /// ahead with other reads.
+    pub fn current_task_region(&self, tstate: u64) -> Option<(u64, usize)> {
+        match self.debug {
+            Some(o) => Some((tstate.checked_add(o.running_task)?, 8)),
+            None => Some((self.globals.current?, 48)),
+        }
     }
 
     /// `len(loop._scheduled)`: the loop's pending timers (`call_later`, `asyncio.sleep`). Two
     /// reads: the attribute's slot (the list is replaced when the loop compacts it), then the
     /// list's header. `None` for loops without it (uvloop) or when it does not read validly.
-    pub fn timers<M: ProcessMemory + ?Sized>(&mut self, mem: &M, loop_: u64) -> Option<u64> {
+    pub fn timers<M: Memory + ?Sized>(&mut self, mem: &M, loop_: u64) -> Option<u64> {
         let list = self.scheduled_list(mem, loop_)?;
         let b = read_bytes(mem, list, 24)?;
         let kind = self
@@ -307,7 +357,7 @@ impl AsyncioReader {
     }
 
     /// The `loop._scheduled` list object now (the attribute's slot is cached).
-    pub(super) fn scheduled_list<M: ProcessMemory + ?Sized>(
+    pub(super) fn scheduled_list<M: Memory + ?Sized>(
         &mut self,
         mem: &M,
         loop_: u64,
@@ -328,12 +378,7 @@ impl AsyncioReader {
 
     /// Calibrates the task offsets on the first of `tasks` that belongs to one of `loops`,
     /// when no running task did it yet (a dump of idle loops).
-    pub fn calibrate_on<M: ProcessMemory + ?Sized>(
-        &mut self,
-        mem: &M,
-        tasks: &[u64],
-        loops: &[u64],
-    ) {
+    pub fn calibrate_on<M: Memory + ?Sized>(&mut self, mem: &M, tasks: &[u64], loops: &[u64]) {
         for &t in tasks {
             if self.tasks.calibrated {
                 return;
@@ -353,7 +398,7 @@ impl AsyncioReader {
     }
 
     /// Everything about one task, with its await chain.
-    pub fn task_info<M: ProcessMemory + ?Sized>(&mut self, mem: &M, task: u64) -> Option<TaskInfo> {
+    pub fn task_info<M: Memory + ?Sized>(&mut self, mem: &M, task: u64) -> Option<TaskInfo> {
         let head = self.any_head(mem, task)?;
         let (chain, awaited) =
             await_chain(mem, &self.al, &mut self.kinds, &mut self.codes, head.coro);
@@ -382,17 +427,13 @@ impl AsyncioReader {
         })
     }
 
-    fn task_name<M: ProcessMemory + ?Sized>(&mut self, mem: &M, task: u64) -> Option<String> {
+    fn task_name<M: Memory + ?Sized>(&mut self, mem: &M, task: u64) -> Option<String> {
         let head = self.any_head(mem, task)?;
         self.head_name(mem, &head)
     }
 
     /// One read of a task's fields (validated), for the task walkers.
-    pub(super) fn head<M: ProcessMemory + ?Sized>(
-        &mut self,
-        mem: &M,
-        task: u64,
-    ) -> Option<TaskHead> {
+    pub(super) fn head<M: Memory + ?Sized>(&mut self, mem: &M, task: u64) -> Option<TaskHead> {
         self.tasks.head(mem, &self.al, &mut self.kinds, task)
     }
 

@@ -7,7 +7,7 @@
 //! path falls back to a materialized dict when the values array is not in use, because
 //! touching `obj.__dict__` (or an attribute the shared keys cannot hold) materializes one.
 
-use remoteprocess::ProcessMemory;
+use super::mem::Memory;
 
 use super::dict::{find_in_values, find_str, Found, KeyCache};
 use super::mem::{i64_at, plausible_obj, read_at_least, read_bytes, read_u64, u64_at, u8_at};
@@ -27,7 +27,7 @@ const UNBOUNDED: u64 = u64::MAX;
 /// The value of attribute `key` in the instance dict of `obj`, whose type is `tp`, and the
 /// slot it was read from. `None` when the type has no instance dict, the attribute is not
 /// set, or anything read is implausible.
-pub fn instance_attr<M: ProcessMemory + ?Sized>(
+pub fn instance_attr<M: Memory + ?Sized>(
     mem: &M,
     layout: &Layout,
     obj: u64,

@@ -9,9 +9,9 @@
 
 use std::collections::HashMap;
 
-use remoteprocess::ProcessMemory;
+use super::mem::Memory;
 
-use super::async_offsets::{AsyncLayout, Bytecode, BYTES_DATA};
+use super::async_offsets::{AsyncLayout, Bytecode, CodeOffsets, BYTES_DATA};
 use super::kinds::{Kind, Kinds};
 use super::mem::{i64_at, read_bytes, u32_at, u64_at};
 use super::offsets::OB_SIZE;
@@ -34,6 +34,48 @@ pub struct CodeInfo {
     pub bytecode: u64,
     /// Bytecode length in bytes.
     pub bytecode_len: u64,
+    /// The fields that tell this code object apart from another at the same address.
+    pub fingerprint: Fingerprint,
+}
+
+/// A code object's type and the pointers to its name, qualified name, file name and line
+/// table, with its first line: what we compare to know that the code object at an address is
+/// still the one we cached. A freed code object's memory can be reused by another code object,
+/// which would have other strings (or at least another line table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fingerprint([u64; 6]);
+
+/// Bytes from the start of a code object that cover its [`Fingerprint`].
+pub fn fingerprint_len(c: &CodeOffsets) -> usize {
+    let ptrs = [
+        Some(c.filename),
+        Some(c.name),
+        c.qualname,
+        Some(c.linetable),
+    ];
+    let end = ptrs
+        .into_iter()
+        .flatten()
+        .map(|o| o + 8)
+        .chain([c.firstlineno + 4, 16])
+        .max()
+        .unwrap_or(16);
+    end as usize
+}
+
+/// The fingerprint in the first bytes `b` of a code object; `None` when `b` is too short.
+pub fn fingerprint(c: &CodeOffsets, b: &[u8]) -> Option<Fingerprint> {
+    Some(Fingerprint([
+        u64_at(b, 8)?,
+        u64_at(b, c.filename)?,
+        u64_at(b, c.name)?,
+        match c.qualname {
+            Some(q) => u64_at(b, q)?,
+            None => 0,
+        },
+        u64_at(b, c.linetable)?,
+        u32_at(b, c.firstlineno)? as u64,
+    ]))
 }
 
 /// Code objects by address. Code objects live as long as their function (module-level
@@ -41,7 +83,7 @@ pub struct CodeInfo {
 /// the first one freed, so entries are checked against the object's type on every lookup.
 #[derive(Default)]
 pub struct CodeCache {
-    map: HashMap<u64, CodeInfo>,
+    map: HashMap<u64, CodeInfo, super::stacks::FastHash>,
 }
 
 impl CodeCache {
@@ -49,8 +91,33 @@ impl CodeCache {
         self.map.clear();
     }
 
+    /// The cached code object at `addr`, without any check (see [`CodeCache::get`]).
+    pub fn cached(&self, addr: u64) -> Option<&CodeInfo> {
+        self.map.get(&addr)
+    }
+
+    pub fn remove(&mut self, addr: u64) {
+        self.map.remove(&addr);
+    }
+
+    /// Reads the code object at `addr` (its type already known to be `code`) and caches it.
+    pub fn load<M: Memory + ?Sized>(
+        &mut self,
+        mem: &M,
+        l: &AsyncLayout,
+        kinds: &mut Kinds,
+        addr: u64,
+    ) -> Option<&CodeInfo> {
+        let info = read_code(mem, l, kinds, addr)?;
+        if self.map.len() >= MAX_CACHED {
+            self.map.clear();
+        }
+        self.map.insert(addr, info);
+        self.map.get(&addr)
+    }
+
     /// The code object at `addr`; `None` when it is not a readable code object.
-    pub fn get<M: ProcessMemory + ?Sized>(
+    pub fn get<M: Memory + ?Sized>(
         &mut self,
         mem: &M,
         l: &AsyncLayout,
@@ -71,7 +138,7 @@ impl CodeCache {
     }
 }
 
-fn read_code<M: ProcessMemory + ?Sized>(
+fn read_code<M: Memory + ?Sized>(
     mem: &M,
     l: &AsyncLayout,
     kinds: &mut Kinds,
@@ -82,7 +149,9 @@ fn read_code<M: ProcessMemory + ?Sized>(
         Bytecode::Object { at } => at.max(c.linetable) + 8,
         Bytecode::Inline { .. } => c.linetable + 8,
     };
+    let len = len.max(fingerprint_len(c) as u64);
     let b = read_bytes(mem, addr, len as usize)?;
+    let fingerprint = fingerprint(c, &b)?;
     let string = |kinds: &mut Kinds, off: u64| -> Option<String> {
         let p = u64_at(&b, off)?;
         (kinds.of_object(mem, p, l.tuple_items)?.1 == Kind::Str).then_some(())?;
@@ -114,10 +183,11 @@ fn read_code<M: ProcessMemory + ?Sized>(
         table,
         bytecode,
         bytecode_len,
+        fingerprint,
     })
 }
 
-fn bytes_len<M: ProcessMemory + ?Sized>(
+fn bytes_len<M: Memory + ?Sized>(
     mem: &M,
     l: &AsyncLayout,
     kinds: &mut Kinds,
@@ -131,7 +201,7 @@ fn bytes_len<M: ProcessMemory + ?Sized>(
 }
 
 /// The contents of the `bytes` object at `addr`.
-fn bytes_object<M: ProcessMemory + ?Sized>(
+fn bytes_object<M: Memory + ?Sized>(
     mem: &M,
     l: &AsyncLayout,
     kinds: &mut Kinds,
@@ -145,6 +215,11 @@ fn bytes_object<M: ProcessMemory + ?Sized>(
 }
 
 impl CodeInfo {
+    /// `co_firstlineno`, the line of the `def`.
+    pub fn first_line(&self) -> u32 {
+        u32::try_from(self.firstlineno).unwrap_or(0)
+    }
+
     /// The source line of the instruction at byte offset `offset` in the bytecode; `None` when
     /// the table gives none (or the offset is outside the code).
     pub fn line_at(&self, minor: u64, offset: u64) -> Option<u32> {

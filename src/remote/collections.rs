@@ -5,7 +5,7 @@
 //!
 //! Nothing here knows what the items are: callers validate every key and value by its type.
 
-use remoteprocess::ProcessMemory;
+use super::mem::Memory;
 
 use super::dict::EntryTable;
 use super::mem::{plausible_obj, read_bytes, u64_at};
@@ -23,7 +23,7 @@ const SET_ENTRY: u64 = 16;
 
 /// Every (key, value) pair of the dict at `dict` with non-NULL key and value, in entry order.
 /// `None` when the dict does not read as a dict.
-pub fn dict_items<M: ProcessMemory + ?Sized>(
+pub fn dict_items<M: Memory + ?Sized>(
     mem: &M,
     layout: DictLayout,
     dict: u64,
@@ -71,7 +71,7 @@ pub fn dict_items<M: ProcessMemory + ?Sized>(
 
 /// Every non-NULL key in the hash table of the set at `set` (deleted slots hold a dummy object,
 /// which callers reject by its type). `None` when the header is implausible.
-pub fn set_items<M: ProcessMemory + ?Sized>(mem: &M, set: u64) -> Option<Vec<u64>> {
+pub fn set_items<M: Memory + ?Sized>(mem: &M, set: u64) -> Option<Vec<u64>> {
     if !plausible_obj(set) {
         return None;
     }

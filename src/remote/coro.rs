@@ -5,7 +5,8 @@
 //! returns (`_PyGen_yf`), and we decide "suspended in an await" the same way, per version (see
 //! `Suspension`): 3.8–3.10 check that the next instruction is `YIELD_FROM`, 3.11/3.12 that it
 //! is `RESUME` with an oparg of 2 or more, 3.13+ read the frame state
-//! `FRAME_SUSPENDED_YIELD_FROM`. Following the stack top from coroutine to coroutine gives the
+//! `FRAME_SUSPENDED_YIELD_FROM` (renumbered in 3.15, which also keeps a NULL above the awaited
+//! object). Following the stack top from coroutine to coroutine gives the
 //! chain, down to the future (or task) at its end.
 //!
 //! Frames: ≤3.10 a coroutine points at a heap `PyFrameObject` (`cr_frame`); 3.11+ the frame is
@@ -14,9 +15,11 @@
 
 use std::collections::HashMap;
 
-use remoteprocess::ProcessMemory;
+use super::mem::Memory;
 
-use super::async_offsets::{AsyncLayout, GenFrame, StackTop, Suspension, ITER_TARGET, YIELD_FROM};
+use super::async_offsets::{
+    AsyncLayout, GenFrame, GenStates, StackTop, Suspension, ITER_TARGET, YIELD_FROM,
+};
 use super::code::CodeCache;
 use super::kinds::{Kind, Kinds};
 use super::mem::{plausible_obj, read_bytes, read_u64, u32_at, u64_at, u8_at};
@@ -66,7 +69,7 @@ struct Step {
 
 /// The await chain from the coroutine at `coro` inward: the coroutines (outermost first) and
 /// what the innermost awaits. Empty when `coro` is finished or unreadable.
-pub fn await_chain<M: ProcessMemory + ?Sized>(
+pub fn await_chain<M: Memory + ?Sized>(
     mem: &M,
     l: &AsyncLayout,
     kinds: &mut Kinds,
@@ -112,7 +115,7 @@ pub fn await_chain<M: ProcessMemory + ?Sized>(
 }
 
 /// A future or task awaited through its `FutureIter`.
-fn describe<M: ProcessMemory + ?Sized>(
+fn describe<M: Memory + ?Sized>(
     mem: &M,
     l: &AsyncLayout,
     kinds: &mut Kinds,
@@ -143,7 +146,7 @@ impl Qualnames {
 
 /// The qualified name of a coroutine or generator (`cr_qualname`), after checking its type:
 /// one read of the coroutine, plus one of the name the first time it is seen.
-pub fn qualname<M: ProcessMemory + ?Sized>(
+pub fn qualname<M: Memory + ?Sized>(
     mem: &M,
     l: &AsyncLayout,
     kinds: &mut Kinds,
@@ -174,7 +177,7 @@ pub fn qualname<M: ProcessMemory + ?Sized>(
 
 /// Reads one coroutine (type already checked): its frame's code and line, its state, and the
 /// object it awaits when suspended in an await.
-fn read_step<M: ProcessMemory + ?Sized>(
+fn read_step<M: Memory + ?Sized>(
     mem: &M,
     l: &AsyncLayout,
     kinds: &mut Kinds,
@@ -229,11 +232,19 @@ fn read_step<M: ProcessMemory + ?Sized>(
         }
         _ => {
             let st = gen_state?;
-            let state = match st {
-                0 => CoroState::Running,
-                s if s == f.created => CoroState::Created,
-                s if s < 0 => CoroState::Suspended,
-                _ => return None, // finished
+            let state = match f.states {
+                GenStates::Signed { created } => match st {
+                    0 => CoroState::Running,
+                    s if s == created => CoroState::Created,
+                    s if s < 0 => CoroState::Suspended,
+                    _ => return None, // finished
+                },
+                GenStates::Renumbered => match st {
+                    0 => CoroState::Created,
+                    1..=3 => CoroState::Suspended,
+                    4 => CoroState::Running,
+                    _ => return None, // cleared
+                },
             };
             let instr = u64_at(&fb, f.instr)?;
             (instr.checked_sub(code.bytecode), state)
@@ -259,7 +270,7 @@ fn read_step<M: ProcessMemory + ?Sized>(
 }
 
 /// The stack top of a frame suspended in an await (see the module doc for the checks).
-fn awaited<M: ProcessMemory + ?Sized>(
+fn awaited<M: Memory + ?Sized>(
     mem: &M,
     l: &AsyncLayout,
     frame: u64,
@@ -283,6 +294,7 @@ fn awaited<M: ProcessMemory + ?Sized>(
             gen_state == Some(-1) && opcodes.contains(&op) && arg >= 2
         }
         Suspension::State => gen_state == Some(-1),
+        Suspension::State315 => matches!(gen_state, Some(2 | 3)),
     };
     if !in_await {
         return None;
@@ -303,7 +315,7 @@ fn awaited<M: ProcessMemory + ?Sized>(
             }
             frame.checked_add(f.localsplus + 8 * (top - 1))?
         }
-        StackTop::Pointer { at } => u64_at(fb, at)?.checked_sub(8)?,
+        StackTop::Pointer { at, depth } => u64_at(fb, at)?.checked_sub(8 * depth)?,
     };
     let mut v = read_u64(mem, slot)?;
     if l.minor >= 14 {

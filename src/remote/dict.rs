@@ -6,14 +6,14 @@
 //! is then cached, because the keys we look up are interned identifiers that live as long as
 //! the interpreter, so later lookups compare pointers only and read no strings.
 
-use remoteprocess::ProcessMemory;
+use super::mem::Memory;
 
 use super::mem::{plausible_obj, read_at_least, read_bytes, u32_at, u64_at, u8_at};
 use super::offsets::DictLayout;
 
-/// Upper bound on entries we are willing to read: the dicts we look into (thread-state
-/// dicts) hold a handful of items; more means garbage or a torn read.
-const MAX_ENTRIES: u64 = 4096;
+/// Upper bound on entries we are willing to read: `sys.modules` of a big application holds
+/// thousands of modules; more than this means garbage or a torn read.
+const MAX_ENTRIES: u64 = 1 << 18;
 /// Speculative first read of the keys object: covers a small dict's header, indices and
 /// entries (e.g. 3.8: 40 + 8 + 5*24 = 168 bytes; 3.11+: 32 + 8 + 5*16 = 120 bytes).
 const KEYS_SPECULATIVE: usize = 512;
@@ -42,7 +42,7 @@ pub struct Found {
 /// Returns the value stored under `key` in the dict at `dict_addr`, or `None` when the
 /// key is absent, the value is NULL, or anything read does not look like a valid dict.
 #[cfg(test)]
-pub fn lookup_str<M: ProcessMemory + ?Sized>(
+pub fn lookup_str<M: Memory + ?Sized>(
     mem: &M,
     layout: DictLayout,
     str_ascii_size: u64,
@@ -54,7 +54,7 @@ pub fn lookup_str<M: ProcessMemory + ?Sized>(
 
 /// The value stored under `key` and the slot it was read from, or `None` when the key is
 /// absent, the value is NULL, or anything read does not look like a valid dict.
-pub fn find_str<M: ProcessMemory + ?Sized>(
+pub fn find_str<M: Memory + ?Sized>(
     mem: &M,
     layout: DictLayout,
     str_ascii_size: u64,
@@ -70,7 +70,7 @@ pub const MAX_LARGE_ENTRIES: u64 = 1 << 20;
 
 /// `find_str` for a dict that can be large (`sys.modules`: one entry per imported module, past
 /// 4096 in big applications).
-pub fn find_str_large<M: ProcessMemory + ?Sized>(
+pub fn find_str_large<M: Memory + ?Sized>(
     mem: &M,
     layout: DictLayout,
     str_ascii_size: u64,
@@ -87,7 +87,7 @@ pub fn find_str_large<M: ProcessMemory + ?Sized>(
     )
 }
 
-fn find_str_bounded<M: ProcessMemory + ?Sized>(
+fn find_str_bounded<M: Memory + ?Sized>(
     mem: &M,
     layout: DictLayout,
     str_ascii_size: u64,
@@ -135,7 +135,7 @@ fn find_str_bounded<M: ProcessMemory + ?Sized>(
 /// Looks `key` up in a split table: the keys object `keys` (a type's shared
 /// `ht_cached_keys`, or a split dict's `ma_keys`) indexes the values array whose item 0 is at
 /// `values`; entries at index `capacity` or beyond have no value slot.
-pub fn find_in_values<M: ProcessMemory + ?Sized>(
+pub fn find_in_values<M: Memory + ?Sized>(
     mem: &M,
     layout: DictLayout,
     str_ascii_size: u64,
@@ -170,7 +170,7 @@ pub(super) struct EntryTable {
 }
 
 impl EntryTable {
-    pub(super) fn read<M: ProcessMemory + ?Sized>(
+    pub(super) fn read<M: Memory + ?Sized>(
         mem: &M,
         layout: DictLayout,
         keys: u64,
@@ -179,7 +179,7 @@ impl EntryTable {
     }
 
     /// Like `read`, for tables of up to `max_entries` entries.
-    pub(super) fn read_bounded<M: ProcessMemory + ?Sized>(
+    pub(super) fn read_bounded<M: Memory + ?Sized>(
         mem: &M,
         layout: DictLayout,
         keys: u64,
@@ -252,53 +252,40 @@ impl EntryTable {
 }
 
 impl EntryTable {
-    /// Index of the entry whose key is `key`.
-    fn index_of<M: ProcessMemory + ?Sized>(
+    /// Index of the entry whose key is `key`. With the key object's address cached only
+    /// pointers are compared; otherwise every key is read as a compact-ASCII `str`, all in one
+    /// batched read.
+    fn index_of<M: Memory + ?Sized>(
         &self,
         mem: &M,
         str_ascii_size: u64,
         key: &mut KeyCache,
     ) -> Option<u64> {
-        (0..self.nentries).find(|i| {
-            u64_at(&self.bytes, i * self.entry_size + self.key_off)
-                .is_some_and(|k| k != 0 && key_matches(mem, str_ascii_size, k, key))
-        })
-    }
-}
-
-/// Whether the key object at `addr` is the wanted key. With a cached address only the
-/// pointer is compared; otherwise the object is read as a compact-ASCII `str`.
-fn key_matches<M: ProcessMemory + ?Sized>(
-    mem: &M,
-    ascii_size: u64,
-    addr: u64,
-    key: &mut KeyCache,
-) -> bool {
-    if let Some(known) = key.addr {
-        return addr == known;
-    }
-    if str_equals(mem, ascii_size, addr, key.key) {
+        let key_at = |i: u64| {
+            u64_at(&self.bytes, i * self.entry_size + self.key_off).filter(|&k| plausible_obj(k))
+        };
+        if let Some(known) = key.addr {
+            return (0..self.nentries).find(|&i| key_at(i) == Some(known));
+        }
+        let keys: Vec<(u64, u64)> = (0..self.nentries)
+            .filter_map(|i| Some((i, key_at(i)?)))
+            .collect();
+        let reqs: Vec<(u64, usize)> = keys
+            .iter()
+            .map(|&(_, k)| (k, str_ascii_size as usize + key.key.len()))
+            .collect();
+        let got = super::mem::read_batch(mem, &reqs);
+        let (i, addr) = keys.iter().zip(got).find_map(|(&(i, k), b)| {
+            str_bytes_equal(&b?, str_ascii_size, key.key).then_some((i, k))
+        })?;
         key.addr = Some(addr);
-        return true;
+        Some(i)
     }
-    false
 }
 
-/// Compares the `str` at `addr` with ASCII `want`: length @16, `state` bits (kind @2..5 = 1
-/// byte per char, compact bit 5, ascii bit 6) @32, data right after `PyASCIIObject`.
-pub fn str_equals<M: ProcessMemory + ?Sized>(
-    mem: &M,
-    ascii_size: u64,
-    addr: u64,
-    want: &[u8],
-) -> bool {
-    if !plausible_obj(addr) {
-        return false;
-    }
-    let Some(buf) = read_bytes(mem, addr, ascii_size as usize + want.len()) else {
-        return false;
-    };
-    let (Some(len), Some(state)) = (u64_at(&buf, 16), u32_at(&buf, 32)) else {
+/// Whether `buf`, the first bytes of a `str` object, hold the compact-ASCII string `want`.
+fn str_bytes_equal(buf: &[u8], ascii_size: u64, want: &[u8]) -> bool {
+    let (Some(len), Some(state)) = (u64_at(buf, 16), u32_at(buf, 32)) else {
         return false;
     };
     let (kind, compact, ascii) = ((state >> 2) & 7, (state >> 5) & 1, (state >> 6) & 1);

@@ -15,9 +15,7 @@
 //!   752 in 3.15 (values checked in the `.PyRuntime` sections of CPython 3.13.0, 3.13.18,
 //!   3.14.10 and 3.15.2: interp gc 7400/7408/7400, collecting 200/192/112).
 
-use remoteprocess::ProcessMemory;
-
-use super::mem::{read_bytes, u32_at, u64_at};
+use super::mem::{read_bytes, u32_at, u64_at, Memory};
 
 /// Where `collecting` is read from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,7 +78,7 @@ impl GcFlag {
     /// `_PyRuntime`'s address, needed on 3.8 and 3.13+ (without it those are not read).
     /// `None` when the version is not one of the layouts above, or the flag reads as anything
     /// but 0 or 1 (a layout that does not match this build).
-    pub fn locate<M: ProcessMemory + ?Sized>(
+    pub fn locate<M: Memory + ?Sized>(
         mem: &M,
         interp: u64,
         runtime: Option<u64>,
@@ -103,7 +101,7 @@ impl GcFlag {
     }
 
     /// Whether a collection is running now; `None` on a failed or implausible read.
-    pub fn collecting<M: ProcessMemory + ?Sized>(&self, mem: &M) -> Option<bool> {
+    pub fn collecting<M: Memory + ?Sized>(&self, mem: &M) -> Option<bool> {
         match u32_at(&read_bytes(mem, self.addr, 4)?, 0)? {
             0 => Some(false),
             1 => Some(true),

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use remoteprocess::ProcessMemory;
+use super::mem::Memory;
 
 use super::mem::{plausible_obj, read_at_least, read_bytes, read_u64, u64_at};
 use super::objects::TypeNames;
@@ -65,7 +65,7 @@ impl Kinds {
 
     /// The kind of the object at `obj` and its type's address (one read for `ob_type`, unless
     /// the kind of that type is not cached yet).
-    pub fn of_object<M: ProcessMemory + ?Sized>(
+    pub fn of_object<M: Memory + ?Sized>(
         &mut self,
         mem: &M,
         obj: u64,
@@ -76,7 +76,7 @@ impl Kinds {
     }
 
     /// The kind of objects of type `tp`. `tuple_items` is `PyTupleObject.ob_item` of the version.
-    pub fn of_type<M: ProcessMemory + ?Sized>(
+    pub fn of_type<M: Memory + ?Sized>(
         &mut self,
         mem: &M,
         tp: u64,
@@ -111,12 +111,12 @@ impl Kinds {
     }
 
     /// `tp_name` of a type (cached by `TypeNames`).
-    pub fn type_name<M: ProcessMemory + ?Sized>(&mut self, mem: &M, tp: u64) -> Option<String> {
+    pub fn type_name<M: Memory + ?Sized>(&mut self, mem: &M, tp: u64) -> Option<String> {
         self.names.of_type(mem, tp)
     }
 
     /// `tp_name` of every type in `tp`'s MRO, itself first.
-    pub fn mro_names<M: ProcessMemory + ?Sized>(
+    pub fn mro_names<M: Memory + ?Sized>(
         &mut self,
         mem: &M,
         tp: u64,

@@ -1,9 +1,15 @@
-//! Our own reader of a few CPython objects in a live target: its Python threads, their OS
-//! thread ids, and the asyncio event loop each thread is running.
+//! Our own reader of CPython in a live target, never pausing it and never writing to it:
+//! - finding the interpreter (`maps`, `elf`, `runtime`): the image holding `_PyRuntime`, its
+//!   address and the CPython version;
+//! - layouts (`offsets`, `async_offsets`, `frames`, `debug_offsets`): per-version tables for
+//!   3.8–3.12, `_Py_DebugOffsets` read from the target for 3.13+;
+//! - Python stacks (`stacks`, `code`): frames copied in batched reads, code objects cached and
+//!   re-checked;
+//! - threads (`scanner`, `threads`, `tid`, `names`, `gil`): thread states, OS thread ids,
+//!   thread names, the GIL and its holder, and each thread's running event loop;
+//! - asyncio (`asyncio`, `tasks`, `coro`, `task_sets`): tasks and their await chains.
 //!
-//! py-spy (a library dependency) gives us the attached process, its version and the
-//! interpreter address; everything else here reads raw target memory with per-version
-//! layouts (`offsets`), because py-spy keeps its struct bindings private.
+//! Every read goes through `mem`, the one place bytes come out of the target.
 //!
 //! Where the running loop lives (cpython-notes §2.1):
 //! - 3.8–3.11: `tstate->dict["__asyncio_running_event_loop__"]` is a `_RunningLoopHolder`
@@ -14,7 +20,7 @@
 //!   `_Py_DebugOffsets.thread_state.size`;
 //! - 3.14: the offset given by the `_asyncio` module's `.AsyncioDebug` section.
 //!
-//! Only the main interpreter (py-spy's `interpreter_address`) is walked.
+//! Only the main interpreter is walked.
 //!
 //! For stdlib pure-Python loops the scan also finds the loop's ready queue (`loop._ready`,
 //! see `ready`), whose length and mutation counter the sampler re-reads every sample with
@@ -30,15 +36,24 @@ mod attrs;
 mod code;
 mod collections;
 mod coro;
+mod debug_offsets;
 mod dict;
+mod elf;
+mod frames;
 pub mod gc_state;
+mod gil;
 mod kinds;
+mod maps;
 mod mem;
+mod names;
 mod objects;
 mod offsets;
 mod py_tasks;
 mod ready;
 mod request;
+mod runtime;
+mod scanner;
+mod stacks;
 mod strings;
 mod task_sets;
 mod tasks;
@@ -51,410 +66,103 @@ mod garbage_tests;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashSet;
+use anyhow::Result;
 
-use anyhow::{anyhow, bail, Context, Result};
-use remoteprocess::ProcessMemory;
-
-pub use async_offsets::TaskOffsets;
+pub use async_offsets::{AsyncLayout, TaskOffsets};
 pub use asyncio::{AsyncioReader, AwaitTarget, CurrentTask, TaskInfo};
 pub use coro::{CoroState, Link};
+pub use gil::Gil;
+pub use mem::{Memory, Prefetched, Process};
 pub use offsets::{DictLayout, Layout, LoopSlot};
+pub use runtime::{DiscoverError, Runtime, Version};
+pub use scanner::{LoopSlotWatch, PyThread, RunningLoop, ThreadScanner};
+pub use stacks::{StackError, StackOf, StackReader, KEEP_INNER, KEEP_OUTER};
 pub use task_sets::MAX_TASKS;
 pub use tasks::TaskState;
 
-use dict::KeyCache;
-use objects::TypeNames;
-use offsets::{HOLDER_LOOP, HOLDER_PID, OB_TYPE, RUNNING_LOOP_KEY};
-use ready::ReadyQueues;
-use threads::RawThread;
-use tid::PthreadTid;
-
-/// One Python thread state of the target, as read at one moment.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PyThread {
-    /// Address of the thread's `PyThreadState` (3.14 keeps its current task and task list there).
-    pub tstate: u64,
-    /// pthread_t of the thread (PyThreadState.thread_id) — the same value py-spy puts in
-    /// StackTrace.thread_id.
-    pub pthread_id: u64,
-    /// OS thread id (what /proc/PID/task/TID is named by). 3.11+: `native_thread_id`;
-    /// 3.8–3.10: the calibrated `tid` field of glibc's `struct pthread`. Only reported when it
-    /// is currently a thread of the target; None if it cannot be determined.
-    pub native_tid: Option<u32>,
-    /// The asyncio event loop this thread is running now (asyncio's per-thread running-loop
-    /// slot), if any. Only objects whose type derives from `asyncio.AbstractEventLoop` are
-    /// reported (this rejects freed-and-reused memory read mid-update).
-    pub running_loop: Option<RunningLoop>,
-    /// The word asyncio rewrites when this thread starts or stops running a loop, for a cheap
-    /// check between scans ([`ThreadScanner::loop_slot_unchanged`]). `None` for a thread that
-    /// never ran one (3.8–3.12: its dict has no running-loop key).
-    pub loop_slot: Option<LoopSlotWatch>,
+/// An attached interpreter: the process, where its runtime is, and the layouts of its version.
+pub struct Interpreter {
+    pub pid: i32,
+    pub process: Process,
+    pub runtime: Runtime,
+    pub layout: Layout,
+    pub async_layout: AsyncLayout,
+    /// Address of the main `PyInterpreterState`.
+    pub interp: u64,
 }
 
-/// Where a thread's running-loop slot is, and the loop pointer it led to at the scan: the
-/// value in `tstate->dict` under `__asyncio_running_event_loop__` (3.12 the loop or None; 3.8–
-/// 3.11 a `_RunningLoopHolder`, replaced at every `_set_running_loop`, whose `rl_loop` is
-/// compared, since two holders alternate between two addresses), or the thread state's own
-/// slot (3.13+).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LoopSlotWatch {
-    pub addr: u64,
-    /// The slot holds a `_RunningLoopHolder`: follow it to `rl_loop`.
-    pub holder: bool,
-    /// The loop pointer (None's address, or 0) seen at the scan.
-    pub value: u64,
+/// Why attaching failed.
+#[derive(Debug)]
+pub enum AttachError {
+    Discover(DiscoverError),
+    /// The runtime is there but not initialized yet (a process still starting up), or does not
+    /// read as its version's layout says.
+    NotReady(anyhow::Error),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunningLoop {
-    pub address: u64,
-    /// ob_type->tp_name of the loop, e.g. "_UnixSelectorEventLoop" or uvloop's "Loop".
-    pub type_name: String,
-    /// Address of the loop's ready queue (`loop._ready`, a `collections.deque`), for loops
-    /// derived from `asyncio.BaseEventLoop`; None for others (uvloop) or when unreadable.
-    /// Read it with [`ThreadScanner::read_ready`].
-    pub ready: Option<u64>,
-}
-
-/// Reads the target's thread states and their running loops. Built once per attach; keeps
-/// the version layout, the calibrated pthread tid offset and small caches between scans.
-pub struct ThreadScanner {
-    pid: i32,
-    interp: u64,
-    layout: Layout,
-    /// Offset of the running-loop pointer inside the thread state (3.13 at construction,
-    /// 3.14 once `_asyncio` is loaded); None for the dict-based versions.
-    slot_off: Option<u64>,
-    tid: PthreadTid,
-    key: KeyCache,
-    names: TypeNames,
-    ready: ReadyQueues,
-    /// pthread id of the main thread (native tid == pid), once seen: every whole walk has it.
-    main_pthread: Option<u64>,
-    /// The target's threads under both numberings, from the last scan.
-    task_ids: tid::TaskIds,
-}
-
-impl ThreadScanner {
-    /// Build from an attached spy (NonBlocking config). Errors with a one-line reason when
-    /// the version/layout is not supported.
-    pub fn new(spy: &py_spy::PythonSpy) -> Result<ThreadScanner> {
-        let v = &spy.version;
-        if v.major != 3 || !(8..=14).contains(&v.minor) {
-            bail!(
-                "CPython {}.{}.{} is not supported (3.8–3.14 are)",
-                v.major,
-                v.minor,
-                v.patch
-            );
+impl std::fmt::Display for AttachError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AttachError::Discover(e) => write!(f, "{e}"),
+            AttachError::NotReady(e) => write!(f, "{e:#}"),
         }
-        let interp = spy.addresses.interpreter_address as u64;
-        if !mem::plausible_obj(interp) {
-            bail!("py-spy gave an implausible interpreter address 0x{interp:x}");
-        }
-        let layout = match Layout::from_table(v.minor) {
-            Some(l) => l,
-            None => {
-                let runtime = pyruntime_address(&spy.process)?;
-                // _Py_DebugOffsets is ~600 bytes (3.13) to ~800 (3.14); _PyRuntime is far larger.
-                let buf = mem::read_bytes(&spy.process, runtime, 2048)
-                    .ok_or_else(|| anyhow!("cannot read _PyRuntime at 0x{runtime:x}"))?;
-                Layout::from_debug_offsets(v.major, v.minor, &buf)?
-            }
-        };
-        let slot_off = match layout.slot {
-            LoopSlot::TstateField(off) => Some(off),
-            _ => None,
-        };
-        let mut scanner = ThreadScanner {
-            pid: spy.pid,
-            interp,
-            layout,
-            slot_off,
-            tid: PthreadTid::default(),
-            key: KeyCache::new(RUNNING_LOOP_KEY),
-            names: TypeNames::default(),
-            ready: ReadyQueues::default(),
-            main_pthread: None,
-            task_ids: tid::TaskIds::default(),
-        };
-        // A wrong layout shows up as an empty walk: the head's `interp` back-pointer would not
-        // match. A live interpreter always has at least the thread that runs it.
-        let raw = threads::walk(
-            &spy.process,
-            &scanner.layout,
-            interp,
-            scanner.slot_off,
-            None,
-        )?;
-        if raw.is_empty() {
-            bail!(
-                "no thread states found for CPython {}.{}.{} at interpreter 0x{interp:x} (unexpected layout?)",
-                v.major, v.minor, v.patch
-            );
-        }
-        if scanner.layout.ts_native_tid.is_none() {
-            if let Some(ids) = tid::task_ids(scanner.pid) {
-                let pts: Vec<u64> = raw.iter().map(|t| t.pthread_id).collect();
-                scanner
-                    .tid
-                    .calibrate(&spy.process, ids.inner_pid as i32, &pts, &ids.inner());
-            }
-        }
-        if scanner.layout.slot == LoopSlot::AsyncioDebug {
-            scanner.slot_off = asyncio_debug::running_loop_offset(scanner.pid)?;
-        }
-        Ok(scanner)
     }
+}
 
-    /// The version layout in use (for diagnostics).
-    pub fn layout(&self) -> &Layout {
-        &self.layout
-    }
+impl std::error::Error for AttachError {}
 
-    /// The calibrated `struct pthread` tid offset (3.8–3.10), if any.
-    pub fn pthread_tid_offset(&self) -> Option<u64> {
-        self.tid.offset
-    }
-
-    /// Walk the interpreter's thread states and read each one's running loop. Never panics
-    /// on garbage; bounded loops; a thread whose slot can't be read validly gets
-    /// running_loop None.
-    pub fn scan(&mut self, process: &remoteprocess::Process) -> Result<Vec<PyThread>> {
-        if process.pid != self.pid {
-            bail!(
-                "scanner was built for pid {}, asked to scan pid {}",
-                self.pid,
-                process.pid
-            );
-        }
-        if self.layout.slot == LoopSlot::AsyncioDebug && self.slot_off.is_none() {
-            self.slot_off = asyncio_debug::running_loop_offset(self.pid)?;
-        }
-        let raw = threads::walk(
-            process,
-            &self.layout,
-            self.interp,
-            self.slot_off,
-            self.main_pthread,
-        )?;
-        let ids = tid::task_ids(self.pid).with_context(|| {
-            format!(
-                "cannot list /proc/{}/task (has the process exited?)",
-                self.pid
-            )
+impl Interpreter {
+    /// Finds the interpreter of process `pid` and its main interpreter state.
+    pub fn attach(pid: i32) -> Result<Interpreter, AttachError> {
+        let process = Process::new(pid);
+        let runtime = runtime::discover(&process, pid).map_err(AttachError::Discover)?;
+        let not_ready = |e: anyhow::Error| AttachError::NotReady(e);
+        let layout = Layout::for_runtime(&runtime).map_err(not_ready)?;
+        let async_layout = AsyncLayout::for_runtime(&runtime).ok_or_else(|| {
+            not_ready(anyhow::anyhow!(
+                "no asyncio layout for CPython {}",
+                runtime.version
+            ))
         })?;
-        let tids = ids.inner();
-        if self.layout.ts_native_tid.is_none() {
-            let pts: Vec<u64> = raw.iter().map(|t| t.pthread_id).collect();
-            let distinct: HashSet<u64> = pts.iter().copied().collect();
-            if self.tid.wants_calibration(distinct.len()) {
-                self.tid
-                    .calibrate(process, ids.inner_pid as i32, &pts, &tids);
-            }
-        }
-        self.task_ids = ids.clone();
-        let threads: Vec<PyThread> = raw
-            .iter()
-            .map(|t| {
-                let (running_loop, loop_slot) = self.running_loop(process, t);
-                PyThread {
-                    tstate: t.tstate,
-                    pthread_id: t.pthread_id,
-                    native_tid: self.native_tid(process, t, &tids).and_then(|n| ids.host(n)),
-                    running_loop,
-                    loop_slot,
-                }
-            })
-            .collect();
-        if self.main_pthread.is_none() {
-            let pid = self.pid as u32;
-            self.main_pthread = threads
-                .iter()
-                .find(|t| t.native_tid == Some(pid))
-                .map(|t| t.pthread_id);
-        }
-        let live: HashSet<u64> = threads
-            .iter()
-            .filter_map(|t| t.running_loop.as_ref().map(|l| l.address))
-            .collect();
-        self.ready.retain(&live);
-        Ok(threads)
-    }
-
-    /// The host tid (`/proc/PID/task/TID`) of a thread id as the target numbers it (they
-    /// differ in a container), from the last `scan`.
-    pub fn host_tid(&self, inner: u32) -> Option<u32> {
-        self.task_ids.host(inner)
-    }
-
-    /// `(len, state)` of a ready queue found by the last `scan` (`RunningLoop::ready`): its
-    /// length and its mutation counter, which grows by one on every append and every pop.
-    /// One `process_vm_readv` of 64 bytes; `None` when the read fails or the object there is
-    /// no longer that deque. Cheap enough for every sample.
-    pub fn read_ready<M: ProcessMemory + ?Sized>(&self, mem: &M, deque: u64) -> Option<(u64, u64)> {
-        self.ready.read(mem, deque)
-    }
-
-    fn native_tid<M: ProcessMemory + ?Sized>(
-        &self,
-        mem: &M,
-        t: &RawThread,
-        tids: &HashSet<u32>,
-    ) -> Option<u32> {
-        match t.native_tid {
-            Some(n) => u32::try_from(n).ok().filter(|n| tids.contains(n)),
-            None if self.layout.ts_native_tid.is_none() => self.tid.read(mem, t.pthread_id, tids),
-            None => None,
-        }
-    }
-
-    /// Whether the running-loop slot still holds what the scan saw: one 8-byte read. `false`
-    /// (the thread started or stopped a loop, or the slot is gone) means: scan again.
-    pub fn loop_slot_unchanged<M: ProcessMemory + ?Sized>(
-        &self,
-        mem: &M,
-        watch: &LoopSlotWatch,
-    ) -> bool {
-        watched_loop(mem, watch.addr, watch.holder) == Some(watch.value)
-    }
-
-    /// The thread's running loop (None when it has none or anything read is invalid), and
-    /// where to watch for it to change.
-    fn running_loop<M: ProcessMemory + ?Sized>(
-        &mut self,
-        mem: &M,
-        t: &RawThread,
-    ) -> (Option<RunningLoop>, Option<LoopSlotWatch>) {
-        let watch = match self.layout.slot {
-            LoopSlot::DictHolder | LoopSlot::DictDirect => {
-                let d = t.dict.filter(|&d| d != 0);
-                d.and_then(|d| {
-                    dict::find_str(
-                        mem,
-                        self.layout.dict,
-                        self.layout.str_ascii_size,
-                        d,
-                        &mut self.key,
-                    )
-                })
-                .and_then(|f| {
-                    let holder = self.layout.slot == LoopSlot::DictHolder;
-                    Some(LoopSlotWatch {
-                        addr: f.slot,
-                        holder,
-                        value: if holder {
-                            watched_loop(mem, f.slot, true)?
-                        } else {
-                            f.value
-                        },
-                    })
-                })
-            }
-            LoopSlot::TstateField(_) | LoopSlot::AsyncioDebug => match (self.slot_off, t.slot) {
-                (Some(off), Some(value)) => t.tstate.checked_add(off).map(|addr| LoopSlotWatch {
-                    addr,
-                    holder: false,
-                    value,
-                }),
-                _ => None,
-            },
-        };
-        let value = match (self.layout.slot, t.dict) {
-            // The holder itself, which `loop_at` type-checks.
-            (LoopSlot::DictHolder, Some(d)) if d != 0 => {
-                watch.and_then(|w| mem::read_u64(mem, w.addr))
-            }
-            _ => watch.map(|w| w.value),
-        };
-        (self.loop_at(mem, t, value), watch)
-    }
-
-    /// The loop the slot value `value` stands for.
-    ///
-    /// Objects can be freed and their memory reused between any two of our reads, so the
-    /// holder is copied in one read (type, `rl_loop` and `rl_pid` from the same moment) and
-    /// the loop candidate must have an event-loop type (see `objects`).
-    fn loop_at<M: ProcessMemory + ?Sized>(
-        &mut self,
-        mem: &M,
-        t: &RawThread,
-        value: Option<u64>,
-    ) -> Option<RunningLoop> {
-        let loop_addr = match self.layout.slot {
-            LoopSlot::DictHolder => {
-                let holder = value?;
-                let h = mem::read_bytes(mem, holder, (HOLDER_PID + 4) as usize)?;
-                let holder_type = mem::u64_at(&h, OB_TYPE)?;
-                if !self
-                    .names
-                    .of_type(mem, holder_type)?
-                    .ends_with("_RunningLoopHolder")
-                {
-                    return None;
-                }
-                // A forked child inherits the parent's holder; it is not running that loop.
-                // `getpid()` as the target sees it: its own namespace's number.
-                if mem::u32_at(&h, HOLDER_PID)? != self.task_ids.inner_pid {
-                    return None;
-                }
-                mem::u64_at(&h, HOLDER_LOOP)?
-            }
-            LoopSlot::DictDirect => value?,
-            LoopSlot::TstateField(_) | LoopSlot::AsyncioDebug => t.slot?,
-        };
-        if loop_addr == 0 {
-            return None;
-        }
-        let tp = TypeNames::type_of(mem, loop_addr)?;
-        let type_name = self.names.of_type(mem, tp)?;
-        if type_name == "NoneType" {
-            return None;
-        }
-        let kind = self.names.loop_kind(mem, tp, self.layout.tuple_items)?;
-        if !kind.event_loop {
-            return None;
-        }
-        // Only the stdlib's pure-Python loops keep `_ready` in an instance dict we can read.
-        let ready = if kind.base_event_loop {
-            self.ready
-                .resolve(mem, &self.layout, &mut self.names, loop_addr, tp)
-        } else {
-            None
-        };
-        Some(RunningLoop {
-            address: loop_addr,
-            type_name,
-            ready,
+        let interp = main_interpreter(&process, &runtime, &layout).map_err(not_ready)?;
+        Ok(Interpreter {
+            pid,
+            process,
+            runtime,
+            layout,
+            async_layout,
+            interp,
         })
     }
-}
 
-/// The loop pointer a running-loop slot at `slot` leads to now: the slot's value, or with
-/// `holder` the `rl_loop` of the `_RunningLoopHolder` it holds. Unchecked: for comparing with
-/// what a scan saw.
-fn watched_loop<M: ProcessMemory + ?Sized>(mem: &M, slot: u64, holder: bool) -> Option<u64> {
-    let value = mem::read_u64(mem, slot)?;
-    if holder {
-        mem::read_u64(mem, value.checked_add(HOLDER_LOOP)?)
-    } else {
-        Some(value)
+    pub fn version(&self) -> Version {
+        self.runtime.version
+    }
+
+    /// Address of the `sys.modules` pointer in the main interpreter.
+    pub fn modules_ptr(&self) -> u64 {
+        self.interp.wrapping_add(self.layout.interp_modules)
+    }
+
+    /// A stack reader for this interpreter.
+    pub fn stack_reader(&self) -> StackReader {
+        let l = frames::StackLayout::new(&self.runtime, &self.async_layout);
+        StackReader::new(l, self.async_layout, self.interp)
     }
 }
 
-/// Address of `_PyRuntime` (3.13+): the dynamic symbol, else the `.PyRuntime` section that
-/// holds it (3.10+ builds). py-spy's symbol addresses already include the load bias.
-pub fn pyruntime_address(process: &remoteprocess::Process) -> Result<u64> {
-    let info = py_spy::python_process_info::PythonProcessInfo::new(process)
-        .context("cannot parse the target's python binaries")?;
-    if let Some(&addr) = info.get_symbol("_PyRuntime") {
-        return Ok(addr);
-    }
-    let section = [&info.libpython_binary, &info.python_binary]
+/// `_PyRuntime.interpreters.main` (the word after `interpreters.head`), or the head when main
+/// is not set.
+fn main_interpreter<M: Memory + ?Sized>(mem: &M, rt: &Runtime, l: &Layout) -> Result<u64> {
+    let at = rt.address.wrapping_add(l.runtime_interp_head);
+    let b = mem::read_bytes(mem, at, 16)
+        .ok_or_else(|| anyhow::anyhow!("cannot read the interpreter list of _PyRuntime"))?;
+    let (head, main) = (
+        mem::u64_at(&b, 0).unwrap_or(0),
+        mem::u64_at(&b, 8).unwrap_or(0),
+    );
+    [main, head]
         .into_iter()
-        .flatten()
-        .map(|b| b.pyruntime_addr)
-        .find(|&a| a != 0);
-    section.ok_or_else(|| anyhow!("cannot find _PyRuntime (no symbol, no .PyRuntime section)"))
+        .find(|&p| mem::plausible_obj(p))
+        .ok_or_else(|| anyhow::anyhow!("the interpreter is not initialized yet"))
 }

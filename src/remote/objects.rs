@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 
-use remoteprocess::ProcessMemory;
+use super::mem::Memory;
 
 use super::mem::{plausible_addr, plausible_obj, read_at_least, read_cstr, read_u64, u64_at};
 use super::offsets::{OB_SIZE, OB_TYPE, TP_MRO, TP_NAME};
@@ -56,7 +56,7 @@ pub struct TypeNames {
 impl TypeNames {
     /// The address of the object's type, if the object header reads and points somewhere
     /// plausible.
-    pub fn type_of<M: ProcessMemory + ?Sized>(mem: &M, obj: u64) -> Option<u64> {
+    pub fn type_of<M: Memory + ?Sized>(mem: &M, obj: u64) -> Option<u64> {
         if !plausible_obj(obj) {
             return None;
         }
@@ -68,13 +68,13 @@ impl TypeNames {
     /// the name is not a plausible type name. (The scanner reads `ob_type` itself to check
     /// the type further; this is the one-step form used by the tests.)
     #[cfg(test)]
-    pub fn of_object<M: ProcessMemory + ?Sized>(&mut self, mem: &M, obj: u64) -> Option<String> {
+    pub fn of_object<M: Memory + ?Sized>(&mut self, mem: &M, obj: u64) -> Option<String> {
         let tp = Self::type_of(mem, obj)?;
         self.of_type(mem, tp)
     }
 
     /// `tp_name` of the type object at `tp`.
-    pub fn of_type<M: ProcessMemory + ?Sized>(&mut self, mem: &M, tp: u64) -> Option<String> {
+    pub fn of_type<M: Memory + ?Sized>(&mut self, mem: &M, tp: u64) -> Option<String> {
         self.entry(mem, tp).map(|e| e.name.clone())
     }
 
@@ -82,7 +82,7 @@ impl TypeNames {
     /// type (`AbstractEventLoop` in its MRO) and a pure-Python one. `tuple_items` is
     /// `PyTupleObject.ob_item` of the target version. `None` when the type or its MRO cannot
     /// be read validly right now.
-    pub fn loop_kind<M: ProcessMemory + ?Sized>(
+    pub fn loop_kind<M: Memory + ?Sized>(
         &mut self,
         mem: &M,
         tp: u64,
@@ -127,7 +127,7 @@ impl TypeNames {
 
     /// The current cache entry of `tp`, (re)reading the name when the `tp_name` pointer
     /// changed or the type was not seen yet.
-    fn entry<M: ProcessMemory + ?Sized>(&mut self, mem: &M, tp: u64) -> Option<&TypeInfo> {
+    fn entry<M: Memory + ?Sized>(&mut self, mem: &M, tp: u64) -> Option<&TypeInfo> {
         if !plausible_obj(tp) {
             return None;
         }

@@ -1,14 +1,19 @@
-//! Per-version layout of the few CPython structures the scanner reads (x86-64, GIL build).
+//! Per-version layout of the CPython structures the thread scanner and the dict readers use
+//! (x86-64, GIL build): the runtime's interpreter list, the interpreter's thread list, `sys.modules`
+//! and GIL, the thread state, dicts, strings and tuples.
 //!
 //! 3.8–3.12 come from a static table; every number was checked with gdb against the DWARF
-//! of the pyenv builds 3.8.18/3.9.18/3.10.13/3.11.7/3.12.1 (`p (long)&((T*)0)->field`).
-//! 3.13+ take the thread-state core from `_Py_DebugOffsets` at the start of `_PyRuntime`,
-//! because `sizeof(PyThreadState)` (where 3.13 keeps the running-loop slot) changed between
-//! 3.13 patch releases (304 on 3.13.0, 312 later).
+//! of the pyenv builds 3.8.18/3.9.18/3.10.13/3.11.7/3.12.1 (`p (long)&((T*)0)->field`), and the
+//! scanner checks the result against the live target at attach (the thread list must point back
+//! at its interpreter, `sys.modules` must be a dict). 3.13+ take every offset the runtime
+//! publishes from `_Py_DebugOffsets` (see `debug_offsets`), because layouts drift between
+//! patch releases: `sizeof(PyThreadState)`, where 3.13 keeps the running-loop slot, is 304 on
+//! 3.13.0 and 312 on 3.13.15.
 
 use anyhow::{bail, Result};
 
-use super::mem::u64_at;
+use super::debug_offsets::DebugOffsets;
+use super::runtime::Runtime;
 
 /// `PyObject.ob_type`, the same in every supported version.
 pub const OB_TYPE: u64 = 8;
@@ -78,9 +83,33 @@ pub enum DictLayout {
     Post311 { values_off: u64 },
 }
 
+/// Where the GIL's state and its holder are (cpython-notes §2.5, §4.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GilLayout {
+    /// ≤3.11: `_PyRuntime.ceval.gil` (a `_gil_runtime_state`) at `runtime + gil`, and the holder
+    /// `_PyRuntime.gilstate.tstate_current` (a `PyThreadState*`, NULL when nobody holds it) at
+    /// `runtime + holder`.
+    InRuntime { gil: u64, holder: u64 },
+    /// 3.12+: `interp->ceval.gil` (a pointer to the `_gil_runtime_state`) at `interp + ptr`;
+    /// the holder is its `last_holder` while `locked` is set.
+    InterpPointer { ptr: u64 },
+}
+
+/// `_gil_runtime_state`: `last_holder` @8, `locked` @16, size 208 (gdb on 3.8–3.13; the 3.13+
+/// debug offsets give the same `locked`/`last_holder` distance from `_gil`).
+pub const GIL_LAST_HOLDER: u64 = 8;
+pub const GIL_LOCKED: u64 = 16;
+pub const GIL_STATE_SIZE: u64 = 208;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Layout {
     pub minor: u64,
+    /// `_PyRuntime.interpreters.head`; `interpreters.main` is the next word.
+    pub runtime_interp_head: u64,
+    /// Offset of the `sys.modules` pointer in `PyInterpreterState` (`modules` /
+    /// `imports.modules`).
+    pub interp_modules: u64,
+    pub gil: GilLayout,
     /// Offset of the thread-list head in `PyInterpreterState`.
     pub interp_threads_head: u64,
     pub ts_next: u64,
@@ -101,6 +130,17 @@ pub struct Layout {
 }
 
 impl Layout {
+    /// The layout of the target's version.
+    pub fn for_runtime(rt: &Runtime) -> Result<Layout> {
+        match &rt.debug {
+            Some(d) => Layout::from_debug_offsets(d),
+            None => match Layout::from_table(rt.version.minor) {
+                Some(l) => Ok(l),
+                None => bail!("no layout for CPython {}", rt.version),
+            },
+        }
+    }
+
     /// The static table for 3.8–3.12; `None` for other minors.
     pub fn from_table(minor: u64) -> Option<Layout> {
         // (threads head, thread_id, native_thread_id, dict)
@@ -110,8 +150,39 @@ impl Layout {
             12 => (72, 136, Some(144), 112),
             _ => return None,
         };
+        // (interpreters.head, sys.modules, GIL)
+        let (runtime_interp_head, interp_modules, gil) = match minor {
+            8 => (
+                32,
+                56,
+                GilLayout::InRuntime {
+                    gil: 1152,
+                    holder: 1368,
+                },
+            ),
+            9 | 10 => (
+                32,
+                856,
+                GilLayout::InRuntime {
+                    gil: 352,
+                    holder: 568,
+                },
+            ),
+            11 => (
+                40,
+                888,
+                GilLayout::InRuntime {
+                    gil: 360,
+                    holder: 576,
+                },
+            ),
+            _ => (40, 944, GilLayout::InterpPointer { ptr: 384 }),
+        };
         Some(Layout {
             minor,
+            runtime_interp_head,
+            interp_modules,
+            gil,
             interp_threads_head: head,
             ts_next: 8,
             ts_interp: 16,
@@ -138,35 +209,37 @@ impl Layout {
         })
     }
 
-    /// Builds the layout of 3.13/3.14 from the bytes of `_Py_DebugOffsets` (the start of
-    /// `_PyRuntime`). `major`/`minor` are what py-spy detected; the block must agree.
-    pub fn from_debug_offsets(major: u64, minor: u64, buf: &[u8]) -> Result<Layout> {
-        let d = parse_debug_offsets(buf)?;
-        let (dmaj, dmin) = ((d.version >> 24) & 0xff, (d.version >> 16) & 0xff);
-        if (dmaj, dmin) != (major, minor) {
-            bail!("_Py_DebugOffsets says {dmaj}.{dmin} but the process looks like {major}.{minor}");
-        }
-        if d.free_threaded != 0 {
-            bail!("free-threaded CPython {major}.{minor} is not supported (object layout differs)");
-        }
+    /// The layout of 3.13+ from its `_Py_DebugOffsets`. What they do not cover (dict keys,
+    /// instance dicts of heap types before 3.15) keeps the values of the 3.13/3.14 headers.
+    pub fn from_debug_offsets(d: &DebugOffsets) -> Result<Layout> {
+        let minor = d.minor();
         let slot = match minor {
-            13 => LoopSlot::TstateField(d.ts_size),
-            14 => LoopSlot::AsyncioDebug,
-            _ => bail!("CPython {major}.{minor} is not supported (3.8–3.14 are)"),
+            13 => LoopSlot::TstateField(d.get("thread_state.size")),
+            14 | 15 => LoopSlot::AsyncioDebug,
+            _ => bail!("CPython 3.{minor} is not supported (3.8–3.15 are)"),
+        };
+        let cached_keys = match d.get("heap_type_object.ht_cached_keys") {
+            0 => 880,
+            k => k,
         };
         Ok(Layout {
             minor,
-            interp_threads_head: d.interp_threads_head,
-            ts_next: d.ts_next,
-            ts_interp: d.ts_interp,
-            ts_thread_id: d.ts_thread_id,
-            ts_native_tid: Some(d.ts_native_tid),
+            runtime_interp_head: d.get("runtime_state.interpreters_head"),
+            interp_modules: d.get("interpreter_state.imports_modules"),
+            gil: GilLayout::InterpPointer {
+                ptr: d.get("interpreter_state.ceval_gil"),
+            },
+            interp_threads_head: d.get("interpreter_state.threads_head"),
+            ts_next: d.get("thread_state.next"),
+            ts_interp: d.get("thread_state.interp"),
+            ts_thread_id: d.get("thread_state.thread_id"),
+            ts_native_tid: Some(d.get("thread_state.native_thread_id")),
             ts_dict: None,
             slot,
             dict: DictLayout::Post311 { values_off: 8 },
-            str_ascii_size: 40,
-            tuple_items: if minor >= 14 { 32 } else { 24 },
-            instance_dict: InstanceDict::Inline { cached_keys: 880 },
+            str_ascii_size: d.get("unicode_object.asciiobject_size"),
+            tuple_items: d.get("tuple_object.ob_item"),
+            instance_dict: InstanceDict::Inline { cached_keys },
         })
     }
 
@@ -183,138 +256,27 @@ impl Layout {
     }
 }
 
-/// The fields of `_Py_DebugOffsets` we use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DebugOffsets {
-    pub version: u64,
-    pub free_threaded: u64,
-    pub interp_threads_head: u64,
-    pub ts_size: u64,
-    pub ts_next: u64,
-    pub ts_interp: u64,
-    pub ts_thread_id: u64,
-    pub ts_native_tid: u64,
-}
-
-/// Byte position of `interpreter_state` in `_Py_DebugOffsets`: cookie[8], version,
-/// free_threaded, then `runtime_state {size, finalizing, interpreters_head}`. Same in the
-/// 3.13.0 DWARF (gdb: `interpreter_state.threads_head` @72) and the 3.14 header.
-const INTERP_STATE_POS: u64 = 48;
-/// `interpreter_state` starts `{size, id, next, threads_head, ...}` in 3.13 and 3.14.
-const INTERP_THREADS_HEAD_IDX: u64 = 3;
-
-/// Parses `_Py_DebugOffsets`. The `thread_state` sub-struct is located by its content
-/// rather than a fixed position, because 3.14 inserted fields into `interpreter_state`
-/// (threads_main, ...) ahead of it: it is the first 8-aligned run `{size, prev=0, next=8,
-/// interp=16}` after `interpreter_state` starts (`PyThreadState` begins with prev, next,
-/// interp in both versions). Its position on 3.13.0 is 152 (gdb).
-pub fn parse_debug_offsets(buf: &[u8]) -> Result<DebugOffsets> {
-    if buf.get(..8) != Some(&b"xdebugpy"[..]) {
-        bail!("_PyRuntime does not start with the \"xdebugpy\" debug-offsets cookie");
-    }
-    let get = |pos: u64| u64_at(buf, pos);
-    let (Some(version), Some(free_threaded)) = (get(8), get(16)) else {
-        bail!("_Py_DebugOffsets block is truncated");
-    };
-    let Some(interp_threads_head) = get(INTERP_STATE_POS + 8 * INTERP_THREADS_HEAD_IDX) else {
-        bail!("_Py_DebugOffsets block is truncated");
-    };
-    if !(8..1 << 20).contains(&interp_threads_head) || interp_threads_head % 8 != 0 {
-        bail!(
-            "implausible interpreter_state.threads_head {interp_threads_head} in _Py_DebugOffsets"
-        );
-    }
-    let mut pos = INTERP_STATE_POS + 8 * (INTERP_THREADS_HEAD_IDX + 1);
-    // Bounded: the interpreter_state sub-struct has at most a few dozen fields.
-    while pos < INTERP_STATE_POS + 8 * 48 {
-        let w = |i: u64| get(pos + 8 * i);
-        if let (Some(size), Some(0), Some(8), Some(16)) = (w(0), w(1), w(2), w(3)) {
-            let (Some(tid), Some(ntid)) = (w(5), w(6)) else {
-                break;
-            };
-            // saturating: `o` is unvalidated target data.
-            let plausible = |o: u64| o >= 24 && o.saturating_add(8) <= size && o.is_multiple_of(8);
-            if (64..8192).contains(&size) && plausible(tid) && plausible(ntid) {
-                return Ok(DebugOffsets {
-                    version,
-                    free_threaded,
-                    interp_threads_head,
-                    ts_size: size,
-                    ts_next: 8,
-                    ts_interp: 16,
-                    ts_thread_id: tid,
-                    ts_native_tid: ntid,
-                });
-            }
-        }
-        pos += 8;
-    }
-    bail!("could not find the thread_state offsets in _Py_DebugOffsets")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// The 3.13.0 values read with gdb from its DWARF (see the module doc).
-    fn debug_block_3130() -> Vec<u8> {
-        let mut words: Vec<u64> = vec![0; 80];
-        words[1] = 0x030d00f0; // PY_VERSION_HEX 3.13.0 final
-        words[3..6].copy_from_slice(&[100_000, 600, 632]); // runtime_state
-                                                           // interpreter_state: size, id, next, threads_head, gc, ... (13 fields)
-        words[6..19].copy_from_slice(&[9000, 7256, 7264, 7344, 1, 2, 3, 4, 16, 5, 0, 6, 7]);
-        // thread_state: size, prev, next, interp, current_frame, thread_id, native_thread_id
-        words[19..26].copy_from_slice(&[304, 0, 8, 16, 72, 152, 160]);
-        let mut b: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
-        b[..8].copy_from_slice(b"xdebugpy");
-        b
-    }
+    use super::super::debug_offsets::{parse, tests as dt};
 
     #[test]
-    fn parses_313_debug_offsets() {
-        let b = debug_block_3130();
-        let d = parse_debug_offsets(&b).unwrap();
-        assert_eq!(
-            (
-                d.interp_threads_head,
-                d.ts_size,
-                d.ts_thread_id,
-                d.ts_native_tid
-            ),
-            (7344, 304, 152, 160)
-        );
-        let l = Layout::from_debug_offsets(3, 13, &b).unwrap();
+    fn layouts_from_real_debug_offsets() {
+        let l = Layout::from_debug_offsets(&parse(&dt::block(dt::W_3130), 13).unwrap()).unwrap();
         assert_eq!(l.slot, LoopSlot::TstateField(304));
-        assert!(Layout::from_debug_offsets(3, 12, &b).is_err());
-    }
-
-    #[test]
-    fn rejects_garbage_debug_offsets() {
-        assert!(parse_debug_offsets(&[0u8; 600]).is_err());
-        let mut b = debug_block_3130();
-        b.truncate(100);
-        assert!(parse_debug_offsets(&b).is_err());
-        let mut b = debug_block_3130();
-        b[16] = 1; // free-threaded
-        assert!(Layout::from_debug_offsets(3, 13, &b).is_err());
-    }
-
-    #[test]
-    fn random_words_never_panic() {
-        let mut s: u64 = 0x2545_f491_4f6c_dd1d;
-        for _ in 0..5000 {
-            let mut b = debug_block_3130();
-            for _ in 0..4 {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                let pos = 8 * (1 + (s % 40) as usize);
-                let val = if s & 1 == 0 { s } else { s % 512 };
-                b[pos..pos + 8].copy_from_slice(&val.to_le_bytes());
-            }
-            let _ = Layout::from_debug_offsets(3, 13, &b);
-            let _ = Layout::from_debug_offsets(3, 14, &b);
-        }
+        assert_eq!((l.interp_threads_head, l.interp_modules), (7344, 7656));
+        assert_eq!((l.ts_thread_id, l.ts_native_tid), (152, Some(160)));
+        assert_eq!(l.gil, GilLayout::InterpPointer { ptr: 16 });
+        assert_eq!((l.tuple_items, l.str_ascii_size), (24, 40));
+        let l = Layout::from_debug_offsets(&parse(&dt::block(dt::W_31410), 14).unwrap()).unwrap();
+        assert_eq!(l.slot, LoopSlot::AsyncioDebug);
+        assert_eq!((l.tuple_items, l.interp_modules), (32, 7688));
+        assert_eq!(l.instance_dict, InstanceDict::Inline { cached_keys: 880 });
+        let l = Layout::from_debug_offsets(&parse(&dt::block(dt::W_3152), 15).unwrap()).unwrap();
+        assert_eq!((l.ts_thread_id, l.ts_native_tid), (176, Some(184)));
+        assert_eq!(l.instance_dict, InstanceDict::Inline { cached_keys: 888 });
     }
 
     #[test]

@@ -4,18 +4,16 @@
 //! the strings `PENDING`, `CANCELLED`, `FINISHED`, and `_name` is always a `str` (the pure
 //! Python class formats `Task-N` when it is created).
 
-use remoteprocess::ProcessMemory;
-
 use super::asyncio::AsyncioReader;
 use super::kinds::Kind;
-use super::mem::{plausible_obj, read_u64};
+use super::mem::{plausible_obj, read_u64, Memory};
 use super::offsets::OB_TYPE;
 use super::strings::read_str;
 use super::tasks::{TaskHead, TaskState};
 
 impl AsyncioReader {
     /// Whether `obj` is a task of either implementation.
-    pub(super) fn is_task<M: ProcessMemory + ?Sized>(&mut self, mem: &M, obj: u64) -> bool {
+    pub(super) fn is_task<M: Memory + ?Sized>(&mut self, mem: &M, obj: u64) -> bool {
         matches!(
             self.kinds.of_object(mem, obj, self.al.tuple_items),
             Some((_, Kind::Task | Kind::PyTask))
@@ -23,11 +21,7 @@ impl AsyncioReader {
     }
 
     /// A task of either implementation, type-checked.
-    pub(super) fn any_head<M: ProcessMemory + ?Sized>(
-        &mut self,
-        mem: &M,
-        task: u64,
-    ) -> Option<TaskHead> {
+    pub(super) fn any_head<M: Memory + ?Sized>(&mut self, mem: &M, task: u64) -> Option<TaskHead> {
         // The C layout first: its one read checks the type too.
         if let Some(head) = self.tasks.head(mem, &self.al, &mut self.kinds, task) {
             return Some(head);
@@ -39,7 +33,7 @@ impl AsyncioReader {
     }
 
     /// The name of a task read by `any_head`.
-    pub(super) fn head_name<M: ProcessMemory + ?Sized>(
+    pub(super) fn head_name<M: Memory + ?Sized>(
         &mut self,
         mem: &M,
         head: &TaskHead,
@@ -51,7 +45,7 @@ impl AsyncioReader {
         self.tasks.name(mem, &self.al, &mut self.kinds, head)
     }
 
-    fn py_task_head<M: ProcessMemory + ?Sized>(&mut self, mem: &M, task: u64) -> Option<TaskHead> {
+    fn py_task_head<M: Memory + ?Sized>(&mut self, mem: &M, task: u64) -> Option<TaskHead> {
         let get = |r: &Self, name: &'static [u8]| r.attr(mem, task, name).map(|f| f.value);
         let (loop_, coro, name) = (
             get(self, b"_loop")?,

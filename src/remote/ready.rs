@@ -12,7 +12,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use remoteprocess::ProcessMemory;
+use super::mem::Memory;
 
 use super::attrs::instance_attr;
 use super::dict::KeyCache;
@@ -59,7 +59,7 @@ impl ReadyQueues {
     /// The `_ready` deque of the pure-Python loop at `loop_addr` (type `loop_type`): the
     /// cached one while it still validates, else resolved anew. `None` when it cannot be
     /// found or is not a `collections.deque`.
-    pub fn resolve<M: ProcessMemory + ?Sized>(
+    pub fn resolve<M: Memory + ?Sized>(
         &mut self,
         mem: &M,
         layout: &Layout,
@@ -97,9 +97,14 @@ impl ReadyQueues {
         self.cache.retain(|addr, _| live.contains(addr));
     }
 
+    /// The region [`ReadyQueues::read`] reads.
+    pub fn region(deque: u64) -> (u64, usize) {
+        (deque, HEADER)
+    }
+
     /// `(len, state)` of the ready deque at `deque` (as returned by `resolve`), with one read.
     /// `None` on a failed read, an unknown deque, or a header that is no longer that deque.
-    pub fn read<M: ProcessMemory + ?Sized>(&self, mem: &M, deque: u64) -> Option<(u64, u64)> {
+    pub fn read<M: Memory + ?Sized>(&self, mem: &M, deque: u64) -> Option<(u64, u64)> {
         // A linear search: a process runs a handful of loops at most.
         let tp = self.cache.values().find(|e| e.deque == deque)?.deque_type;
         header(mem, deque, tp)
@@ -107,13 +112,13 @@ impl ReadyQueues {
 }
 
 /// `(len, state)` from one read of the deque header at `deque`, if its type is still `tp`.
-fn header<M: ProcessMemory + ?Sized>(mem: &M, deque: u64, tp: u64) -> Option<(u64, u64)> {
+fn header<M: Memory + ?Sized>(mem: &M, deque: u64, tp: u64) -> Option<(u64, u64)> {
     if !plausible_obj(deque) {
         return None;
     }
     // On the stack, not through `mem::read_bytes`: this runs every sample.
     let mut buf = [0u8; HEADER];
-    mem.read(deque as usize, &mut buf).ok()?;
+    mem.read(deque, &mut buf).ok()?;
     if u64_at(&buf, OB_TYPE)? != tp {
         return None;
     }

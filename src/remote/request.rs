@@ -34,14 +34,12 @@
 
 use std::collections::HashMap;
 
-use remoteprocess::ProcessMemory;
-
 use super::asyncio::AsyncioReader;
 use super::attrs::instance_attr;
 use super::collections::dict_items;
 use super::dict::{find_str, KeyCache};
 use super::kinds::Kind;
-use super::mem::{i64_at, plausible_obj, read_bytes, read_u64, u32_at, u64_at};
+use super::mem::{i64_at, plausible_obj, read_bytes, read_u64, u32_at, u64_at, Memory};
 use super::offsets::{OB_SIZE, OB_TYPE, TP_FLAGS};
 use super::strings::{read_head, str_prefix};
 use crate::sample::{Request, MAX_REQUEST_CHARS};
@@ -149,7 +147,7 @@ impl FrameChain {
     }
 
     /// The thread's innermost frame.
-    fn innermost<M: ProcessMemory + ?Sized>(&self, mem: &M, tstate: u64) -> Option<u64> {
+    fn innermost<M: Memory + ?Sized>(&self, mem: &M, tstate: u64) -> Option<u64> {
         let first = read_u64(mem, tstate.checked_add(self.top)?)?;
         match self.top_indirect {
             Some(at) if plausible_obj(first) => read_u64(mem, first.checked_add(at)?),
@@ -255,7 +253,7 @@ impl AsyncioReader {
     /// thread's frames (see the module doc). `ready` is the loop's ready-queue counter: with the
     /// same task and counter as the last call for this thread (the same callback still running),
     /// the last result is reused after one read that checks it still stands.
-    pub fn request<M: ProcessMemory + ?Sized>(
+    pub fn request<M: Memory + ?Sized>(
         &mut self,
         mem: &M,
         tstate: u64,
@@ -292,7 +290,7 @@ impl AsyncioReader {
     }
 
     /// Walks the thread's frames, innermost first, for a request.
-    fn read_request<M: ProcessMemory + ?Sized>(
+    fn read_request<M: Memory + ?Sized>(
         &mut self,
         mem: &M,
         tstate: u64,
@@ -340,7 +338,7 @@ impl AsyncioReader {
     /// last came back from polling: the `end_time` local of its `BaseEventLoop._run_once`
     /// frame (set right after `select` returns, before the ready callbacks run). `None` for
     /// loops without that frame (uvloop) or when it does not read validly.
-    pub fn last_poll<M: ProcessMemory + ?Sized>(&mut self, mem: &M, tstate: u64) -> Option<f64> {
+    pub fn last_poll<M: Memory + ?Sized>(&mut self, mem: &M, tstate: u64) -> Option<f64> {
         let chain = self.requests.chain;
         let mut frame = chain.innermost(mem, tstate)?;
         for _ in 0..MAX_FRAMES {
@@ -372,11 +370,7 @@ impl AsyncioReader {
     }
 
     /// One read of a frame: its header and first local slots; and its code object's address.
-    fn frame_head<M: ProcessMemory + ?Sized>(
-        &mut self,
-        mem: &M,
-        frame: u64,
-    ) -> Option<(Vec<u8>, u64)> {
+    fn frame_head<M: Memory + ?Sized>(&mut self, mem: &M, frame: u64) -> Option<(Vec<u8>, u64)> {
         let chain = self.requests.chain;
         if !plausible_obj(frame) {
             return None;
@@ -396,7 +390,7 @@ impl AsyncioReader {
 
     /// Local slot `index` of `frame` (whose first bytes are `fb`): the slot's address, the raw
     /// value in it, and the object it holds (a cell's content for a cell variable).
-    fn local<M: ProcessMemory + ?Sized>(
+    fn local<M: Memory + ?Sized>(
         &mut self,
         mem: &M,
         frame: u64,
@@ -424,7 +418,7 @@ impl AsyncioReader {
     }
 
     /// The wanted locals of the code object at `code`, cached per code object.
-    fn code_locals<M: ProcessMemory + ?Sized>(&mut self, mem: &M, code: u64) -> Option<CodeLocals> {
+    fn code_locals<M: Memory + ?Sized>(&mut self, mem: &M, code: u64) -> Option<CodeLocals> {
         if !plausible_obj(code) {
             return None;
         }
@@ -487,7 +481,7 @@ impl AsyncioReader {
 
     /// The length of a `tuple`, or of an instance of a tuple subclass (a named tuple such as
     /// yarl's `SplitResult`: `Py_TPFLAGS_TUPLE_SUBCLASS`, 1 << 26, in its type's flags).
-    fn tuple_len<M: ProcessMemory + ?Sized>(&mut self, mem: &M, tuple: u64) -> Option<u64> {
+    fn tuple_len<M: Memory + ?Sized>(&mut self, mem: &M, tuple: u64) -> Option<u64> {
         let b = read_bytes(mem, tuple, 24)?;
         let tp = u64_at(&b, OB_TYPE)?;
         let kind = self.kinds.of_type(mem, tp, self.al.tuple_items)?;
@@ -499,7 +493,7 @@ impl AsyncioReader {
         (is_tuple && n <= MAX_NAMES).then_some(n)
     }
 
-    fn tuple_items<M: ProcessMemory + ?Sized>(&mut self, mem: &M, tuple: u64) -> Option<Vec<u64>> {
+    fn tuple_items<M: Memory + ?Sized>(&mut self, mem: &M, tuple: u64) -> Option<Vec<u64>> {
         let n = self.tuple_len(mem, tuple)?;
         if n == 0 {
             return Some(Vec::new());
@@ -513,7 +507,7 @@ impl AsyncioReader {
     }
 
     /// What the (interned) local name at `name` asks for, cached by address.
-    fn name_of<M: ProcessMemory + ?Sized>(&mut self, mem: &M, name: u64) -> Option<Wanted> {
+    fn name_of<M: Memory + ?Sized>(&mut self, mem: &M, name: u64) -> Option<Wanted> {
         if let Some(w) = self.requests.names.get(&name) {
             return *w;
         }
@@ -526,12 +520,7 @@ impl AsyncioReader {
     }
 
     /// The `str` at `addr` when it is at most `max` characters long.
-    fn short_str<M: ProcessMemory + ?Sized>(
-        &mut self,
-        mem: &M,
-        addr: u64,
-        max: u64,
-    ) -> Option<String> {
+    fn short_str<M: Memory + ?Sized>(&mut self, mem: &M, addr: u64, max: u64) -> Option<String> {
         let head = read_head(mem, addr)?;
         if self
             .kinds
@@ -547,7 +536,7 @@ impl AsyncioReader {
     }
 
     /// A `str` for a request field, capped (see `clean`).
-    fn request_str<M: ProcessMemory + ?Sized>(&mut self, mem: &M, addr: u64) -> Option<String> {
+    fn request_str<M: Memory + ?Sized>(&mut self, mem: &M, addr: u64) -> Option<String> {
         let head = read_head(mem, addr)?;
         if self
             .kinds
@@ -565,18 +554,18 @@ impl AsyncioReader {
         )?)
     }
 
-    fn method<M: ProcessMemory + ?Sized>(&mut self, mem: &M, addr: u64) -> Option<String> {
+    fn method<M: Memory + ?Sized>(&mut self, mem: &M, addr: u64) -> Option<String> {
         let m = self.short_str(mem, addr, MAX_METHOD)?;
         (!m.is_empty() && m.bytes().all(|c| c.is_ascii_alphabetic() || c == b'-'))
             .then(|| m.to_ascii_uppercase())
     }
 
-    fn path<M: ProcessMemory + ?Sized>(&mut self, mem: &M, addr: u64) -> Option<String> {
+    fn path<M: Memory + ?Sized>(&mut self, mem: &M, addr: u64) -> Option<String> {
         self.request_str(mem, addr).filter(|p| p.starts_with('/'))
     }
 
     /// An ASGI scope dict: (type, method, path, route object, root_path, app_root_path).
-    fn from_scope<M: ProcessMemory + ?Sized>(&mut self, mem: &M, dict: u64) -> Option<Request> {
+    fn from_scope<M: Memory + ?Sized>(&mut self, mem: &M, dict: u64) -> Option<Request> {
         self.is(mem, dict, Kind::Dict)?;
         let items = dict_items(mem, self.layout.dict, dict)?;
         let mut fields: HashMap<&'static str, u64> = HashMap::new();
@@ -638,11 +627,7 @@ impl AsyncioReader {
     }
 
     /// A framework's request object (see the module doc).
-    fn from_request_object<M: ProcessMemory + ?Sized>(
-        &mut self,
-        mem: &M,
-        obj: u64,
-    ) -> Option<Request> {
+    fn from_request_object<M: Memory + ?Sized>(&mut self, mem: &M, obj: u64) -> Option<Request> {
         let tp = read_u64(mem, obj.checked_add(OB_TYPE)?)?;
         let kind = match self.requests.types.get(&tp) {
             Some(k) => *k,
@@ -724,7 +709,7 @@ impl AsyncioReader {
     }
 
     /// Attribute `name` of `obj`: from its instance dict, else a `__slots__` member.
-    fn obj_attr<M: ProcessMemory + ?Sized>(
+    fn obj_attr<M: Memory + ?Sized>(
         &mut self,
         mem: &M,
         obj: u64,
@@ -745,7 +730,7 @@ impl AsyncioReader {
 
     /// The offset of the `__slots__` member `name` of type `tp`: the `member_descriptor` in the
     /// `__dict__` of a class of its MRO (cpython-notes §2.2).
-    fn slot_offset<M: ProcessMemory + ?Sized>(
+    fn slot_offset<M: Memory + ?Sized>(
         &mut self,
         mem: &M,
         tp: u64,
@@ -759,7 +744,7 @@ impl AsyncioReader {
         found
     }
 
-    fn find_member<M: ProcessMemory + ?Sized>(
+    fn find_member<M: Memory + ?Sized>(
         &mut self,
         mem: &M,
         tp: u64,
@@ -781,7 +766,7 @@ impl AsyncioReader {
 
     /// `name` looked up in the `__dict__` of each class of `tp`'s MRO, in order: a class
     /// attribute (or descriptor), as `type.__getattribute__` finds it.
-    pub(super) fn class_attr<M: ProcessMemory + ?Sized>(
+    pub(super) fn class_attr<M: Memory + ?Sized>(
         &mut self,
         mem: &M,
         tp: u64,

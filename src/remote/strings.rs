@@ -8,12 +8,15 @@
 //! a second read. Callers check the object's type first (see `kinds`): these functions only
 //! check that the header is self-consistent.
 
-use remoteprocess::ProcessMemory;
+use super::mem::Memory;
 
 use super::mem::{i64_at, plausible_obj, read_at_least, read_bytes, u32_at, u64_at};
 
-/// Longest string we read, in characters: names and paths are far shorter; more is garbage.
-pub const MAX_CHARS: u64 = 4096;
+/// Characters of a string we keep; a longer one is cut there and ends with `…`. Names and paths
+/// come from the target, which can make them as long as it likes.
+pub const KEEP_CHARS: u64 = 1024;
+/// A length beyond this is not a string the target could have made: a torn or garbage header.
+const MAX_LEN: u64 = 1 << 40;
 /// Bytes read speculatively: the biggest header (72) plus a typical name or path.
 const SPECULATIVE: usize = 192;
 /// `PyASCIIObject.length` / `.state`, the same in every supported version.
@@ -56,15 +59,17 @@ impl StrLayout {
 }
 
 /// The text of the compact `str` at `addr`, or `None` if the header is not a valid compact
-/// string of at most `MAX_CHARS` characters or the data does not decode.
-pub fn read_str<M: ProcessMemory + ?Sized>(mem: &M, l: StrLayout, addr: u64) -> Option<String> {
+/// string. Code points that are not characters (lone surrogates, which is how Python keeps
+/// undecodable bytes of file names) become U+FFFD; past [`KEEP_CHARS`] the text is cut and ends
+/// with `…`.
+pub fn read_str<M: Memory + ?Sized>(mem: &M, l: StrLayout, addr: u64) -> Option<String> {
     let head = read_head(mem, addr)?;
     str_from(mem, l, addr, &head)
 }
 
 /// One speculative read of an object that may be a `str` or `int`: enough for its type, its
 /// header and, usually, its data; pass it to [`str_from`] or [`int_from`].
-pub fn read_head<M: ProcessMemory + ?Sized>(mem: &M, addr: u64) -> Option<Vec<u8>> {
+pub fn read_head<M: Memory + ?Sized>(mem: &M, addr: u64) -> Option<Vec<u8>> {
     if !plausible_obj(addr) {
         return None;
     }
@@ -74,7 +79,7 @@ pub fn read_head<M: ProcessMemory + ?Sized>(mem: &M, addr: u64) -> Option<Vec<u8
 }
 
 /// The text of the compact `str` at `addr`, whose first bytes are `head`.
-pub fn str_from<M: ProcessMemory + ?Sized>(
+pub fn str_from<M: Memory + ?Sized>(
     mem: &M,
     l: StrLayout,
     addr: u64,
@@ -84,7 +89,7 @@ pub fn str_from<M: ProcessMemory + ?Sized>(
     let state = u32_at(head, STATE)?;
     // state bits (all versions): interned 0-1, kind 2-4, compact 5, ascii 6.
     let (kind, compact, ascii) = ((state >> 2) & 7, (state >> 5) & 1, (state >> 6) & 1);
-    if compact == 0 || len > MAX_CHARS || !matches!(kind, 1 | 2 | 4) || (ascii == 1 && kind != 1) {
+    if compact == 0 || len > MAX_LEN || !matches!(kind, 1 | 2 | 4) || (ascii == 1 && kind != 1) {
         return None;
     }
     let data = if ascii == 1 {
@@ -92,19 +97,24 @@ pub fn str_from<M: ProcessMemory + ?Sized>(
     } else {
         l.compact_data
     };
-    let nbytes = len * kind as u64;
+    let kept = len.min(KEEP_CHARS);
+    let nbytes = kept * kind as u64;
     let start = data as usize;
     let bytes = match head.get(start..start + nbytes as usize) {
         Some(b) => b.to_vec(),
         None => read_bytes(mem, addr.checked_add(data)?, nbytes as usize)?,
     };
-    decode(&bytes, kind, ascii == 1)
+    let mut text = decode(&bytes, kind, ascii == 1)?;
+    if kept < len {
+        text.push('…');
+    }
+    Some(text)
 }
 
 /// At most the first `max_chars` characters of the compact `str` at `addr`, whose first bytes
 /// are `head`, and whether it was longer: only that prefix is read, so a huge string costs no
 /// more than a short one.
-pub fn str_prefix<M: ProcessMemory + ?Sized>(
+pub fn str_prefix<M: Memory + ?Sized>(
     mem: &M,
     l: StrLayout,
     addr: u64,
@@ -138,6 +148,7 @@ pub fn str_prefix<M: ProcessMemory + ?Sized>(
 
 /// Decodes compact string data of the given kind (bytes per character).
 fn decode(bytes: &[u8], kind: u32, ascii: bool) -> Option<String> {
+    let lossy = |c: u32| char::from_u32(c).unwrap_or(char::REPLACEMENT_CHARACTER);
     match kind {
         1 if ascii => bytes
             .iter()
@@ -145,21 +156,25 @@ fn decode(bytes: &[u8], kind: u32, ascii: bool) -> Option<String> {
             .then(|| bytes.iter().map(|&b| b as char).collect()),
         // Latin-1: each byte is the code point.
         1 => Some(bytes.iter().map(|&b| b as char).collect()),
-        2 => bytes
-            .chunks_exact(2)
-            .map(|c| char::from_u32(u16::from_le_bytes([c[0], c[1]]) as u32))
-            .collect(),
-        4 => bytes
-            .chunks_exact(4)
-            .map(|c| char::from_u32(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
-            .collect(),
+        2 => Some(
+            bytes
+                .chunks_exact(2)
+                .map(|c| lossy(u16::from_le_bytes([c[0], c[1]]) as u32))
+                .collect(),
+        ),
+        4 => Some(
+            bytes
+                .chunks_exact(4)
+                .map(|c| lossy(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+                .collect(),
+        ),
         _ => None,
     }
 }
 
 /// The value of the `int` at `addr` when it fits in two digits (60 bits), else `None`.
 #[cfg(test)]
-pub fn read_int<M: ProcessMemory + ?Sized>(mem: &M, l: StrLayout, addr: u64) -> Option<i64> {
+pub fn read_int<M: Memory + ?Sized>(mem: &M, l: StrLayout, addr: u64) -> Option<i64> {
     int_from(l, &read_head(mem, addr)?)
 }
 
@@ -276,6 +291,26 @@ mod tests {
         let mut m = FakeMem::default();
         m.put(0x10_0000, str_obj(l, 0x99, &s));
         assert_eq!(read_str(&m, l, 0x10_0000), Some(s));
+    }
+
+    #[test]
+    fn long_and_undecodable_strings_keep_a_lossy_capped_text() {
+        let l = StrLayout::for_minor(12);
+        let mut m = FakeMem::default();
+        let long = "f".repeat(5000);
+        m.put(0x10_0000, str_obj(l, 0x99, &long));
+        let got = read_str(&m, l, 0x10_0000).unwrap();
+        assert_eq!(got.chars().count(), KEEP_CHARS as usize + 1);
+        assert!(got.ends_with("ff…"));
+        // `lib_\xff/mod.py` as Python keeps it: a lone surrogate U+DCFF (a 2-byte string).
+        let mut b = str_obj(l, 0x99, "lib_\u{100}/mod.py");
+        let at = l.compact_data as usize + 4 * 2;
+        b[at..at + 2].copy_from_slice(&0xdcffu16.to_le_bytes());
+        m.put(0x20_0000, b);
+        assert_eq!(
+            read_str(&m, l, 0x20_0000).as_deref(),
+            Some("lib_\u{fffd}/mod.py")
+        );
     }
 
     #[test]

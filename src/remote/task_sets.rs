@@ -11,7 +11,7 @@
 
 use std::collections::HashSet;
 
-use remoteprocess::ProcessMemory;
+use super::mem::Memory;
 
 use super::async_offsets::WR_OBJECT;
 use super::asyncio::AsyncioReader;
@@ -26,7 +26,7 @@ pub const MAX_TASKS: usize = 1_000_000;
 /// asyncio's module-level registries, once found.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Globals {
-    /// `_current_tasks` (dict), 3.8–3.13.
+    /// `_current_tasks` (dict): every task on 3.8–3.13, pure-Python tasks (`_PyTask`) on 3.14.
     pub current: Option<u64>,
     /// `_all_tasks` (WeakSet), ≤3.11.
     pub all: Option<u64>,
@@ -47,7 +47,7 @@ impl Globals {
     }
 
     /// Looks the registries up in `asyncio.tasks`' module dict, type-checking each.
-    pub fn resolve<M: ProcessMemory + ?Sized>(
+    pub fn resolve<M: Memory + ?Sized>(
         r: &mut AsyncioReader,
         mem: &M,
         module_dict: u64,
@@ -63,8 +63,8 @@ impl Globals {
             Some(v)
         };
         Globals {
-            // 3.14 keeps a pure-Python `_current_tasks` that nothing updates: not used.
-            current: get(b"_current_tasks", Kind::Dict, minor <= 13),
+            // 3.14 records only pure-Python tasks there (C tasks are in the thread state).
+            current: get(b"_current_tasks", Kind::Dict, true),
             all: get(b"_all_tasks", weakset(), minor <= 11),
             scheduled: get(b"_scheduled_tasks", weakset(), minor >= 12),
             eager: get(b"_eager_tasks", Kind::Set, (12..=13).contains(&minor)),
@@ -76,7 +76,7 @@ impl AsyncioReader {
     /// The addresses of every task the target has registered, each type-checked, without
     /// duplicates, and whether the list stopped at `MAX_TASKS`. `tstates` are the thread
     /// states (3.14 keeps a task list in each).
-    pub fn task_addresses<M: ProcessMemory + ?Sized>(
+    pub fn task_addresses<M: Memory + ?Sized>(
         &mut self,
         mem: &M,
         tstates: &[u64],
@@ -108,7 +108,7 @@ impl AsyncioReader {
     }
 
     /// The live tasks of a `WeakSet`: `ws.data` is a set of weak references.
-    fn weakset_tasks<M: ProcessMemory + ?Sized>(&mut self, mem: &M, ws: u64, out: &mut Vec<u64>) {
+    fn weakset_tasks<M: Memory + ?Sized>(&mut self, mem: &M, ws: u64, out: &mut Vec<u64>) {
         let Some(data) = self.attr(mem, ws, b"data").map(|f| f.value) else {
             return;
         };
@@ -135,7 +135,7 @@ impl AsyncioReader {
     }
 
     /// 3.14: the tasks of the circular list whose head node is at `head`.
-    fn walk_list<M: ProcessMemory + ?Sized>(&mut self, mem: &M, head: u64, out: &mut Vec<u64>) {
+    fn walk_list<M: Memory + ?Sized>(&mut self, mem: &M, head: u64, out: &mut Vec<u64>) {
         let Some(node_off) = self.tasks.offsets().node else {
             return;
         };

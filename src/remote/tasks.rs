@@ -15,7 +15,7 @@
 //! Names: 3.8–3.11 store the `str` `Task-N` at creation; 3.12+ store an `int` counter for
 //! unnamed tasks and format `Task-N` lazily, which we do the same way. Explicit names are `str`.
 
-use remoteprocess::ProcessMemory;
+use super::mem::Memory;
 
 use super::async_offsets::{AsyncLayout, TaskOffsets};
 use super::kinds::{Kind, Kinds};
@@ -75,7 +75,7 @@ impl TaskReader {
 
     /// Calibrates on `task`, the current task of the loop at `loop_`. Returns whether the
     /// reader is calibrated (now or before).
-    pub fn calibrate<M: ProcessMemory + ?Sized>(
+    pub fn calibrate<M: Memory + ?Sized>(
         &mut self,
         mem: &M,
         l: &AsyncLayout,
@@ -131,7 +131,7 @@ impl TaskReader {
 
     /// One read of the task at `task`, after checking it is a live `TaskObj`. The caller checks
     /// `loop_` against the loop it expects, when it knows one.
-    pub fn head<M: ProcessMemory + ?Sized>(
+    pub fn head<M: Memory + ?Sized>(
         &self,
         mem: &M,
         l: &AsyncLayout,
@@ -170,7 +170,7 @@ impl TaskReader {
 
     /// The task's name: its `str`, or `Task-N` for 3.12+'s lazy `int` counter. `None` before
     /// calibration or when the name object is neither.
-    pub fn name<M: ProcessMemory + ?Sized>(
+    pub fn name<M: Memory + ?Sized>(
         &self,
         mem: &M,
         l: &AsyncLayout,

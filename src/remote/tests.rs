@@ -133,12 +133,8 @@ fn spawn(py: &PathBuf, args: &[&str]) -> (Target, Ids) {
     (target, parse_ready(&line))
 }
 
-fn attach(pid: u32) -> py_spy::PythonSpy {
-    let config = py_spy::Config {
-        blocking: py_spy::config::LockingStrategy::NonBlocking,
-        ..Default::default()
-    };
-    py_spy::PythonSpy::retry_new(pid as i32, &config, 20).expect("attach with py-spy")
+fn attach(pid: u32) -> super::Interpreter {
+    super::Interpreter::attach(pid as i32).expect("attach")
 }
 
 fn by_tid(threads: &[PyThread], tid: u32) -> &PyThread {
@@ -182,7 +178,7 @@ fn check_threads(threads: &[PyThread], ids: &Ids, loop_type: &str) {
 /// uvloop's loops have none.
 fn check_ready(
     scanner: &ThreadScanner,
-    process: &remoteprocess::Process,
+    process: &super::Process,
     threads: &[PyThread],
     loop_type: &str,
 ) {
@@ -285,7 +281,7 @@ fn refuses_other_pid() {
     let (target, _) = spawn(&py, &[]);
     let spy = attach(target.child.id());
     let mut scanner = ThreadScanner::new(&spy).unwrap();
-    let other = remoteprocess::Process::new(std::process::id() as i32).unwrap();
+    let other = super::Process::new(std::process::id() as i32);
     assert!(scanner.scan(&other).is_err());
 }
 

@@ -9,8 +9,8 @@
 
 use std::collections::HashSet;
 
+use super::mem::Memory;
 use anyhow::{anyhow, Result};
-use remoteprocess::ProcessMemory;
 
 use super::mem::{plausible_obj, read_bytes, read_u64, u64_at};
 use super::offsets::Layout;
@@ -43,7 +43,7 @@ const WALK_ATTEMPTS: usize = 4;
 ///
 /// Errors only when the list head itself cannot be read (the process is gone or the
 /// interpreter address is wrong); a list that stays damaged yields the longest walk.
-pub fn walk<M: ProcessMemory + ?Sized>(
+pub fn walk<M: Memory + ?Sized>(
     mem: &M,
     layout: &Layout,
     interp: u64,
@@ -67,7 +67,7 @@ pub fn walk<M: ProcessMemory + ?Sized>(
 }
 
 /// One pass over the list; `true` when it ended at a NULL `next`.
-fn walk_once<M: ProcessMemory + ?Sized>(
+fn walk_once<M: Memory + ?Sized>(
     mem: &M,
     layout: &Layout,
     interp: u64,

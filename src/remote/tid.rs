@@ -9,7 +9,7 @@
 
 use std::collections::HashSet;
 
-use remoteprocess::ProcessMemory;
+use super::mem::Memory;
 
 use super::mem::{plausible_addr, read_bytes, u32_at};
 
@@ -109,7 +109,7 @@ impl PthreadTid {
 
     /// Calibrates from the given pthread addresses (duplicates and zeros ignored). Keeps the
     /// previous result when nothing fits (e.g. a thread exited between reads).
-    pub fn calibrate<M: ProcessMemory + ?Sized>(
+    pub fn calibrate<M: Memory + ?Sized>(
         &mut self,
         mem: &M,
         pid: i32,
@@ -164,7 +164,7 @@ impl PthreadTid {
 
     /// The OS tid of the thread whose `pthread_t` is `pthread`, if calibrated, readable and
     /// currently a thread of the target.
-    pub fn read<M: ProcessMemory + ?Sized>(
+    pub fn read<M: Memory + ?Sized>(
         &self,
         mem: &M,
         pthread: u64,

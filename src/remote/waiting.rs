@@ -18,11 +18,9 @@
 
 use std::collections::HashMap;
 
-use remoteprocess::ProcessMemory;
-
 use super::asyncio::{AsyncioReader, CurrentTask};
 use super::kinds::Kind;
-use super::mem::{i64_at, plausible_obj, read_bytes, read_cstr, read_u64, u64_at};
+use super::mem::{i64_at, plausible_obj, read_bytes, read_cstr, read_u64, u64_at, Memory};
 use super::offsets::{OB_SIZE, OB_TYPE};
 
 const TP_MEMBERS: u64 = 240;
@@ -51,7 +49,7 @@ impl HandleSlots {
         self.by_type.clear();
     }
 
-    fn of<M: ProcessMemory + ?Sized>(&mut self, mem: &M, tp: u64) -> Option<(u64, u64)> {
+    fn of<M: Memory + ?Sized>(&mut self, mem: &M, tp: u64) -> Option<(u64, u64)> {
         if let Some(known) = self.by_type.get(&tp) {
             return *known;
         }
@@ -62,7 +60,7 @@ impl HandleSlots {
 }
 
 /// `(_args, _when)` from the member tables of `tp` and its bases.
-fn find_slots<M: ProcessMemory + ?Sized>(mem: &M, tp: u64) -> Option<(u64, u64)> {
+fn find_slots<M: Memory + ?Sized>(mem: &M, tp: u64) -> Option<(u64, u64)> {
     let (mut args, mut when) = (None, None);
     let mut t = tp;
     for _ in 0..4 {
@@ -104,7 +102,7 @@ impl AsyncioReader {
     /// at `now` (CLOCK_MONOTONIC seconds, asyncio's `loop.time()`) and leads to a task (see
     /// the module doc); `None` otherwise. About ten small reads; only worth it while the loop
     /// waits for the GIL outside any callback.
-    pub fn due_timer_task<M: ProcessMemory + ?Sized>(
+    pub fn due_timer_task<M: Memory + ?Sized>(
         &mut self,
         mem: &M,
         loop_: u64,

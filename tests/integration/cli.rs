@@ -550,7 +550,7 @@ fn unsupported_python_version() {
             dir.path(),
             &o,
             1,
-            "which loopspy does not support: it reads CPython 3.8 to 3.14",
+            "which loopspy does not support: it reads CPython 3.8 to 3.15",
         );
         assert!(stderr(&o).contains(&format!("process {pid} runs Python 3.")));
         assert_one_line(&o);

@@ -17,6 +17,7 @@ mod monitor;
 mod offline;
 mod offline_timing;
 mod outputs;
+mod reader;
 mod servers;
 mod support;
 mod timing;

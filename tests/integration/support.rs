@@ -16,11 +16,59 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// CPython versions the live tests run on.
-pub const VERSIONS: &[&str] = &["3.8", "3.9", "3.10", "3.11", "3.12", "3.13"];
+/// The interpreters the live tests run on, by label: pyenv's CPython 3.8-3.13 (labelled by
+/// minor), Debian's own static `/usr/bin/python3` (`3.11-debian`) and Debian unstable's static
+/// builds installed by `get-python` (`3.13-debian`, `3.14`, `3.15`; see scripts/deps/00-pythons.sh).
+pub const VERSIONS: &[&str] = &[
+    "3.8",
+    "3.9",
+    "3.10",
+    "3.11",
+    "3.12",
+    "3.13",
+    "3.11-debian",
+    "3.13-debian",
+    "3.14",
+    "3.15",
+];
 
-/// The interpreters present on this machine, one per tested minor version. A missing version
-/// is reported, not silently dropped. `LOOPSPY_TEST_PYTHONS` (comma-separated minors) narrows it.
+/// The interpreter of a label, if this machine has it.
+fn interpreter(label: &str, pyenv: &Path) -> Option<PathBuf> {
+    let debian = std::env::var("LOOPSPY_PYTHONS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from("/opt/loopspy-pythons"));
+    let unstable = |minor: &str| {
+        let p = debian.join(minor).join(format!("usr/bin/python{minor}"));
+        p.exists().then_some(p)
+    };
+    match label {
+        "3.11-debian" => {
+            let p = PathBuf::from("/usr/bin/python3.11");
+            p.exists().then_some(p)
+        }
+        "3.13-debian" => unstable("3.13"),
+        "3.14" | "3.15" => unstable(label),
+        minor => {
+            let mut candidates: Vec<PathBuf> = std::fs::read_dir(pyenv.join("versions"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    let name = p.file_name().unwrap().to_string_lossy().to_string();
+                    name.strip_prefix(&format!("{minor}."))
+                        .is_some_and(|rest| rest.chars().all(|c| c.is_ascii_digit()))
+                })
+                .collect();
+            candidates.sort();
+            candidates.pop().map(|dir| dir.join("bin/python3"))
+        }
+    }
+}
+
+/// The interpreters present on this machine, one per label of `VERSIONS`. A missing one is
+/// reported, not silently dropped. `LOOPSPY_TEST_PYTHONS` (comma-separated labels, e.g.
+/// `3.11,3.15`) narrows it.
 pub fn pythons() -> Vec<(String, PathBuf)> {
     let wanted: Vec<String> = match std::env::var("LOOPSPY_TEST_PYTHONS") {
         Ok(v) if !v.is_empty() => v.split(',').map(|s| s.trim().to_string()).collect(),
@@ -32,28 +80,17 @@ pub fn pythons() -> Vec<(String, PathBuf)> {
             PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".pyenv")
         });
     let mut found = Vec::new();
-    for minor in wanted {
-        let mut candidates: Vec<PathBuf> = std::fs::read_dir(root.join("versions"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| {
-                let name = p.file_name().unwrap().to_string_lossy().to_string();
-                name.strip_prefix(&format!("{minor}."))
-                    .is_some_and(|rest| rest.chars().all(|c| c.is_ascii_digit()))
-            })
-            .collect();
-        candidates.sort();
-        match candidates.pop() {
-            Some(dir) => found.push((minor, dir.join("bin/python3"))),
-            None => eprintln!("SKIPPED: CPython {minor} is not installed (pyenv install {minor}) — live tests skip it"),
+    for label in wanted {
+        match interpreter(&label, &root) {
+            Some(py) => found.push((label, py)),
+            None => eprintln!(
+                "SKIPPED: CPython {label} is not installed (pyenv install, or scripts/deps/00-pythons.sh) — live tests skip it"
+            ),
         }
     }
     assert!(
         !found.is_empty(),
-        "no CPython 3.8-3.13 found under {}",
-        root.display()
+        "none of the test interpreters is installed (pyenv 3.8-3.13, scripts/deps/00-pythons.sh)"
     );
     found
 }
@@ -72,7 +109,7 @@ pub fn tagged(line: &str, tag: &str) -> Option<Value> {
 }
 
 impl Target {
-    pub fn start(python: &Path, script: &Path, args: &[&str]) -> Target {
+    pub fn start<S: AsRef<std::ffi::OsStr>>(python: &Path, script: &Path, args: &[S]) -> Target {
         let mut cmd = Command::new(python);
         cmd.arg(script).args(args);
         Target::start_command(cmd)
@@ -189,7 +226,12 @@ pub struct Run {
 
 /// Start `script args` with `python`, attach `loopspy record --pid` to it, send GO once loopspy
 /// samples, and return when the target has exited and loopspy has written its outputs.
-pub fn record_scenario(python: &Path, script: &Path, args: &[&str], extra: &[&str]) -> Run {
+pub fn record_scenario<S: AsRef<std::ffi::OsStr>>(
+    python: &Path,
+    script: &Path,
+    args: &[S],
+    extra: &[&str],
+) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let svg = dir.path().join("out.svg");
     let episodes = dir.path().join("episodes.jsonl");

@@ -100,7 +100,10 @@ async def py_tasks():
     c_task = asyncio.create_task(idle(), name="c-task")
     for _ in range(3):
         await asyncio.sleep(0)
-    say("READY", pending=sum(1 for t in asyncio.all_tasks() if not t.done()))
+    # 3.14's all_tasks() leaves out pure-Python tasks (they are in neither the per-thread
+    # lists nor its scan), so they are counted by hand.
+    live = set(asyncio.all_tasks()) | set(tasks) | {c_task}
+    say("READY", pending=sum(1 for t in live if not t.done()))
     await wait_go()
     await PyTask(blocker_named("py-blocker"), loop=loop, name="py-blocker")
     for t in tasks + [c_task]:

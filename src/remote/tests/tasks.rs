@@ -13,7 +13,7 @@ use crate::remote::{AsyncioReader, AwaitTarget, CoroState, TaskInfo, TaskState, 
 struct Session {
     target: Target,
     ready: Value,
-    spy: py_spy::PythonSpy,
+    spy: crate::remote::Interpreter,
     scanner: ThreadScanner,
     reader: AsyncioReader,
 }
@@ -187,11 +187,15 @@ fn live(version: &str, args: &[&str]) {
     eprintln!("{version}: task offsets {offsets:?}");
     // Back to idle: no current task (the loop waits in its selector between commands).
     let (tstate, loop_) = s.main_loop();
-    let idle = (0..1000).any(|_| {
+    // The target needs the CPU to finish the step: poll until it has (a loaded machine can
+    // take a while), not a fixed number of times.
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    let idle = std::iter::repeat(()).any(|_| {
         s.reader
             .current_task(&s.spy.process, tstate, loop_)
             .is_none()
-    });
+            || Instant::now() > deadline
+    }) && Instant::now() <= deadline;
     assert!(idle, "{version}: an idle loop has no current task");
     let start = Instant::now();
     for _ in 0..1000 {
