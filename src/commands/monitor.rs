@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 
 use crate::acquire::attach::{attach, launch_with, ChildOutput, Target};
-use crate::acquire::sampler::{self, Limits, SamplerStats};
+use crate::acquire::sampler::{self, SamplerStats};
 use crate::acquire::tree::WorkerFinder;
 use crate::analysis::detector::{Detector, ViewState};
 use crate::cli::MonitorArgs;
@@ -300,25 +300,8 @@ pub fn run(args: &MonitorArgs) -> Result<()> {
         Some(SourceFiles::for_pid(target.pid)),
     )
     .with_observer(Box::new(observer), None);
-    let limits = Limits {
-        rate: args.sampling.probe_rate(),
-        kernel_rate: args.sampling.kernel_rate(),
-        clock: args.sampling.clock,
-        stack_rate: args.sampling.stack_rate,
-        threshold: args.threshold / 1000.0,
-        duration: None,
-        stop,
-    };
-    let clock = if kernel {
-        format!("kernel clock, {rate} Hz ticks in long callbacks")
-    } else {
-        format!("probe clock at {rate} Hz")
-    };
-    let announce = format!(
-        "loopspy: sampling process {} (Python {}), {clock}; Ctrl-C to stop",
-        target.pid,
-        escape(&target.python_version)
-    );
+    let limits = super::limits(&args.sampling, args.threshold, None, stop);
+    let announce = super::announce(&target, kernel, rate);
     let mut announced = false;
     let mut noted: Option<String> = None;
     let mut spy = target

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 
 use crate::acquire::attach::{attach, launch_with, ChildOutput, Target};
-use crate::acquire::sampler::{self, Limits};
+use crate::acquire::sampler;
 use crate::acquire::tree::WorkerFinder;
 use crate::cli::{Format, RecordArgs};
 use crate::commands::report::timeline_observer;
@@ -116,25 +116,13 @@ pub fn run(args: &RecordArgs) -> Result<()> {
     if let Some((o, file)) = observer {
         pipeline = pipeline.with_observer(o, Some(file));
     }
-    let limits = Limits {
-        rate: args.sampling.probe_rate(),
-        kernel_rate: args.sampling.kernel_rate(),
-        clock: args.sampling.clock,
-        stack_rate: args.sampling.stack_rate,
-        threshold: args.analysis.threshold / 1000.0,
-        duration: args.duration.map(Duration::from_secs_f64),
+    let limits = super::limits(
+        &args.sampling,
+        args.analysis.threshold,
+        args.duration.map(Duration::from_secs_f64),
         stop,
-    };
-    let clock = if kernel {
-        format!("kernel clock, {rate} Hz ticks in long callbacks")
-    } else {
-        format!("probe clock at {rate} Hz")
-    };
-    let announce = format!(
-        "loopspy: sampling process {} (Python {}), {clock}; Ctrl-C to stop",
-        target.pid,
-        escape(&target.python_version)
     );
+    let announce = super::announce(&target, kernel, rate);
     let mut announced = false;
     let mut noted: Option<String> = None;
     let mut spy = target
