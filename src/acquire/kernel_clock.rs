@@ -298,8 +298,9 @@ impl KernelClock {
                 Ok(trace) => {
                     self.opened_any = true;
                     self.resting.remove(&tid);
+                    let idle = in_epoll(tid);
                     let pair = Pairing {
-                        busy_before: (!in_epoll(tid)).then(perf::monotonic_ns),
+                        busy_before: (!idle).then(perf::monotonic_ns),
                         ..Default::default()
                     };
                     self.traced.insert(
@@ -317,6 +318,16 @@ impl KernelClock {
                         t: now,
                         kind: LoopEventKind::Traced,
                     });
+                    // In epoll as tracing begins: a callback that samples saw running before
+                    // then is over, though its end is only known to lie before now (without
+                    // this it would last until the next callback the kernel times).
+                    if idle {
+                        out.push(LoopEvent {
+                            tid,
+                            t: now,
+                            kind: LoopEventKind::Idle,
+                        });
+                    }
                 }
                 Err(e) if !self.opened_any => return Err(e),
                 Err(e) => {

@@ -61,6 +61,9 @@ struct Track {
     /// Whether the kernel reported a boundary since tracing began (until then samples may
     /// open a run: the thread may have been inside a callback when tracing started).
     kernel_seen: bool,
+    /// When tracing of the thread last began (kernel clock): an `Idle` at that very time says
+    /// the thread was in epoll then, not when it entered.
+    traced_at: Option<f64>,
 }
 
 /// What one loop thread is doing now, for live views (`loopspy top`).

@@ -35,6 +35,7 @@ impl Detector {
             LoopEventKind::Traced => {
                 track.kernel = true;
                 track.kernel_seen = false;
+                track.traced_at = Some(e.t);
             }
             LoopEventKind::Untraced => {
                 track.kernel = false;
@@ -52,8 +53,22 @@ impl Detector {
             }
             LoopEventKind::Idle => {
                 track.kernel = true;
+                if !track.kernel_seen && track.traced_at == Some(e.t) {
+                    // In epoll as tracing began: a run open now was opened by samples before,
+                    // and ended somewhere between its last sample and now (placed mid-gap, with
+                    // its error bar, as on the probe clock). Unless its own samples span the
+                    // threshold it is not known to have blocked: its stacks are ordinary work.
+                    let threshold = self.config.threshold;
+                    if let Some(run) = track.run.as_mut() {
+                        if run.last - run.first < threshold {
+                            run.key = None;
+                        }
+                    }
+                    self.close(key, &mut track, Some(e.t), out);
+                } else {
+                    self.end_exactly(key, &mut track, e.t, out);
+                }
                 track.kernel_seen = true;
-                self.end_exactly(key, &mut track, e.t, out);
                 track.idle = true;
                 track.gil_since = None;
             }

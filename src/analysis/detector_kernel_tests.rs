@@ -320,3 +320,33 @@ fn a_loop_that_ended_for_good_ends_its_run() {
     assert_eq!(eps.len(), 1, "{eps:#?}");
     assert!(eps[0].duration_ms < 200.0, "{}", eps[0].duration_ms);
 }
+
+#[test]
+fn a_run_seen_before_tracing_ends_before_a_trace_that_starts_in_epoll() {
+    // Samples saw a short callback before the thread was traced; tracing began with the thread
+    // back in epoll (`Idle` at the `Traced` time), and the next callback came 120 ms later.
+    // The early run must not last until that callback.
+    let (eps, _) = run(&[
+        stack(0.900, thread(None, 1, "epoll_wait", false)),
+        stack(1.000, thread(Some("tick"), 2, "clock_nanosleep", false)),
+        events(&[(1.020, Traced), (1.020, Idle)]),
+        events(&[(1.140, Busy)]),
+        stack(1.150, thread(Some("handler"), 3, "clock_nanosleep", false)),
+        events(&[(1.160, Idle)]),
+    ]);
+    assert!(eps.is_empty(), "{eps:#?}");
+}
+
+#[test]
+fn a_callback_under_way_as_tracing_begins_ends_at_its_epoll_entry() {
+    // Tracing began inside the callback (no `Idle` at the `Traced` time): the kernel's first
+    // epoll entry is its exact end.
+    let (eps, _) = run(&[
+        stack(1.000, thread(Some("handler"), 2, "clock_nanosleep", false)),
+        events(&[(1.020, Traced)]),
+        stack(1.040, thread(Some("handler"), 2, "clock_nanosleep", false)),
+        events(&[(1.120, Idle)]),
+    ]);
+    assert_eq!(eps.len(), 1, "{eps:#?}");
+    assert!(eps[0].duration_ms >= 100.0, "{}", eps[0].duration_ms);
+}

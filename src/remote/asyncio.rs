@@ -87,9 +87,6 @@ pub struct AsyncioReader {
     pub(super) debug: Option<AsyncioOffsets>,
     /// Loop address → the slot of `_scheduled` in its instance dict (`None`: it has none).
     timer_slots: HashMap<u64, Option<u64>>,
-    /// Task address → (its coroutine and name objects, their texts) as last read: a running
-    /// task is read at every stack sample, and its name and coroutine rarely change.
-    task_texts: HashMap<u64, ((u64, u64), (Option<String>, Option<String>))>,
     /// `len(sys.modules)` at the last lookup that did not find everything.
     modules_seen: Option<u64>,
     /// Slot offsets of `TimerHandle`, for `due_timer_task`.
@@ -115,7 +112,6 @@ impl AsyncioReader {
             globals: Globals::default(),
             debug: None,
             timer_slots: HashMap::new(),
-            task_texts: HashMap::new(),
             modules_seen: None,
             handle_slots: Default::default(),
             requests: super::request::RequestState::for_minor(al.minor),
@@ -135,7 +131,6 @@ impl AsyncioReader {
         self.codes.clear();
         self.qualnames.clear();
         self.timer_slots.clear();
-        self.task_texts.clear();
         self.handle_slots.clear();
         self.requests.refresh();
         if self.al.minor >= 14 && self.debug.is_none() {
@@ -305,27 +300,17 @@ impl AsyncioReader {
         task: u64,
         head: &TaskHead,
     ) -> Option<CurrentTask> {
-        let objects = (head.coro, head.name);
-        let (name, coroutine) = match self.task_texts.get(&task) {
-            Some((o, texts)) if *o == objects && texts.0.is_some() => texts.clone(),
-            _ => {
-                let texts = (
-                    self.head_name(mem, head),
-                    qualname(
-                        mem,
-                        &self.al,
-                        &mut self.kinds,
-                        &mut self.qualnames,
-                        head.coro,
-                    ),
-                );
-                if self.task_texts.len() >= 4096 {
-                    self.task_texts.clear();
-                }
-                self.task_texts.insert(task, (objects, texts.clone()));
-                texts
-            }
-        };
+        // Read at every call: a task, its coroutine and its name object can all be freed and
+        // their addresses reused by the next task (tasks created and finished in a row), so no
+        // cache keyed by addresses can tell an old task's name from a new one's.
+        let name = self.head_name(mem, head);
+        let coroutine = qualname(
+            mem,
+            &self.al,
+            &mut self.kinds,
+            &mut self.qualnames,
+            head.coro,
+        );
         Some(CurrentTask {
             address: task,
             name,

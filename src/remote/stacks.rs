@@ -650,6 +650,12 @@ impl StackReader {
                 .codes
                 .cached(f.code)
                 .ok_or(StackError::Torn("code object"))?;
+            // CPython's `__init__` cleanup shim (3.12+: `_Py_InitCleanup`, a code object
+            // named `__init__` in a file named `__init__`, with no lines), which 3.14 runs as
+            // an ordinary thread-owned frame above a class's Python `__init__`: not user code.
+            if code.name == "__init__" && code.file == "__init__" {
+                continue;
+            }
             let line = self.lines.line(code, f.code, f.instr, self.l.minor);
             out.push(Frame {
                 function: code.name.clone(),

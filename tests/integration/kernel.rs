@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use loopspy::acquire::perf::{Call, Record, ThreadTrace, Tracepoints};
 
 use crate::support::{
-    check_error_bars, duration_tolerance, loopspy, pythons, repo, tagged, Target,
+    check_error_bars, duration_tolerance, loop_timed_blocks, loopspy, pythons, repo, tagged, Target,
 };
 
 /// Whether this machine lets us trace; prints why not.
@@ -214,7 +214,8 @@ fn falls_back_to_the_probe_without_perf_rights() {
         stderr.contains("loopspy: clock: probe (kernel clock unavailable: "),
         "{stderr}"
     );
-    let blocks: Vec<_> = stdout.lines().filter_map(|l| tagged(l, "BLOCK")).collect();
+    let lines: Vec<String> = stdout.lines().map(String::from).collect();
+    let blocks = loop_timed_blocks(&lines);
     let episodes: Vec<serde_json::Value> = std::fs::read_to_string(dir.path().join("e.jsonl"))
         .unwrap()
         .lines()

@@ -1,0 +1,356 @@
+use super::*;
+
+struct Fake {
+    left: u32,
+    fail_every: u32,
+    n: u32,
+}
+
+impl SampleSource for Fake {
+    fn pid(&self) -> u32 {
+        42
+    }
+    fn sample(&mut self) -> Result<Vec<ThreadSample>> {
+        self.n += 1;
+        if self.left == 0 {
+            bail!("gone");
+        }
+        self.left -= 1;
+        if self.fail_every > 0 && self.n % self.fail_every == 0 {
+            bail!("torn read");
+        }
+        Ok(vec![])
+    }
+    fn alive(&mut self) -> bool {
+        self.left > 0
+    }
+}
+
+#[test]
+fn counts_errors_and_ends_when_target_exits() {
+    let stop = AtomicBool::new(false);
+    let mut src = Fake {
+        left: 30,
+        fail_every: 3,
+        n: 0,
+    };
+    let mut got = vec![];
+    let stats = run(
+        &mut src,
+        &Limits {
+            rate: 1000.0,
+            stack_rate: 1000.0,
+            threshold: 0.05,
+            duration: None,
+            stop: &stop,
+            clock: ClockChoice::Probe,
+            kernel_rate: 1000.0,
+        },
+        &mut |s, _| {
+            got.push(s);
+            Ok(())
+        },
+    )
+    .unwrap();
+    assert_eq!(stats.end, "target exited");
+    assert_eq!(stats.samples, 20);
+    // Every third read fails; the last one (the 30th) finds the target gone and ends the run.
+    assert_eq!(stats.errors, 10);
+    assert!(got
+        .windows(2)
+        .all(|w| w[1].mono > w[0].mono && w[0].pid == 42));
+}
+
+#[test]
+fn stops_at_duration() {
+    let stop = AtomicBool::new(false);
+    let mut src = Fake {
+        left: u32::MAX,
+        fail_every: 0,
+        n: 0,
+    };
+    let limits = Limits {
+        rate: 200.0,
+        stack_rate: 200.0,
+        threshold: 0.05,
+        duration: Some(Duration::from_millis(100)),
+        stop: &stop,
+        clock: ClockChoice::Probe,
+        kernel_rate: 200.0,
+    };
+    let stats = run(&mut src, &limits, &mut |_, _| Ok(())).unwrap();
+    assert_eq!(stats.end, "duration");
+    assert!(
+        stats.samples >= 10 && stats.samples <= 22,
+        "{}",
+        stats.samples
+    );
+}
+
+/// A loop thread inside one callback from the start, never back in epoll.
+struct Busy {
+    stacks: Vec<Instant>,
+    until: Instant,
+}
+
+impl Busy {
+    fn thread(&self) -> ThreadSample {
+        ThreadSample {
+            gc: false,
+            loop_ended: false,
+            tid: 7,
+            name: None,
+            event_loop: Some("_UnixSelectorEventLoop".into()),
+            gil: false,
+            active: true,
+            os: Some(crate::sample::OsState {
+                state: 'S',
+                syscall: Some("clock_nanosleep".into()),
+                gil_wait: false,
+                cpu_ticks: None,
+                fd: None,
+            }),
+            ready: Some(ReadyQueue { len: 0, state: 1 }),
+            task: None,
+            coroutine: None,
+            timers: None,
+            request: None,
+            frames: Vec::new(),
+        }
+    }
+}
+
+impl SampleSource for Busy {
+    fn pid(&self) -> u32 {
+        42
+    }
+    fn sample(&mut self) -> Result<Vec<ThreadSample>> {
+        if Instant::now() >= self.until {
+            bail!("gone");
+        }
+        self.stacks.push(Instant::now());
+        Ok(vec![self.thread()])
+    }
+    fn probe(&mut self) -> Option<Result<Vec<ThreadSample>>> {
+        if Instant::now() >= self.until {
+            return Some(Err(anyhow::anyhow!("gone")));
+        }
+        Some(Ok(vec![self.thread()]))
+    }
+    fn alive(&mut self) -> bool {
+        Instant::now() < self.until
+    }
+}
+
+/// Regression: the sampler slept a whole interval at once, so `--rate 1e-9` never
+/// answered Ctrl-C and `--rate 0.05` took up to 20 s to stop.
+#[test]
+fn answers_a_stop_within_a_nap_at_any_rate() {
+    for rate in [1e-9, 0.05, 1.0] {
+        let stop = AtomicBool::new(false);
+        let mut src = Fake {
+            left: u32::MAX,
+            fail_every: 0,
+            n: 0,
+        };
+        let limits = Limits {
+            rate,
+            stack_rate: rate,
+            threshold: 0.05,
+            duration: None,
+            stop: &stop,
+            clock: ClockChoice::Probe,
+            kernel_rate: rate,
+        };
+        let started = Instant::now();
+        let stats = std::thread::scope(|scope| {
+            scope.spawn(|| {
+                std::thread::sleep(Duration::from_millis(30));
+                stop.store(true, Ordering::SeqCst);
+            });
+            run(&mut src, &limits, &mut |_, _| Ok(())).unwrap()
+        });
+        let took = started.elapsed();
+        assert_eq!(stats.end, "interrupted", "rate {rate}");
+        assert!(took < Duration::from_millis(130), "rate {rate}: {took:?}");
+    }
+}
+
+#[test]
+fn stacks_are_read_before_a_callback_reaches_the_threshold() {
+    // Background stacks once a second; a callback running from the start. The loop stacks
+    // must be read from `BUSY_STACKS` (5 ms), well before half the threshold (100 ms), so
+    // the run is named before it becomes an episode, however late a tick or two may be.
+    let stop = AtomicBool::new(false);
+    let start = Instant::now();
+    let mut src = Busy {
+        stacks: Vec::new(),
+        until: start + Duration::from_millis(400),
+    };
+    let limits = Limits {
+        rate: 1000.0,
+        stack_rate: 1.0,
+        threshold: 0.2,
+        duration: None,
+        stop: &stop,
+        clock: ClockChoice::Probe,
+        kernel_rate: 100.0,
+    };
+    run(&mut src, &limits, &mut |_, _| Ok(())).unwrap();
+    let second = src.stacks.get(1).expect("a burst read a stack");
+    let after = second.duration_since(src.stacks[0]);
+    assert!(
+        after >= BUSY_STACKS && after < Duration::from_millis(100),
+        "{after:?}"
+    );
+    // Then one at every tick (spaced by their cost).
+    assert!(src.stacks.len() >= 10, "{}", src.stacks.len());
+}
+
+#[test]
+fn ends_at_the_duration_even_between_slow_ticks() {
+    let stop = AtomicBool::new(false);
+    let mut src = Fake {
+        left: u32::MAX,
+        fail_every: 0,
+        n: 0,
+    };
+    let limits = Limits {
+        rate: 0.05,
+        stack_rate: 0.05,
+        threshold: 0.05,
+        duration: Some(Duration::from_millis(120)),
+        stop: &stop,
+        clock: ClockChoice::Probe,
+        kernel_rate: 0.05,
+    };
+    let started = Instant::now();
+    let stats = run(&mut src, &limits, &mut |_, _| Ok(())).unwrap();
+    assert_eq!(stats.end, "duration");
+    assert_eq!(stats.samples, 1);
+    assert!(started.elapsed() < Duration::from_millis(220));
+}
+
+/// A source whose process exec()s after `left` reads; `next` says what attaching again
+/// gives: `None` a new program that is not Python, `Some(n)` one readable after n tries.
+struct Execing {
+    left: u32,
+    next: Option<u32>,
+    replaced: bool,
+}
+
+impl SampleSource for Execing {
+    fn pid(&self) -> u32 {
+        7
+    }
+    fn sample(&mut self) -> Result<Vec<ThreadSample>> {
+        if self.left == 0 {
+            self.replaced = true;
+            // What the new program's memory gives: garbage, which must not be used.
+            return Ok(vec![loop_thread(999)]);
+        }
+        self.left -= 1;
+        Ok(vec![loop_thread(7)])
+    }
+    fn alive(&mut self) -> bool {
+        true
+    }
+    fn replaced(&mut self) -> Option<String> {
+        self.replaced.then(|| "called exec()".to_string())
+    }
+    fn reattach(&mut self) -> Result<Option<Reattached>> {
+        match self.next.as_mut() {
+            None => bail!("`sleep` is not Python"),
+            Some(0) => Ok(Some(Reattached {
+                source: Box::new(Fake {
+                    left: 5,
+                    fail_every: 0,
+                    n: 0,
+                }),
+                what: "python3 next.py".into(),
+            })),
+            Some(n) => {
+                *n -= 1;
+                Ok(None)
+            }
+        }
+    }
+}
+
+fn loop_thread(tid: u32) -> ThreadSample {
+    ThreadSample {
+        gc: false,
+        loop_ended: false,
+        tid,
+        name: None,
+        event_loop: Some("loop".into()),
+        gil: false,
+        active: true,
+        os: None,
+        ready: None,
+        task: None,
+        coroutine: None,
+        timers: None,
+        request: None,
+        frames: Vec::new(),
+    }
+}
+
+fn limits(stop: &AtomicBool) -> Limits<'_> {
+    Limits {
+        rate: 1000.0,
+        stack_rate: 1000.0,
+        threshold: 0.05,
+        duration: Some(Duration::from_secs(5)),
+        stop,
+        clock: ClockChoice::Probe,
+        kernel_rate: 1000.0,
+    }
+}
+
+#[test]
+fn exec_into_a_program_that_is_not_python_ends_sampling() {
+    let stop = AtomicBool::new(false);
+    let mut src = Execing {
+        left: 3,
+        next: None,
+        replaced: false,
+    };
+    let mut got = Vec::new();
+    let stats = run(&mut src, &limits(&stop), &mut |s, _| {
+        got.push(s);
+        Ok(())
+    })
+    .unwrap();
+    assert!(
+        stats.end.starts_with("target replaced by exec"),
+        "{}",
+        stats.end
+    );
+    // Three reads of the old program, then one empty sample that closes its episodes;
+    // nothing read after the exec.
+    assert_eq!(got.len(), 4);
+    assert!(got[..3].iter().all(|s| s.threads[0].tid == 7));
+    assert!(got[3].threads.is_empty() && !got[3].probe);
+}
+
+#[test]
+fn exec_into_python_attaches_again() {
+    let stop = AtomicBool::new(false);
+    let mut src = Execing {
+        left: 2,
+        next: Some(2),
+        replaced: false,
+    };
+    let mut got = Vec::new();
+    let stats = run(&mut src, &limits(&stop), &mut |s, _| {
+        got.push(s);
+        Ok(())
+    })
+    .unwrap();
+    // The new source (a `Fake` of pid 42) is read until it exits.
+    assert_eq!(stats.end, "target exited");
+    assert_eq!(got.len(), 2 + 1 + 5);
+    assert!(got[3..].iter().all(|s| s.pid == 42));
+    assert!(!got.iter().any(|s| s.threads.iter().any(|t| t.tid == 999)));
+}
