@@ -398,6 +398,19 @@ impl<'s> Slot<'s> {
     }
 }
 
+/// The empty sample that closes what process `pid` was running at this tick (it exited, or
+/// exec'd another program): the detector ends its open episodes here.
+fn ended(wall: f64, mono: f64, pid: u32) -> Sample {
+    Sample {
+        wall,
+        mono,
+        pid,
+        probe: false,
+        threads: Vec::new(),
+        events: Vec::new(),
+    }
+}
+
 /// The intervals derived from `Limits`.
 struct Timing {
     stack_interval: Duration,
@@ -599,17 +612,7 @@ pub fn run_tree<'s>(
                     }
                     // The callback running then ended with the program (or the process): close
                     // its episode at this tick, and never count the new program's time in it.
-                    sink(
-                        Sample {
-                            wall,
-                            mono,
-                            pid,
-                            probe: false,
-                            threads: Vec::new(),
-                            events: Vec::new(),
-                        },
-                        &stats,
-                    )?;
+                    sink(ended(wall, mono, pid), &stats)?;
                     if !slot.source.alive() {
                         slots.remove(i);
                         continue;
@@ -635,17 +638,7 @@ pub fn run_tree<'s>(
                         // A worker ended: close its episodes at this tick.
                         let pid = slot.source.pid();
                         slots.remove(i);
-                        sink(
-                            Sample {
-                                wall,
-                                mono,
-                                pid,
-                                probe: false,
-                                threads: Vec::new(),
-                                events: Vec::new(),
-                            },
-                            &stats,
-                        )?;
+                        sink(ended(wall, mono, pid), &stats)?;
                         continue;
                     }
                     if slot.consecutive >= MAX_CONSECUTIVE_ERRORS {
