@@ -9,11 +9,12 @@ cargo build --release --quiet
 out=tests/fixtures
 mkdir -p "$out"
 
-record() { # name scenario rate [script] [clock] [blocks]: with `blocks`, also keep the target's
+record() { # name "scenario [args]" rate [script] [clock] [blocks]: with `blocks`, also keep the target's
   # own BLOCK lines (its measurements) in tests/fixtures/NAME.blocks.jsonl, for the offline tests
   local name=$1 scenario=$2 rate=$3 script=${4:-tests/py/scenarios.py} clock=${5:-probe} keep=${6:-} fifo dir
   dir=$(mktemp -d); fifo="$dir/go"; mkfifo "$fifo"
-  "$python" "$script" "$scenario" <"$fifo" >"$dir/target.out" &
+  # shellcheck disable=SC2086 # the scenario's own arguments follow its name
+  "$python" "$script" $scenario <"$fifo" >"$dir/target.out" &
   local target=$!
   exec 7>"$fifo"
   # Wait for the target's READY line, attach, wait for loopspy's first sample, then say go.
@@ -43,6 +44,7 @@ record gil_base64 16 1000 tests/py/gil_base64.py probe blocks
 record attached_mid_block blocked_at_attach 200 tests/py/scenarios.py probe blocks
 record restart_loops restart_loops 200 tests/py/scenarios.py probe blocks
 record idle idle 100
+record tasks "tasks 60" 200 tests/py/reader_edges.py
 # The kernel clock (run as root): boundaries from perf tracepoints, ticks only in long callbacks.
 record kernel_sleep_task sleep_task 200 tests/py/scenarios.py kernel
 record kernel_back_to_back back_to_back 200 tests/py/scenarios.py kernel

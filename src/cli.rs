@@ -109,6 +109,11 @@ pub struct AnalysisArgs {
     /// Also draw idle stacks (threads waiting) in the flame graph.
     #[arg(long)]
     pub idle: bool,
+    /// Draw the loop's ordinary work (callbacks shorter than the threshold) under one frame per
+    /// asyncio task: `task <name>`, or `task <coroutine>` for tasks left with a default
+    /// `Task-N` name.
+    #[arg(long)]
+    pub by_task: bool,
 }
 
 /// What to sample and how often, shared by `record` and `top`.

@@ -37,6 +37,8 @@ pub struct Sinks {
     pub episodes: Option<EpisodeLog>,
     /// Print a line on stderr while a long hang is going on.
     pub live_hangs: bool,
+    /// Draw a loop thread's ordinary work under a `task <name>` frame per asyncio task.
+    pub by_task: bool,
 }
 
 /// A sink that sees every sample (after the detector) and every episode, and may write one
@@ -235,13 +237,16 @@ impl Pipeline {
                 Event::Stack {
                     pid,
                     thread,
+                    task,
                     frames,
                     idle,
                     count,
                 } => {
                     // Only a flame graph needs the stacks.
                     if self.sinks.flamegraph.is_some() {
-                        self.flame.add_stack(pid, &thread, &frames, idle, count)
+                        let task = task.as_deref().filter(|_| self.sinks.by_task);
+                        self.flame
+                            .add_stack(pid, &thread, task, &frames, idle, count)
                     }
                 }
                 Event::Episode { episode, stacks } => {

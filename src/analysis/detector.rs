@@ -30,6 +30,9 @@ pub enum Event {
     Stack {
         pid: u32,
         thread: String,
+        /// The asyncio task the work belonged to (a loop thread's short callback), as
+        /// [`task_label`] names it.
+        task: Option<String>,
         frames: Vec<Frame>,
         idle: bool,
         count: u32,
@@ -363,6 +366,7 @@ impl Detector {
             events.push(Event::Stack {
                 pid: sample.pid,
                 thread: thread.label(),
+                task: own_task(thread),
                 frames: thread.frames.clone(),
                 idle: !is_active(thread),
                 count: weight,
@@ -433,6 +437,7 @@ impl Detector {
             None => events.push(Event::Stack {
                 pid: sample.pid,
                 thread: thread.label(),
+                task: own_task(thread),
                 frames: thread.frames.clone(),
                 idle: state_is_idle,
                 count: weight,
@@ -476,10 +481,14 @@ impl Detector {
             // Most frequent first; ties broken by the stack itself so output is deterministic.
             stacks.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then_with(|| a.0.cmp(&b.0)));
             let thread = crate::sample::thread_label(track.name.as_deref(), key.1);
+            let task = task
+                .as_ref()
+                .map(|(name, coro)| task_label(name, coro.as_deref()));
             for (frames, (count, _)) in stacks {
                 events.push(Event::Stack {
                     pid: key.0,
                     thread: thread.clone(),
+                    task: task.clone(),
                     frames,
                     idle: false,
                     count,
@@ -565,6 +574,25 @@ fn gil_key() -> CallbackKey {
         function: GIL_WAIT_FUNCTION.to_string(),
         file: String::new(),
     }
+}
+
+/// How the flame graph names a task's work: `task <name>` for a task given a name, and
+/// `task <coroutine>` for one that kept asyncio's default `Task-N` (a new number for every task,
+/// which would split the same work into as many towers as there were tasks).
+pub fn task_label(name: &str, coroutine: Option<&str>) -> String {
+    let default = name
+        .strip_prefix("Task-")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    match coroutine {
+        Some(c) if default => format!("task {c}"),
+        _ => format!("task {name}"),
+    }
+}
+
+/// The task a single stack sample says it was stepping, as [`task_label`] names it.
+pub(super) fn own_task(thread: &ThreadSample) -> Option<String> {
+    let name = thread.task.as_deref()?;
+    Some(task_label(name, thread.coroutine.as_deref()))
 }
 
 /// Whether the thread waits in the event loop's epoll call.

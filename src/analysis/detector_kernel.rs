@@ -145,6 +145,7 @@ impl Detector {
         let stack = |idle: bool| Event::Stack {
             pid: sample.pid,
             thread: thread.label(),
+            task: super::own_task(thread),
             frames: thread.frames.clone(),
             idle,
             count: weight,

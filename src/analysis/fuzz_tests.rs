@@ -637,6 +637,7 @@ fn damaged_recordings_replay_cleanly() {
         let svg = dir.path().join(format!("r{round}.svg"));
         let log = dir.path().join(format!("r{round}-episodes.jsonl"));
         let sinks = Sinks {
+            by_task: false,
             speedscope: false,
             flamegraph: Some(OutputFile::create(&svg, Mode::Whole).unwrap()),
             raw: None,

@@ -117,6 +117,7 @@ pub fn load(path: &Path, threshold_ms: f64, sources: bool) -> Result<Side> {
             raw: None,
             episodes: None,
             live_hangs: false,
+            by_task: false,
         };
         replay_with(
             path,

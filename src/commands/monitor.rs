@@ -282,6 +282,7 @@ pub fn run(args: &MonitorArgs) -> Result<()> {
         raw: None,
         episodes,
         live_hangs: true,
+        by_task: false,
     };
     let observer = MonitorObserver {
         labeler: Labeler::new(false, false, true),

@@ -100,6 +100,7 @@ pub fn run(args: &RecordArgs) -> Result<()> {
     };
     let episodes = log.map(EpisodeLog::new);
     let sinks = Sinks {
+        by_task: args.analysis.by_task,
         speedscope: args.format == Format::Speedscope,
         flamegraph,
         raw,

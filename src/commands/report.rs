@@ -142,6 +142,7 @@ pub fn run(args: &ReportArgs) -> Result<()> {
         None => (main, Vec::new()),
     };
     let sinks = Sinks {
+        by_task: args.analysis.by_task,
         speedscope: args.format == Format::Speedscope,
         flamegraph,
         raw: None,

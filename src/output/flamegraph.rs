@@ -110,12 +110,24 @@ impl FlameGraph {
         }
     }
 
-    pub fn add_stack(&mut self, pid: u32, thread: &str, frames: &[Frame], idle: bool, count: u32) {
+    /// An ordinary stack of `thread`, `count` ms of it; with `task`, drawn under a frame for
+    /// that asyncio task (`task <name>`) above the thread's.
+    pub fn add_stack(
+        &mut self,
+        pid: u32,
+        thread: &str,
+        task: Option<&str>,
+        frames: &[Frame],
+        idle: bool,
+        count: u32,
+    ) {
         self.pids.insert(pid);
         if idle && !self.include_idle {
             return;
         }
-        let mut key = (pid, folded(&[thread.to_string()], frames, NORMAL));
+        let mut prefix = vec![thread.to_string()];
+        prefix.extend(task.map(str::to_string));
+        let mut key = (pid, folded(&prefix, frames, NORMAL));
         // Threads come and go on long recordings (each with its own name and tid): past a
         // bound, new distinct stacks are merged into one line, so memory stays bounded.
         if self.normal.len() >= MAX_NORMAL_STACKS && !self.normal.contains_key(&key) {
@@ -368,12 +380,18 @@ mod tests {
             file: "/app/\x01.py".into(),
             line: 3,
         };
-        fg.add_stack(1, "thread\x1b 1", &[bad], false, 5);
+        fg.add_stack(1, "thread\x1b 1", None, std::slice::from_ref(&bad), false, 5);
+        // A task's name is the target's too.
+        fg.add_stack(1, "thread\x1b 1", Some("task a;\x1bb"), &[bad], false, 2);
         let lines = fg.folded_lines(0.0);
-        assert_eq!(lines.len(), 1);
+        assert_eq!(lines.len(), 2);
         assert_eq!(
             lines[0],
             "thread\\x1b 1_[i];f\\x1b]0:T\\x07\\r\\nFAKE:g (app/\\x01.py:3)_[i] 5"
+        );
+        assert_eq!(
+            lines[1],
+            "thread\\x1b 1_[i];task a:\\x1bb_[i];f\\x1b]0:T\\x07\\r\\nFAKE:g (app/\\x01.py:3)_[i] 2"
         );
         let mut svg = Vec::new();
         let ctx = FlameContext {

@@ -22,6 +22,7 @@ fn no_sinks() -> Sinks {
         raw: None,
         episodes: None,
         live_hangs: false,
+        by_task: false,
     }
 }
 

@@ -20,10 +20,16 @@ pub(crate) struct Replayed {
 }
 
 pub(crate) fn replay_fixture(name: &str, threshold_ms: f64) -> Replayed {
+    replay_fixture_with(name, threshold_ms, false)
+}
+
+/// `replay_fixture`, with `--by-task` on or off.
+pub(crate) fn replay_fixture_with(name: &str, threshold_ms: f64, by_task: bool) -> Replayed {
     let dir = tempfile::tempdir().unwrap();
     let svg = dir.path().join("out.svg");
     let jsonl = dir.path().join("out.jsonl");
     let sinks = Sinks {
+        by_task,
         speedscope: false,
         flamegraph: Some(OutputFile::create(&svg, Mode::Whole).unwrap()),
         raw: None,
@@ -86,6 +92,30 @@ pub(crate) fn check_goldens(name: &str, r: &Replayed) {
 
 fn durations(r: &Replayed) -> Vec<f64> {
     r.episodes.iter().map(|e| e.duration_ms).collect()
+}
+
+/// Two tasks' short bursts (`reader_edges.py tasks`): with `--by-task` the flame graph draws
+/// each under its task (`task poller`, named; `task crunch`, the coroutine of a `Task-N`);
+/// without it, no task frame.
+#[test]
+fn tasks_recording_by_task() {
+    let grouped = replay_fixture_with("tasks", 50.0, true);
+    assert!(grouped.episodes.is_empty());
+    assert!(
+        grouped.svg.contains("<title>task poller ("),
+        "no poller task frame"
+    );
+    assert!(
+        grouped.svg.contains("<title>task crunch ("),
+        "no crunch task frame"
+    );
+    check_goldens("tasks_by_task", &grouped);
+    let plain = replay_fixture("tasks", 50.0);
+    assert!(
+        !plain.svg.contains("<title>task "),
+        "a task frame without --by-task"
+    );
+    assert!(plain.svg.contains("<title>poll_work ("));
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! Live edge cases of our CPython reader, on every interpreter: stacks thousands of frames deep
 //! (each block still one episode of the right length, and attaching to a process that deep), and
 //! names the target makes odd (a module in a directory whose name is not UTF-8, a function
-//! whose name has 5000 characters): the frame stays, with a lossy, capped name.
+//! whose name has 5000 characters): the frame stays, with a lossy, capped name. Also the task
+//! each stack sample belongs to: `--by-task` draws ordinary work under its task.
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
@@ -172,5 +173,98 @@ fn odd_names_keep_their_frames() {
             culprits[1].0, long,
             "{v}: the long-named function is blamed"
         );
+    }
+}
+
+/// The weight of each `(task frames, leaf)` pair in a speedscope profile: which `task <name>`
+/// frames sit above the stacks whose innermost frames are `leaves`.
+fn task_weights(speedscope: &Value, leaves: &[&str]) -> Vec<(Vec<String>, String, f64)> {
+    let names: Vec<&str> = speedscope["shared"]["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    let mut out: Vec<(Vec<String>, String, f64)> = Vec::new();
+    for profile in speedscope["profiles"].as_array().unwrap() {
+        let samples = profile["samples"].as_array().unwrap();
+        let weights = profile["weights"].as_array().unwrap();
+        for (stack, weight) in samples.iter().zip(weights) {
+            let stack: Vec<&str> = stack
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| names[i.as_u64().unwrap() as usize])
+                .collect();
+            let Some(leaf) = leaves
+                .iter()
+                .find(|l| stack.iter().any(|n| n.starts_with(&format!("{l} ("))))
+            else {
+                continue;
+            };
+            let tasks: Vec<String> = stack
+                .iter()
+                .filter(|n| n.starts_with("task "))
+                .map(|n| n.to_string())
+                .collect();
+            let w = weight.as_f64().unwrap();
+            match out.iter_mut().find(|(t, l, _)| *t == tasks && l == leaf) {
+                Some(entry) => entry.2 += w,
+                None => out.push((tasks, leaf.to_string(), w)),
+            }
+        }
+    }
+    out
+}
+
+/// Two tasks run short CPU bursts (12 ms, under the threshold). With `--by-task`, every stack
+/// of each burst sits under its own task's frame: `task poller` for the task given a name,
+/// `task crunch` (its coroutine) for the one left with asyncio's `Task-N`. Without the flag
+/// there is no task frame.
+#[test]
+fn by_task_groups_ordinary_work_under_its_task() {
+    let leaves = ["poll_work", "crunch_work"];
+    for (v, py) in pythons() {
+        let run = record_scenario(&py, &script(), &["tasks", "60"], &["-f", "raw"]);
+        assert!(run.status.success(), "{v}: {}", run.stderr);
+        let dir = tempfile::tempdir().unwrap();
+        let raw = dir.path().join("rec.jsonl");
+        std::fs::write(&raw, &run.svg).unwrap();
+        for by_task in [true, false] {
+            let out = dir.path().join("s.json");
+            let status = Command::new(loopspy())
+                .arg("report")
+                .arg(&raw)
+                .args(["-f", "speedscope", "-o"])
+                .arg(&out)
+                .args(by_task.then_some("--by-task"))
+                .output()
+                .unwrap();
+            assert!(status.status.success(), "{v}: {status:?}");
+            let profile: Value =
+                serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+            let weights = task_weights(&profile, &leaves);
+            let label = format!("{v} by_task={by_task}: {weights:?}");
+            for (leaf, task) in [("poll_work", "task poller"), ("crunch_work", "task crunch")] {
+                let total: f64 = weights
+                    .iter()
+                    .filter(|(_, l, _)| l == leaf)
+                    .map(|w| w.2)
+                    .sum();
+                // 60 bursts of 12 ms: the sampler reads the loop's stack at every tick past
+                // 5 ms into a callback, so each burst leaves several samples.
+                assert!(total >= 100.0, "{label}: {leaf} has {total} ms of samples");
+                let want: Vec<String> = if by_task {
+                    vec![task.to_string()]
+                } else {
+                    Vec::new()
+                };
+                for (tasks, l, w) in &weights {
+                    if l == leaf {
+                        assert_eq!(*tasks, want, "{label}: {w} ms of {leaf}");
+                    }
+                }
+            }
+        }
     }
 }

@@ -10,6 +10,10 @@ Usage: python reader_edges.py deep DEPTH     a task recurses DEPTH frames deep, 
        python reader_edges.py names DIR      calls a function of DIR/odd_module.py (a directory
                                              whose name is not UTF-8) and one whose name has 5000
                                              characters; each blocks 150 ms
+       python reader_edges.py tasks N        a task named "poller" and one left with its
+                                             default name (coroutine `crunch`) each run N
+                                             short CPU bursts of 12 ms (under the threshold),
+                                             for the flame graph's `--by-task` grouping
 """
 import asyncio
 import json
@@ -69,6 +73,36 @@ async def names(directory):
         await asyncio.sleep(0.15)
 
 
+def spin(seconds):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+
+def poll_work():
+    spin(0.012)
+
+
+def crunch_work():
+    spin(0.012)
+
+
+async def poller(n):
+    for _ in range(n):
+        poll_work()
+        await asyncio.sleep(0.004)
+
+
+async def crunch(n):
+    for _ in range(n):
+        crunch_work()
+        await asyncio.sleep(0.004)
+
+
+async def tasks(n):
+    await asyncio.gather(asyncio.create_task(poller(n), name="poller"), crunch(n))
+
+
 async def main(kind, arg):
     go = threading.Event()
 
@@ -82,6 +116,8 @@ async def main(kind, arg):
         await asyncio.sleep(0.01)
     if kind == "deep":
         await deep(int(arg))
+    elif kind == "tasks":
+        await tasks(int(arg))
     else:
         await names(arg)
 
