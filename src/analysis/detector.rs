@@ -7,7 +7,9 @@ use std::collections::HashMap;
 
 use crate::analysis::blame::blame;
 use crate::analysis::culprit::culprit;
-use crate::analysis::loop_state::{classify, Anchor, CallbackKey, LoopState, GIL_WAIT_FUNCTION};
+use crate::analysis::loop_state::{
+    classify, outside_any_loop, Anchor, CallbackKey, LoopState, GIL_WAIT_FUNCTION,
+};
 use crate::analysis::run::Run;
 use crate::episode::{Episode, Location};
 use crate::os::source_files::SourceFiles;
@@ -111,6 +113,11 @@ pub struct Detector {
     /// Monotonic time of each thread's last stack: a stack stands for the time since the
     /// thread's previous one (loop threads are read more often than the others).
     last_stack: HashMap<(u32, u32), f64>,
+    /// Monotonic time of each thread's last stack that showed it outside any event loop (no
+    /// loop frames at all), until it is first seen running one: a callback of its first loop
+    /// began after that sample, which bounds the start of a callback already running when
+    /// the loop was found (a launched program that blocks in its first callback).
+    outside_loop: HashMap<(u32, u32), f64>,
 }
 
 impl Detector {
@@ -122,6 +129,7 @@ impl Detector {
             sources: None,
             seen_more: Default::default(),
             last_stack: HashMap::new(),
+            outside_loop: HashMap::new(),
         }
     }
 
@@ -169,6 +177,7 @@ impl Detector {
         if self.last_stack.len() > 4 * MAX_LOOPS_REMEMBERED.max(1024) {
             let now = sample.mono;
             self.last_stack.retain(|_, t| now - *t < 10.0);
+            self.outside_loop.retain(|_, t| now - *t < 10.0);
         }
         // A loop thread that is gone ended whatever it was running when it was last seen.
         let gone: Vec<(u32, u32)> = self
@@ -318,6 +327,7 @@ impl Detector {
         }
         let Some(os) = &thread.os else { return };
         let mut track = self.tracks.remove(&key).unwrap_or_default();
+        self.seed_first_loop_sample(key, &mut track);
         track.loop_ended = false;
         if !self.seen.contains_key(&key) {
             self.remember_loop(key, thread.name.clone());
@@ -375,9 +385,12 @@ impl Detector {
             if track.last_seen.is_some() {
                 track.last_seen = Some(sample.mono);
                 self.tracks.insert(key, track);
+            } else if outside_any_loop(&thread.frames) {
+                self.outside_loop.insert(key, sample.mono);
             }
             return;
         }
+        self.seed_first_loop_sample(key, &mut track);
         // py-spy sometimes misses a thread's name for a sample: keep the last one known.
         if thread.name.is_some() {
             track.name.clone_from(&thread.name);
@@ -445,6 +458,14 @@ impl Detector {
         }
         track.last_seen = Some(sample.mono);
         self.tracks.insert(key, track);
+    }
+
+    /// A thread seen running a loop for the first time: its previous sample is the last one
+    /// that showed it outside any loop, if any (a run it is in began after that).
+    fn seed_first_loop_sample(&mut self, key: (u32, u32), track: &mut Track) {
+        if track.last_seen.is_none() {
+            track.last_seen = self.outside_loop.remove(&key);
+        }
     }
 
     /// End the thread's current run, if any. `next` is the monotonic time of the first sample

@@ -426,3 +426,61 @@ fn episode_stacks_weigh_the_episode_alone() {
     let width: u32 = stacks.iter().map(|(_, n)| n).sum();
     assert_eq!(width as f64, episode.duration_ms.round(), "{stacks:?}");
 }
+
+/// A launched program whose first callback blocks: the thread was sampled importing (no loop
+/// frames) at 20 ms, then first seen running its loop at 41 ms, inside a callback that began at
+/// about 35 ms. The start lies between those two samples: mid-gap, with half the gap as its
+/// error bar, never at the first loop sample with a one-tick bar. Without the earlier sample
+/// the start is not seen (`start_seen: false`).
+#[test]
+fn a_loop_found_mid_callback_is_bounded_by_the_thread_outside_any_loop() {
+    let importing = || {
+        let mut t = thread(7, Doing::Idle, 0);
+        t.event_loop = None;
+        t.frames = vec![
+            f(
+                "_compile_bytecode",
+                "<frozen importlib._bootstrap_external>",
+                729,
+            ),
+            f("<module>", "/app/main.py", 3),
+        ];
+        t
+    };
+    let first = |with_import: bool| {
+        let mut d = Detector::new(DetectorConfig { threshold: 0.05 });
+        let mut out = Vec::new();
+        if with_import {
+            out.extend(episodes(d.feed(&sample(0.020, vec![importing()]))));
+        }
+        let mut t = 0.041;
+        while t < 0.185 {
+            out.extend(episodes(
+                d.feed(&sample(t, vec![thread(7, Doing::Cb("boot"), 1)])),
+            ));
+            t += 0.001;
+        }
+        out.extend(episodes(
+            d.feed(&sample(t, vec![thread(7, Doing::Idle, 1)])),
+        ));
+        assert_eq!(out.len(), 1, "{out:?}");
+        out.remove(0)
+    };
+    let bounded = first(true);
+    assert!(bounded.start_seen);
+    let error = bounded.duration_error_ms.unwrap();
+    assert!((error - 11.0).abs() < 0.6, "{error}");
+    // From mid-gap (30.5 ms) to the end (~185 ms).
+    assert!(
+        (bounded.duration_ms - 154.5).abs() < 1.0,
+        "{}",
+        bounded.duration_ms
+    );
+    let unseen = first(false);
+    assert!(!unseen.start_seen);
+    assert!(
+        (unseen.duration_ms - 144.0).abs() < 1.0,
+        "{}",
+        unseen.duration_ms
+    );
+}

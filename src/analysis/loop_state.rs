@@ -83,6 +83,18 @@ fn is_loop_entry(f: &Frame) -> bool {
             && (f.function.ends_with("run_until_complete") || f.function.ends_with("run_forever")))
 }
 
+/// Whether a stack shows its thread outside any event loop: it has frames, and none of them is
+/// a loop's entry (`asyncio.run`, `run_until_complete`, `run_forever`, uvloop's `run`) or its
+/// dispatch (`_run_once`, `Handle._run`). (uvloop driven by a bare `run_until_complete` leaves
+/// no Python frame of its own: its callbacks are not told apart here, and its runs are
+/// bounded by the first sample that sees its loop, as before.)
+pub fn outside_any_loop(frames: &[Frame]) -> bool {
+    !frames.is_empty()
+        && !frames
+            .iter()
+            .any(|f| is_loop_entry(f) || is_run_once(f) || is_handle_run(f))
+}
+
 /// The selector's wait: the top of an idle selector loop's stack.
 fn is_selector_wait(f: &Frame) -> bool {
     file_is(f, "selectors.py") || (file_is(f, "asyncio/base_events.py") && is_run_once(f))

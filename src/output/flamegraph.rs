@@ -380,7 +380,14 @@ mod tests {
             file: "/app/\x01.py".into(),
             line: 3,
         };
-        fg.add_stack(1, "thread\x1b 1", None, std::slice::from_ref(&bad), false, 5);
+        fg.add_stack(
+            1,
+            "thread\x1b 1",
+            None,
+            std::slice::from_ref(&bad),
+            false,
+            5,
+        );
         // A task's name is the target's too.
         fg.add_stack(1, "thread\x1b 1", Some("task a;\x1bb"), &[bad], false, 2);
         let lines = fg.folded_lines(0.0);
