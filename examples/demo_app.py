@@ -1,7 +1,7 @@
 """A small asyncio web service with invisible blocking in it, for trying loopspy.
 
 It serves HTTP on 127.0.0.1 and drives itself with a built-in load generator, so one command
-shows everything. Three handlers block the event loop the way real services do:
+shows everything. Four places block the event loop the way real services do:
 
 - /user   calls a "legacy" synchronous client that sleeps (think requests.get or a sync DB driver);
 - /report renders a report in pure Python (CPU-bound work on the loop);

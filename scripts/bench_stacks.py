@@ -142,7 +142,7 @@ def threads_150(python, tmp):
     _, status, ru = os.wait4(spy.pid, 0)
     eps = [json.loads(l)["duration_ms"] for l in open(episodes)]
     m = re.search(r"samples in ([\d.]+) s", err)
-    late = re.search(r"(\d+) late ticks", err)
+    late = re.search(r"(\d+) late ticks?", err)
     cpu = (ru.ru_utime + ru.ru_stime) / float(m.group(1)) * 100
     errors = [e - b for e, b in zip(eps, blocks)] if len(eps) == len(blocks) else None
     return errors, len(eps), len(blocks), int(late.group(1)) if late else 0, cpu

@@ -80,7 +80,7 @@ def slope_mb_per_hour(points):
 
 def summary_figures(stderr):
     """(samples, errors, error %, episodes) from loopspy's summary on stderr."""
-    m = re.search(r"(\d+) samples in [\d.]+ s.*?, (\d+) errors", stderr)
+    m = re.search(r"(\d+) samples in [\d.]+ s.*?, (\d+) errors?", stderr)
     samples, errors = (int(m.group(1)), int(m.group(2))) if m else (0, 0)
     # From the counts: loopspy rounds its percentage to 0.1 %.
     share = 100.0 * errors / samples if samples else float("nan")

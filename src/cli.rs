@@ -83,6 +83,17 @@ pub enum Format {
 }
 
 impl Format {
+    /// A note when `--by-task` has nothing to shape in this format, else `None`.
+    pub fn by_task_note(self, by_task: bool) -> Option<&'static str> {
+        match self {
+            _ if !by_task => None,
+            Format::Flamegraph | Format::Speedscope => None,
+            Format::Pprof => Some("--by-task shapes the flame graph and speedscope only: pprof samples carry their task as the task_name label"),
+            Format::Perfetto => Some("--by-task shapes the flame graph and speedscope only: Perfetto's episode slices carry their task in their args"),
+            Format::Raw => Some("--by-task shapes the flame graph and speedscope only: give it to `loopspy report` when drawing this recording"),
+        }
+    }
+
     /// The file name extension of the format's default output (`loopspy-PID.<ext>`, or the
     /// recording's name with it for `report`).
     pub fn extension(self) -> &'static str {
@@ -102,16 +113,17 @@ pub struct AnalysisArgs {
     /// A callback running at least this many milliseconds is a blocking episode.
     #[arg(long, default_value = "50", value_parser = threshold_ms)]
     pub threshold: f64,
-    /// Write the episodes as JSON Lines to FILE (`-` for stdout), one line as each ends.
-    /// See "Output files" in the README for how paths are written.
+    /// Write the episodes as JSON Lines to FILE (`-` for stdout): `record` writes and flushes
+    /// a line as each episode ends, `report` the whole file at once. See "Output files" in the
+    /// README for how paths are written.
     #[arg(long, value_name = "FILE")]
     pub episodes: Option<String>,
     /// Also draw idle stacks (threads waiting) in the flame graph.
     #[arg(long)]
     pub idle: bool,
-    /// Draw the loop's ordinary work (callbacks shorter than the threshold) under one frame per
-    /// asyncio task: `task <name>`, or `task <coroutine>` for tasks left with a default
-    /// `Task-N` name.
+    /// Flame graph and speedscope: draw the loop's ordinary work (callbacks shorter than the
+    /// threshold) under one frame per asyncio task: `task <name>`, or `task <coroutine>` for
+    /// tasks left with a default `Task-N` name.
     #[arg(long)]
     pub by_task: bool,
 }
@@ -204,9 +216,8 @@ pub struct ReportArgs {
     /// .perfetto.json); `-` for stdout. It may not be the recording itself.
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
-    /// Output format: `flamegraph`, `speedscope`, `pprof` or `perfetto` (a recording is
-    /// already raw).
-    #[arg(short, long, value_enum, default_value = "flamegraph")]
+    /// Output format (a recording is already raw).
+    #[arg(short, long, default_value = "flamegraph", value_parser = report_format())]
     pub format: Format,
     #[command(flatten)]
     pub analysis: AnalysisArgs,
@@ -345,6 +356,13 @@ impl Cli {
     }
 }
 
+/// `report --format`: every format but `raw`.
+fn report_format() -> impl clap::builder::TypedValueParser<Value = Format> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(["flamegraph", "speedscope", "pprof", "perfetto"])
+        .map(|s| Format::from_str(&s, true).expect("a format's own name"))
+}
+
 fn positive_f64(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
@@ -369,8 +387,7 @@ impl Cli {
     /// printed in clap's style, exit 2.
     pub fn validate(&self) -> Result<(), clap::Error> {
         if let Err(reason) = self.check() {
-            use clap::CommandFactory;
-            return Err(Cli::command().error(clap::error::ErrorKind::ValueValidation, reason));
+            return Err(self.usage_error(clap::error::ErrorKind::ValueValidation, reason));
         }
         let (output, episodes) = match &self.command {
             Command::Record(r) => (&r.output, &r.analysis.episodes),
@@ -379,13 +396,37 @@ impl Cli {
         };
         if output.as_deref() == Some(std::path::Path::new("-")) && episodes.as_deref() == Some("-")
         {
-            use clap::CommandFactory;
-            return Err(Cli::command().error(
+            return Err(self.usage_error(
                 clap::error::ErrorKind::ArgumentConflict,
                 "`-o -` and `--episodes -` both ask for stdout: send one of them to a file",
             ));
         }
         Ok(())
+    }
+
+    /// A usage error (exit 2) shown with the usage line of the subcommand given, as clap shows
+    /// its own errors.
+    fn usage_error(
+        &self,
+        kind: clap::error::ErrorKind,
+        message: impl std::fmt::Display,
+    ) -> clap::Error {
+        use clap::CommandFactory;
+        let mut cli = Cli::command();
+        cli.build();
+        let name = match &self.command {
+            Command::Record(_) => "record",
+            Command::Report(_) => "report",
+            Command::Top(_) => "top",
+            Command::Dump(_) => "dump",
+            Command::Monitor(_) => "monitor",
+            Command::Diff(_) => "diff",
+            Command::BenchStacks(_) => "bench-stacks",
+        };
+        match cli.find_subcommand_mut(name) {
+            Some(sub) => sub.error(kind, message),
+            None => cli.error(kind, message),
+        }
     }
 }
 

@@ -73,6 +73,9 @@ pub fn run(args: &RecordArgs) -> Result<()> {
     if let Some(n) = &target.notice {
         crate::output::escape::print_err(&format!("loopspy: note: {}", escape(n)));
     }
+    if let Some(note) = args.format.by_task_note(args.analysis.by_task) {
+        eprintln!("loopspy: note: {note}");
+    }
     if args.native {
         if let Some(spy) = target.spy.as_mut() {
             spy.enable_native()?;

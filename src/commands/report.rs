@@ -123,12 +123,16 @@ pub fn replay_with(
 
 pub fn run(args: &ReportArgs) -> Result<()> {
     signals::stop_flag();
-    if args.format == Format::Raw {
-        return Err(UserError::Output {
-            path: args.output_path().display().to_string(),
-            reason: "a recording is already raw".into(),
-        }
-        .into());
+    // The input first: a file that is not a recording (an SVG given by mistake) is the error to
+    // report, not that its default output name would be itself. A pipe is read only once, by
+    // the replay.
+    if std::fs::metadata(&args.recording).is_ok_and(|m| m.is_file()) {
+        let file = File::open(&args.recording).map_err(|e| recording_error(&args.recording, e))?;
+        RecordingReader::new(BufReader::new(file))
+            .map_err(|e| recording_error(&args.recording, format!("{e:#}")))?;
+    }
+    if let Some(note) = args.format.by_task_note(args.analysis.by_task) {
+        eprintln!("loopspy: note: {note}");
     }
     let main = args.output_path();
     let mut outputs = vec![(main.as_os_str(), Mode::Whole)];

@@ -121,6 +121,15 @@ fn bad_flags_exit_2() {
             "error: the following required arguments were not provided:",
         ),
         (&["report"], "error: the following required arguments were not provided:"),
+        // A recording is already raw.
+        (
+            &["report", "rec.jsonl", "--format", "raw"],
+            "error: invalid value 'raw' for '--format <FORMAT>'",
+        ),
+        (
+            &["record", "--pid", "1", "--rate", "2"],
+            "error: --rate 2 cannot time 50 ms episodes (--threshold)",
+        ),
     ];
     for (args, first_line) in cases {
         let o = loopspy_in(dir.path(), args);
@@ -136,6 +145,16 @@ fn bad_flags_exit_2() {
             assert!(first.contains(&format!("'{bad}'")), "{args:?}: {err}");
         }
         assert!(!err.contains("panicked"), "{err}");
+    }
+    // loopspy's own checks across flags show the subcommand's usage line, as clap's do.
+    for args in [
+        &["record", "--pid", "1", "--rate", "2"][..],
+        &["record", "--pid", "1", "-o", "-", "--episodes", "-"][..],
+    ] {
+        let o = loopspy_in(dir.path(), args);
+        assert_clean_failure(dir.path(), &o, 2, "");
+        let err = stderr(&o);
+        assert!(err.contains("Usage: loopspy record "), "{args:?}: {err}");
     }
 }
 
@@ -188,6 +207,23 @@ fn report_of_a_non_recording() {
     let out = tempfile::tempdir().unwrap();
     let o = loopspy_in(out.path(), &["report", bogus.to_str().unwrap()]);
     assert_clean_failure(out.path(), &o, 1, "is not a loopspy recording header");
+    // An SVG given by mistake: its default output would be itself, but the input is the error.
+    let svg = out.path().join("demo.svg");
+    std::fs::write(&svg, "<?xml version=\"1.0\"?>\n<svg></svg>\n").unwrap();
+    let o = loopspy_in(out.path(), &["report", "demo.svg"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_one_line(&o);
+    assert!(
+        stderr(&o).contains(
+            "cannot read recording demo.svg: the first line is not a loopspy recording header"
+        ),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        std::fs::read(&svg).unwrap(),
+        b"<?xml version=\"1.0\"?>\n<svg></svg>\n"
+    );
 }
 
 // --- bad input against real processes -----------------------------------------------------
