@@ -21,13 +21,20 @@ fn model_from(fixture: &str, take: Option<usize>, end: Option<&str>) -> TopModel
     let path = repo()
         .join("tests/fixtures")
         .join(format!("{fixture}.jsonl"));
-    let mut reader = RecordingReader::new(BufReader::new(File::open(path).unwrap())).unwrap();
+    let mut reader = RecordingReader::new(BufReader::new(File::open(&path).unwrap())).unwrap();
     let h = reader.header.clone();
     // The command line names the machine that recorded it: keep screens machine-independent.
     let mut model = TopModel::new(h.pid, "python3 app.py", &h.python_version, 50.0);
     let mut detector = Detector::new(DetectorConfig { threshold: 0.05 });
+    // The clock the recording was made on, from its final stats line (absent in older ones).
+    let clock = {
+        let mut all = RecordingReader::new(BufReader::new(File::open(&path).unwrap())).unwrap();
+        all.by_ref().for_each(drop);
+        all.stats.map(|s| s.clock).unwrap_or_default()
+    };
     let mut stats = SamplerStats {
         rate: h.rate,
+        clock,
         ..Default::default()
     };
     for s in reader.by_ref().take(take.unwrap_or(usize::MAX)) {
@@ -74,6 +81,28 @@ fn screen_endpoints() {
         "{text}"
     );
     check("endpoints", &m);
+}
+
+/// The header names the clock: on the kernel clock ticks run only inside long callbacks, so
+/// their rate is not "of" the rate asked.
+#[test]
+fn screen_kernel_clock() {
+    let mut m = model_from("kernel_sleep_task", None, Some("target exited"));
+    let text = to_text(&m, 80, 24, false);
+    let second = text.lines().nth(1).unwrap_or_default();
+    assert!(
+        second.starts_with("clock kernel, ") && second.contains(" Hz (200 in long callbacks), "),
+        "{text}"
+    );
+    check("kernel", &m);
+    m.stats.clock = "probe".into();
+    let text = to_text(&m, 80, 24, false);
+    assert!(
+        text.lines()
+            .nth(1)
+            .is_some_and(|l| l.starts_with("clock probe, ") && l.contains(" Hz of 200, ")),
+        "{text}"
+    );
 }
 
 #[test]
