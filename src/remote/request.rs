@@ -190,7 +190,30 @@ struct Last {
     ready: Option<u64>,
     witness: Option<Witness>,
     request: Option<Request>,
+    /// Reads in a row, in this callback, that found no request.
+    misses: u8,
 }
+
+impl Last {
+    /// Whether this read stands for the callback now running (task `task`, ready-queue counter
+    /// `ready`), its witness permitting: the same callback, and a settled result. A request
+    /// without a route yet may get one later in the same callback (the router matches after
+    /// the middlewares ran), and a read that found none may have raced the frames: both are
+    /// read again, the second up to `MAX_MISSES` times.
+    fn settled_for(&self, task: u64, ready: Option<u64>) -> bool {
+        let settled = match &self.request {
+            Some(r) => r.route.is_some(),
+            None => self.misses >= MAX_MISSES,
+        };
+        settled && self.task == task && self.ready == ready
+    }
+}
+
+/// A callback whose request could not be read is read again at its next samples, up to this
+/// many times: one read that raced the frames (the witness check refuses it) must not leave a
+/// long episode without its request, while a callback that serves none (a plain callback, a
+/// background task) stops costing a frame walk per sample.
+const MAX_MISSES: u8 = 4;
 
 /// Caches of the request reader, kept in the `AsyncioReader`.
 pub struct RequestState {
@@ -260,16 +283,16 @@ impl AsyncioReader {
         task: u64,
         ready: Option<u64>,
     ) -> Option<Request> {
+        let mut misses = 0;
         if let Some(last) = self.requests.last.get(&tstate) {
-            // A request without a route yet may get one later in the same callback (the router
-            // matches after the middlewares ran): read it again then.
-            let settled = last.request.as_ref().is_none_or(|r| r.route.is_some());
-            let same = settled && last.task == task && last.ready == ready;
             let stands = last
                 .witness
                 .is_none_or(|w| read_u64(mem, w.slot) == Some(w.value));
-            if same && stands {
+            if last.settled_for(task, ready) && stands {
                 return last.request.clone();
+            }
+            if last.task == task && last.ready == ready && last.request.is_none() {
+                misses = last.misses;
             }
         }
         let found = self.read_request(mem, tstate);
@@ -284,6 +307,7 @@ impl AsyncioReader {
                 ready,
                 witness,
                 request: request.clone(),
+                misses: if request.is_none() { misses + 1 } else { 0 },
             },
         );
         request
@@ -806,5 +830,44 @@ mod tests {
             assert!(c.localsplus >= 72);
             assert_eq!(c.heap_frames, minor <= 10);
         }
+    }
+}
+
+#[cfg(test)]
+mod last_read_tests {
+    use super::{Last, MAX_MISSES};
+    use crate::sample::Request;
+
+    fn last(request: Option<Request>, misses: u8) -> Last {
+        Last {
+            task: 7,
+            ready: Some(3),
+            witness: None,
+            request,
+            misses,
+        }
+    }
+
+    fn routed(route: Option<&str>) -> Option<Request> {
+        Some(Request {
+            method: "GET".into(),
+            path: "/orders/1".into(),
+            route: route.map(String::from),
+        })
+    }
+
+    /// A read that found no request is tried again in the same callback, a few times; a
+    /// request with its route stands until the callback changes; one without a route yet is
+    /// read again.
+    #[test]
+    fn a_missed_read_is_retried_a_few_times_in_one_callback() {
+        assert!(!last(None, 1).settled_for(7, Some(3)));
+        assert!(!last(None, MAX_MISSES - 1).settled_for(7, Some(3)));
+        assert!(last(None, MAX_MISSES).settled_for(7, Some(3)));
+        assert!(last(routed(Some("/orders/{id}")), 0).settled_for(7, Some(3)));
+        assert!(!last(routed(None), 0).settled_for(7, Some(3)));
+        // Another callback (the ready queue moved, or another task) reads again.
+        assert!(!last(routed(Some("/orders/{id}")), 0).settled_for(7, Some(4)));
+        assert!(!last(None, MAX_MISSES).settled_for(8, Some(3)));
     }
 }

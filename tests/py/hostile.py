@@ -5,7 +5,8 @@ thread that calls pthread_exit.
 
 Protocol (as tests/py/scenarios.py): `READY {json}` once the loop runs, then wait for a line on
 stdin, run the scenario, print one `BLOCK {json}` per blocking call with the duration measured
-here, exit.
+here, exit. Its loops print their own selector gaps (`GAP` lines, tests/py/loopgap.py), which
+the tests compare episodes with; not in `loop`, whose stdout is `loopspy top`'s.
 
 Usage: python hostile.py SCENARIO [ARGS...]
 """
@@ -48,7 +49,7 @@ async def blocks(handler, n, seconds, gap=0.1):
         say("START")
         t0 = time.monotonic()
         handler(seconds)
-        say("BLOCK", ms=(time.monotonic() - t0) * 1000.0, tid=native_id())
+        say("BLOCK", ms=(time.monotonic() - t0) * 1000.0, t0=t0, tid=native_id())
         await asyncio.sleep(gap)
 
 
@@ -175,6 +176,8 @@ def plain_loop():
 
 if __name__ == "__main__":
     scenario = sys.argv[1]
+    if scenario != "loop":
+        import loopgap  # noqa: F401  (the loop times its own iterations: GAP lines)
     if scenario == "names":
         names()
     elif scenario == "source":

@@ -178,6 +178,13 @@ impl Proc {
         self.err_seen.join("\n")
     }
 
+    /// The BLOCK lines of the target's stdout once it has ended, each timed by the loop gap
+    /// that contains it (`support::loop_timed_blocks`): what an episode is, the whole callback.
+    pub fn loop_timed_blocks(&mut self) -> Vec<Value> {
+        self.rest_of_stdout();
+        crate::support::loop_timed_blocks(&self.out_seen)
+    }
+
     pub fn rest_of_stdout(&mut self) -> String {
         while let Ok(l) = self.out.recv_timeout(Duration::from_secs(5)) {
             self.out_seen.push(l);

@@ -33,6 +33,16 @@ fn record_pid(pid: &str, extra: &[&str]) -> (Proc, tempfile::TempDir) {
     (rec, dir)
 }
 
+/// The blocks `seen` (their BLOCK lines, waited for while the target ran), each timed by the
+/// loop gap that contains it once the target has ended.
+fn loop_timed(target: &mut Proc, seen: Vec<Value>) -> Vec<Value> {
+    let timed = target.loop_timed_blocks();
+    assert_eq!(timed.len(), seen.len(), "{timed:?}");
+    timed
+}
+
+/// Every episode matches its block's loop gap (the call's own time where there is none), within
+/// 9 ms.
 fn durations_match(label: &str, eps: &[Value], blocks: &[Value]) {
     assert_eq!(eps.len(), blocks.len(), "{label}: {eps:#?}");
     for (e, b) in eps.iter().zip(blocks) {
@@ -40,7 +50,12 @@ fn durations_match(label: &str, eps: &[Value], blocks: &[Value]) {
             e["duration_ms"].as_f64().unwrap(),
             b["ms"].as_f64().unwrap(),
         );
-        assert!((got - want).abs() <= 9.0, "{label}: {got} vs {want}");
+        assert!(
+            (got - want).abs() <= 9.0,
+            "{label}: {got} vs {want} (call {:?} ms; error bar {:?} ms)",
+            b["call_ms"],
+            e["duration_error_ms"]
+        );
     }
 }
 
@@ -105,6 +120,7 @@ fn exec_into_python_attaches_again() {
             .map(|_| app.tagged("BLOCK", Duration::from_secs(30)))
             .collect();
         app.wait_for(Duration::from_secs(10)).expect("target ends");
+        let blocks = loop_timed(&mut app, blocks);
         let status = rec.wait_for(Duration::from_secs(10));
         let err = rec.rest_of_stderr();
         assert!(status.is_some_and(|s| s.success()), "{v}: {err}");
@@ -133,6 +149,7 @@ fn a_main_thread_that_exits_does_not_end_the_process() {
             .map(|_| app.tagged("BLOCK", Duration::from_secs(30)))
             .collect();
         let status = rec.wait_for(Duration::from_secs(10));
+        let blocks = loop_timed(&mut app, blocks);
         let err = rec.rest_of_stderr();
         assert!(status.is_some_and(|s| s.success()), "{v} early: {err}");
         let eps = episodes(&dir.path().join("e.jsonl"));
@@ -157,6 +174,7 @@ fn a_main_thread_that_exits_does_not_end_the_process() {
             .map(|_| app.tagged("BLOCK", Duration::from_secs(30)))
             .collect();
         let status = rec.wait_for(Duration::from_secs(10));
+        let blocks = loop_timed(&mut app, blocks);
         let err = rec.rest_of_stderr();
         assert!(status.is_some_and(|s| s.success()), "{v} late: {err}");
         assert!(
@@ -206,6 +224,7 @@ fn a_wrapper_command_is_followed_to_its_python() {
         .map(|_| rec.tagged("BLOCK", Duration::from_secs(30)))
         .collect();
     let status = rec.wait_for(Duration::from_secs(15));
+    let blocks = loop_timed(&mut rec, blocks);
     let err = rec.rest_of_stderr();
     assert!(status.is_some_and(|s| s.success()), "{err}");
     // The scenario's loop runs on its main thread: its tid is its pid.
