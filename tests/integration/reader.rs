@@ -217,10 +217,11 @@ fn task_weights(speedscope: &Value, leaves: &[&str]) -> Vec<(Vec<String>, String
     out
 }
 
-/// Two tasks run short CPU bursts (12 ms, under the threshold). With `--by-task`, every stack
-/// of each burst sits under its own task's frame: `task poller` for the task given a name,
-/// `task crunch` (its coroutine) for the one left with asyncio's `Task-N`. Without the flag
-/// there is no task frame.
+/// Two tasks run short CPU bursts (12 ms, under the threshold). With `--by-task`, the stacks of
+/// each burst sit under its own task's frame (at least 90% of them; the rest, whose task read
+/// found none, under no task frame, never under another's): `task poller` for the task given a
+/// name, `task crunch` (its coroutine) for the one left with asyncio's `Task-N`. Without the
+/// flag there is no task frame.
 #[test]
 fn by_task_groups_ordinary_work_under_its_task() {
     let leaves = ["poll_work", "crunch_work"];
@@ -254,16 +255,25 @@ fn by_task_groups_ordinary_work_under_its_task() {
                 // 60 bursts of 12 ms: the sampler reads the loop's stack at every tick past
                 // 5 ms into a callback, so each burst leaves several samples.
                 assert!(total >= 100.0, "{label}: {leaf} has {total} ms of samples");
-                let want: Vec<String> = if by_task {
-                    vec![task.to_string()]
-                } else {
-                    Vec::new()
-                };
+                // Never another task's frame, nor two. A task read that found none (torn, or
+                // racing the step) leaves its work without a task frame, never with a wrong
+                // one: with the flag, most of the work is under its own task.
+                let mut under_own = 0.0;
                 for (tasks, l, w) in &weights {
-                    if l == leaf {
-                        assert_eq!(*tasks, want, "{label}: {w} ms of {leaf}");
+                    if l != leaf {
+                        continue;
+                    }
+                    match (by_task, tasks.as_slice()) {
+                        (true, [t]) if t == task => under_own += w,
+                        (true, []) => {}
+                        (false, []) => under_own += w,
+                        _ => panic!("{label}: {w} ms of {leaf} under {tasks:?}"),
                     }
                 }
+                assert!(
+                    under_own >= 0.9 * total,
+                    "{label}: {under_own} of {total} ms of {leaf} under {task}"
+                );
             }
         }
     }
