@@ -51,6 +51,12 @@ impl Detector {
                 track.idle = false;
                 track.run = Some(exact_run(sample, e.t));
             }
+            // An epoll entry before the open run began: the Idle inferred as tracing began,
+            // reaching us after the kernel's first exit. The kernel's own records are in order
+            // per thread, so only that one can be stale; it must not end the run (which would
+            // then end before it began, and the block be lost).
+            LoopEventKind::Idle
+                if track.kernel_seen && track.run.as_ref().is_some_and(|r| r.first > e.t) => {}
             LoopEventKind::Idle => {
                 track.kernel = true;
                 if !track.kernel_seen && track.traced_at == Some(e.t) {

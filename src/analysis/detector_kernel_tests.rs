@@ -350,3 +350,25 @@ fn a_callback_under_way_as_tracing_begins_ends_at_its_epoll_entry() {
     assert_eq!(eps.len(), 1, "{eps:#?}");
     assert!(eps[0].duration_ms >= 100.0, "{}", eps[0].duration_ms);
 }
+
+/// The `Idle` loopspy infers as tracing begins (the thread was in epoll then) carries the trace
+/// start's time. Should it reach the detector after the kernel's first exit from that epoll
+/// wait, it is stale: it must not end the callback the kernel just opened (which would lose
+/// the whole block, as a run ending before it began).
+#[test]
+fn a_stale_idle_from_the_trace_start_does_not_end_a_later_run() {
+    let (eps, _) = run(&[
+        events(&[(0.99, Traced), (1.0, Busy)]),
+        events(&[(0.99, Idle)]),
+        stack(1.05, thread(Some("handler"), 5, "clock_nanosleep", false)),
+        stack(1.2, thread(Some("handler"), 5, "clock_nanosleep", false)),
+        events(&[(1.3, Idle)]),
+    ]);
+    assert_eq!(eps.len(), 1, "{eps:#?}");
+    assert!(
+        (eps[0].duration_ms - 300.0).abs() < 1e-6,
+        "{}",
+        eps[0].duration_ms
+    );
+    assert_eq!(eps[0].culprit.function, "handler");
+}
