@@ -61,6 +61,19 @@ fn counts_errors_and_ends_when_target_exits() {
         .all(|w| w[1].mono > w[0].mono && w[0].pid == 42));
 }
 
+/// Probe-clock limits ticking (and reading stacks) at `rate`, threshold 50 ms.
+fn probe_limits(rate: f64, duration: Option<Duration>, stop: &AtomicBool) -> Limits<'_> {
+    Limits {
+        rate,
+        stack_rate: rate,
+        threshold: 0.05,
+        duration,
+        stop,
+        clock: ClockChoice::Probe,
+        kernel_rate: rate,
+    }
+}
+
 #[test]
 fn stops_at_duration() {
     let stop = AtomicBool::new(false);
@@ -69,15 +82,7 @@ fn stops_at_duration() {
         fail_every: 0,
         n: 0,
     };
-    let limits = Limits {
-        rate: 200.0,
-        stack_rate: 200.0,
-        threshold: 0.05,
-        duration: Some(Duration::from_millis(100)),
-        stop: &stop,
-        clock: ClockChoice::Probe,
-        kernel_rate: 200.0,
-    };
+    let limits = probe_limits(200.0, Some(Duration::from_millis(100)), &stop);
     let stats = run(&mut src, &limits, &mut |_, _| Ok(())).unwrap();
     assert_eq!(stats.end, "duration");
     assert!(
@@ -153,15 +158,7 @@ fn answers_a_stop_within_a_nap_at_any_rate() {
             fail_every: 0,
             n: 0,
         };
-        let limits = Limits {
-            rate,
-            stack_rate: rate,
-            threshold: 0.05,
-            duration: None,
-            stop: &stop,
-            clock: ClockChoice::Probe,
-            kernel_rate: rate,
-        };
+        let limits = probe_limits(rate, None, &stop);
         let started = Instant::now();
         let stats = std::thread::scope(|scope| {
             scope.spawn(|| {
@@ -188,13 +185,10 @@ fn stacks_are_read_before_a_callback_reaches_the_threshold() {
         until: start + Duration::from_millis(400),
     };
     let limits = Limits {
-        rate: 1000.0,
         stack_rate: 1.0,
         threshold: 0.2,
-        duration: None,
-        stop: &stop,
-        clock: ClockChoice::Probe,
         kernel_rate: 100.0,
+        ..probe_limits(1000.0, None, &stop)
     };
     run(&mut src, &limits, &mut |_, _| Ok(())).unwrap();
     let second = src.stacks.get(1).expect("a burst read a stack");
@@ -215,15 +209,7 @@ fn ends_at_the_duration_even_between_slow_ticks() {
         fail_every: 0,
         n: 0,
     };
-    let limits = Limits {
-        rate: 0.05,
-        stack_rate: 0.05,
-        threshold: 0.05,
-        duration: Some(Duration::from_millis(120)),
-        stop: &stop,
-        clock: ClockChoice::Probe,
-        kernel_rate: 0.05,
-    };
+    let limits = probe_limits(0.05, Some(Duration::from_millis(120)), &stop);
     let started = Instant::now();
     let stats = run(&mut src, &limits, &mut |_, _| Ok(())).unwrap();
     assert_eq!(stats.end, "duration");
