@@ -322,8 +322,9 @@ impl Drop for Ring {
     }
 }
 
-/// The traced calls of one thread: one perf event per tracepoint, all writing into the ring
-/// buffer of the first. Closing (drop) stops the tracing.
+/// The traced calls of one thread: one perf event per tracepoint, in one group led by the
+/// first (so they start together), all writing into the leader's ring buffer. Closing (drop)
+/// stops the tracing.
 pub struct ThreadTrace {
     pub tid: u32,
     /// The event that owns the ring buffer, for `poll`.
@@ -341,15 +342,19 @@ pub struct ThreadTrace {
     pub filtered: bool,
 }
 
-fn perf_event_open(attr: &Attr, tid: u32) -> io::Result<OwnedFd> {
-    // SAFETY: the attr is a valid, fully initialised `perf_event_attr` of `attr.size` bytes.
+/// `perf_event_open(attr, tid, cpu -1, group_fd, FD_CLOEXEC)`: `group` is the group leader's
+/// fd, or none to open a leader.
+fn perf_event_open(attr: &Attr, tid: u32, group: Option<&OwnedFd>) -> io::Result<OwnedFd> {
+    let group_fd = group.map_or(-1, |g| g.as_raw_fd());
+    // SAFETY: the attr is a valid, fully initialised `perf_event_attr` of `attr.size` bytes;
+    // `group_fd` is -1 or an open perf fd.
     let fd = unsafe {
         libc::syscall(
             libc::SYS_perf_event_open,
             attr as *const Attr,
             tid as libc::pid_t,
             -1 as libc::c_int,
-            -1 as libc::c_int,
+            group_fd as libc::c_int,
             PERF_FLAG_FD_CLOEXEC,
         )
     };
@@ -398,7 +403,11 @@ impl ThreadTrace {
                 config: id,
                 sample_period: 1,
                 sample_type,
-                flags: FLAG_DISABLED | FLAG_EXCLUDE_HV | FLAG_USE_CLOCKID,
+                // One group: the members are enabled, the leader not, so nothing is recorded
+                // until the leader's enable below starts them all at once.
+                flags: if fds.is_empty() { FLAG_DISABLED } else { 0 }
+                    | FLAG_EXCLUDE_HV
+                    | FLAG_USE_CLOCKID,
                 // No wakeup per record: on a VM each one is a self-IPI in the traced thread, and
                 // waking the reader at every epoll exit made a loop spinning on
                 // `asyncio.sleep(0)` 10x slower here (130k -> 10k iterations/s). The reader
@@ -407,7 +416,7 @@ impl ThreadTrace {
                 clockid: libc::CLOCK_MONOTONIC,
                 ..Default::default()
             };
-            let fd = perf_event_open(&attr, tid)
+            let fd = perf_event_open(&attr, tid, fds.first().map(|(l, _)| l))
                 .with_context(|| format!("perf_event_open on thread {tid}"))?;
             fds.push((fd, point));
         }
@@ -433,9 +442,10 @@ impl ThreadTrace {
                 }
             }
         }
-        for (fd, _) in &fds {
-            ioctl(fd, IOC_ENABLE, 0).context("PERF_EVENT_IOC_ENABLE")?;
-        }
+        // Every tracepoint begins at this one instant. Enabled one at a time, an epoll entry
+        // could be recorded and its exit not (the exit's event was not on yet), and the clock
+        // took the loop for idle through the callback that followed.
+        ioctl(leader, IOC_ENABLE, 0).context("PERF_EVENT_IOC_ENABLE")?;
         let mut fds = fds.into_iter().map(|(fd, _)| fd);
         let leader = fds.next().unwrap();
         Ok(ThreadTrace {

@@ -142,3 +142,60 @@ fn a_traced_thread_that_exits_hangs_up_its_poll() {
     let gone = poll_readable(&[fd], std::time::Duration::from_secs(5)).unwrap();
     assert_eq!(gone, vec![fd], "the exited thread's fd hangs up");
 }
+
+/// Tracing must begin on all of a thread's tracepoints at one instant. When they were enabled
+/// one `ioctl` at a time, a thread that entered epoll between the entry's enable and the exit's
+/// had its entry recorded and its exit not: the kernel clock then took the loop for idle in
+/// epoll through the callback that followed (a 150 ms block lost under CPU contention). Here a
+/// thread makes `epoll_wait(timeout 0)` calls back to back while traces open on it: in every
+/// trace each entry is followed by its exit before the next entry.
+#[test]
+fn tracing_begins_on_entry_and_exit_at_once() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let Ok(points) =
+        crate::acquire::kernel_clock::KernelClock::check().and(Tracepoints::discover())
+    else {
+        eprintln!("SKIPPED: perf tracepoints are not available here (needs root and tracefs)");
+        return;
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let spin_stop = stop.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spinner = std::thread::spawn(move || {
+        // SAFETY: plain syscalls on an epoll fd this thread owns.
+        unsafe {
+            tx.send(libc::gettid() as u32).unwrap();
+            let ep = libc::epoll_create1(libc::EPOLL_CLOEXEC);
+            assert!(ep >= 0);
+            let mut ev = libc::epoll_event { events: 0, u64: 0 };
+            while !spin_stop.load(Ordering::Relaxed) {
+                libc::epoll_wait(ep, &mut ev, 1, 0);
+            }
+            libc::close(ep);
+        }
+    });
+    let tid = rx.recv().unwrap();
+    let mut torn = 0;
+    let mut seen = 0;
+    for _ in 0..50 {
+        let mut trace = ThreadTrace::open(tid, &points, None).unwrap();
+        std::thread::sleep(std::time::Duration::from_micros(300));
+        let mut calls = Vec::new();
+        let lost = trace.drain(&mut |r| calls.push(r.call));
+        assert_eq!(lost, 0, "the ring held 300 µs of calls");
+        seen += calls.len();
+        // An exit first is the call that was going on as tracing began.
+        let first_entry = calls.iter().position(|c| *c == Call::EpollEnter);
+        let paired = calls[first_entry.unwrap_or(calls.len())..]
+            .chunks(2)
+            .all(|p| p[0] == Call::EpollEnter && p.get(1).is_none_or(|c| *c == Call::EpollExit));
+        if !paired {
+            torn += 1;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    spinner.join().unwrap();
+    assert!(seen > 1000, "the spinner was traced: {seen} records");
+    assert_eq!(torn, 0, "traces with an entry but not its exit, of 50");
+}
