@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
 use crate::acquire::kernel_clock::KernelClock;
-use crate::sample::{ReadyQueue, Sample, ThreadSample};
+use crate::sample::{LoopEvent, ReadyQueue, Sample, ThreadSample};
 
 #[path = "sampler_kernel.rs"]
 mod kernel;
@@ -400,6 +400,26 @@ impl<'s> Slot<'s> {
 
 /// The empty sample that closes what process `pid` was running at this tick (it exited, or
 /// exec'd another program): the detector ends its open episodes here.
+/// A sample carrying only the kernel clock's `events` of process `pid`.
+fn events_sample(wall: f64, mono: f64, pid: u32, events: Vec<LoopEvent>) -> Sample {
+    Sample {
+        wall,
+        mono,
+        pid,
+        probe: true,
+        threads: Vec::new(),
+        events,
+    }
+}
+
+/// Now on the wall clock, in Unix seconds (0 before the epoch).
+fn wall_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
 fn ended(wall: f64, mono: f64, pid: u32) -> Sample {
     Sample {
         wall,
@@ -503,12 +523,16 @@ pub fn run_tree<'s>(
     }
     let mut last_discover = start;
     'ticks: loop {
-        if limits.stop.load(Ordering::Relaxed) {
-            stats.end = "interrupted".into();
-            break;
-        }
-        if limits.duration.is_some_and(|d| start.elapsed() >= d) {
-            stats.end = "duration".into();
+        let end = if limits.stop.load(Ordering::Relaxed) {
+            Some("interrupted")
+        } else if limits.duration.is_some_and(|d| start.elapsed() >= d) {
+            Some("duration")
+        } else {
+            None
+        };
+        if let Some(end) = end {
+            stats.end = end.into();
+            drain_at_stop(&mut slots, limits, start, &mut stats, sink)?;
             break;
         }
         // On the kernel clock alone, wake when a slot needs to (a callback running long, a
@@ -551,10 +575,7 @@ pub fn run_tree<'s>(
         // Never more than one interval ahead: a wake that came early (a ring buffer filled)
         // must not push the schedule into the future.
         next = (next + interval).min(tick + interval);
-        let wall = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0);
+        let wall = wall_now();
         let mono = tick.duration_since(start).as_secs_f64();
         let mut any = false;
         let mut i = 0;
@@ -578,17 +599,8 @@ pub fn run_tree<'s>(
                 continue;
             }
             if let Some(events) = kernel::step(&mut slots[i], limits, mono, &mut stats)? {
-                sink(
-                    Sample {
-                        wall,
-                        mono,
-                        pid: slots[i].source.pid(),
-                        probe: true,
-                        threads: Vec::new(),
-                        events,
-                    },
-                    &stats,
-                )?;
+                let pid = slots[i].source.pid();
+                sink(events_sample(wall, mono, pid, events), &stats)?;
             }
             match slots[i].tick(tick, wall, mono, &timing) {
                 Read::Sample(sample, errors) => {
@@ -666,6 +678,27 @@ pub fn run_tree<'s>(
         }
     }
     Ok(stats)
+}
+
+/// The kernel clocks' records up to the stop, handed on as a last sample per process: a
+/// callback that ended after the last wake's drain (the loop went back to epoll) ends there,
+/// instead of becoming an episode still running at the stop (`complete: false`). The Ctrl-C
+/// can land while the sampler works between a drain and its stop check.
+fn drain_at_stop(
+    slots: &mut [Slot],
+    limits: &Limits,
+    start: Instant,
+    stats: &mut SamplerStats,
+    sink: &mut dyn FnMut(Sample, &SamplerStats) -> Result<()>,
+) -> Result<()> {
+    let (wall, mono) = (wall_now(), start.elapsed().as_secs_f64());
+    for slot in slots.iter_mut().filter(|s| s.reattaching.is_none()) {
+        if let Some(events) = kernel::step(slot, limits, mono, stats)? {
+            let pid = slot.source.pid();
+            sink(events_sample(wall, mono, pid, events), stats)?;
+        }
+    }
+    Ok(())
 }
 
 enum Reattach<'s> {

@@ -340,3 +340,80 @@ fn exec_into_python_attaches_again() {
     assert!(got[3..].iter().all(|s| s.pid == 42));
     assert!(!got.iter().any(|s| s.threads.iter().any(|t| t.tid == 999)));
 }
+
+/// A loop thread of ours: busy (outside epoll) until `idle_at` after `start`, then asleep
+/// in `epoll_wait` on an empty epoll fd.
+struct OwnLoop {
+    tid: u32,
+}
+
+impl SampleSource for OwnLoop {
+    fn pid(&self) -> u32 {
+        std::process::id()
+    }
+    fn sample(&mut self) -> Result<Vec<ThreadSample>> {
+        Ok(vec![loop_thread(self.tid)])
+    }
+    fn alive(&mut self) -> bool {
+        true
+    }
+    fn loop_tids(&self) -> Vec<u32> {
+        vec![self.tid]
+    }
+}
+
+/// At the end of a recording the kernel clock's last records are read: a callback that
+/// ended after the last drain ends there, not "still running at the stop". The loop thread
+/// goes back to epoll at 60 ms; the recording lasts 64 ms, while the clock drains every 25 ms
+/// (at about 0, 25 and 50 ms), so only a drain at the end sees that epoll entry.
+#[test]
+fn the_kernel_clock_is_read_once_more_at_the_end() {
+    use crate::sample::LoopEventKind;
+    if crate::acquire::kernel_clock::KernelClock::check().is_err() {
+        eprintln!("SKIPPED: perf tracepoints are not available here (needs root and tracefs)");
+        return;
+    }
+    let start = Instant::now();
+    let idle_at = start + Duration::from_millis(60);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // SAFETY: plain syscalls on an epoll fd this thread owns.
+        unsafe {
+            tx.send(libc::gettid() as u32).unwrap();
+            let ep = libc::epoll_create1(libc::EPOLL_CLOEXEC);
+            while Instant::now() < idle_at {
+                std::hint::spin_loop();
+            }
+            let mut ev = libc::epoll_event { events: 0, u64: 0 };
+            libc::epoll_wait(ep, &mut ev, 1, 2000);
+            libc::close(ep);
+        }
+    });
+    let tid = rx.recv().unwrap();
+    let stop = AtomicBool::new(false);
+    let limits = Limits {
+        rate: 1.0,
+        stack_rate: 1.0,
+        threshold: 1.0,
+        duration: Some(idle_at + Duration::from_millis(4) - Instant::now()),
+        stop: &stop,
+        clock: ClockChoice::Kernel,
+        kernel_rate: 1.0,
+    };
+    let mut events = Vec::new();
+    let mut src = OwnLoop { tid };
+    run(&mut src, &limits, &mut |s, _| {
+        events.extend(s.events.iter().map(|e| (e.kind, e.t)));
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(
+        events.first().map(|e| e.0),
+        Some(LoopEventKind::Traced),
+        "{events:?}"
+    );
+    assert!(
+        events.iter().any(|e| e.0 == LoopEventKind::Idle),
+        "the epoll entry at 60 ms: {events:?}"
+    );
+}

@@ -127,6 +127,25 @@ pub struct Recording {
     child: Child,
     pub err: Lines,
     pub dir: tempfile::TempDir,
+    /// The process whose main thread runs the loop, when it is the recorded one (not with
+    /// `--subprocesses`, where the recorded process is a master).
+    loop_pid: Option<u32>,
+}
+
+/// Waits until `pid`'s main thread sleeps in epoll: the loop is idle, so the callback that
+/// served the last response has ended. A response reaches the client before that callback
+/// ends (the framework's work after the send); stopping then leaves the episode running at
+/// the stop, rightly `complete: false`. Gives up after 10 s (the test's checks then say why).
+fn wait_loop_idle(pid: u32) {
+    let wchan = format!("/proc/{pid}/task/{pid}/wchan");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        match std::fs::read_to_string(&wchan) {
+            Ok(w) if w.contains("epoll") || w == "ep_poll" => return,
+            Ok(_) => std::thread::sleep(Duration::from_millis(1)),
+            Err(_) => return,
+        }
+    }
 }
 
 impl Recording {
@@ -148,7 +167,13 @@ impl Recording {
             "loopspy did not start sampling:\n{}",
             err.text()
         );
-        Recording { child, err, dir }
+        let loop_pid = (!extra.contains(&"--subprocesses")).then_some(pid);
+        Recording {
+            child,
+            err,
+            dir,
+            loop_pid,
+        }
     }
 
     /// Waits until loopspy says it follows each of `pids` (`--subprocesses`).
@@ -167,7 +192,7 @@ impl Recording {
         }
     }
 
-    /// Ctrl-C, then the episodes and loopspy's stderr.
+    /// Ctrl-C once the loop is idle, then the episodes and loopspy's stderr.
     pub fn stop(self) -> (Vec<Value>, String) {
         let (episodes, stderr, _) = self.stop_with_output();
         (episodes, stderr)
@@ -175,6 +200,9 @@ impl Recording {
 
     /// Ctrl-C, then the episodes, loopspy's stderr and its main output (`-o`).
     pub fn stop_with_output(mut self) -> (Vec<Value>, String, String) {
+        if let Some(pid) = self.loop_pid {
+            wait_loop_idle(pid);
+        }
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         let status = self.child.wait().unwrap();
         while self.err.next(Duration::from_secs(5)).is_some() {}
