@@ -398,8 +398,6 @@ impl<'s> Slot<'s> {
     }
 }
 
-/// The empty sample that closes what process `pid` was running at this tick (it exited, or
-/// exec'd another program): the detector ends its open episodes here.
 /// A sample carrying only the kernel clock's `events` of process `pid`.
 fn events_sample(wall: f64, mono: f64, pid: u32, events: Vec<LoopEvent>) -> Sample {
     Sample {
@@ -420,6 +418,8 @@ fn wall_now() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The empty sample that closes what process `pid` was running at this tick (it exited, or
+/// exec'd another program): the detector ends its open episodes here.
 fn ended(wall: f64, mono: f64, pid: u32) -> Sample {
     Sample {
         wall,
