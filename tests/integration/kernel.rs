@@ -158,7 +158,7 @@ fn record_as_nobody(clock: &str, dir: &Path) -> (std::process::ExitStatus, Strin
         .arg("--")
         .arg("/usr/bin/python3")
         .arg(repo().join("tests/py/scenarios.py"))
-        .arg("sleep_task")
+        .arg("sleep_task_5")
         .current_dir(dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -222,7 +222,12 @@ fn falls_back_to_the_probe_without_perf_rights() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(episodes.len(), blocks.len(), "{stderr}");
-    assert_eq!(blocks.len(), 3, "{stdout}");
+    assert_eq!(blocks.len(), 5, "{stdout}");
+    // Five blocks, not three: the first starts as the loop does (the launched program reads
+    // "go" before its loop runs), so its start is bounded by the last stack read before the
+    // loop was found, 100 Hz apart, and its bar is that gap (±5–10 ms). Of three episodes the
+    // median bar was then the larger of the other two, and one tick late by 2 ms failed the
+    // check, which allows a late tick now and then.
     check_error_bars("probe fallback", &episodes, 1000.0);
     for (e, b) in episodes.iter().zip(&blocks) {
         let (got, want) = (

@@ -193,6 +193,7 @@ SINGLE = {
     "back_to_back": back_to_back_main,
     "exit_mid_block": exit_mid_block_main,
     "sleep_task": lambda: sleepy_handler(3, 0.15, 0.1),
+    "sleep_task_5": lambda: sleepy_handler(5, 0.15, 0.1),
     "cpu_task": cpu_handler,
     "call_later": call_later_main,
     "idle": idle_main,
