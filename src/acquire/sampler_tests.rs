@@ -341,8 +341,7 @@ fn exec_into_python_attaches_again() {
     assert!(!got.iter().any(|s| s.threads.iter().any(|t| t.tid == 999)));
 }
 
-/// A loop thread of ours: busy (outside epoll) until `idle_at` after `start`, then asleep
-/// in `epoll_wait` on an empty epoll fd.
+/// A source whose one loop thread is a thread of this test process (`tid`).
 struct OwnLoop {
     tid: u32,
 }
@@ -391,14 +390,11 @@ fn the_kernel_clock_is_read_once_more_at_the_end() {
     });
     let tid = rx.recv().unwrap();
     let stop = AtomicBool::new(false);
+    let duration = Some(idle_at + Duration::from_millis(4) - Instant::now());
     let limits = Limits {
-        rate: 1.0,
-        stack_rate: 1.0,
         threshold: 1.0,
-        duration: Some(idle_at + Duration::from_millis(4) - Instant::now()),
-        stop: &stop,
         clock: ClockChoice::Kernel,
-        kernel_rate: 1.0,
+        ..probe_limits(1.0, duration, &stop)
     };
     let mut events = Vec::new();
     let mut src = OwnLoop { tid };
