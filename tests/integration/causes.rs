@@ -208,9 +208,10 @@ pub fn check_durations(label: &str, r: &Run, loop_blocks: &[Value], slack_ms: f6
     assert_eq!(
         r.episodes.len(),
         loop_blocks.len(),
-        "{label}: {:#?}\n{}",
+        "{label}: {:#?}\n{}\ntarget's output:\n{}",
         r.episodes,
-        r.stderr
+        r.stderr,
+        r.output.join("\n")
     );
     for (ep, b) in r.episodes.iter().zip(loop_blocks) {
         let (got, want) = (

@@ -218,6 +218,8 @@ pub fn loop_timed_blocks(lines: &[String]) -> Vec<Value> {
 pub struct Run {
     pub episodes: Vec<Value>,
     pub blocks: Vec<Value>,
+    /// Every line the target printed after READY, for failure messages.
+    pub output: Vec<String>,
     pub stderr: String,
     pub svg: String,
     pub status: std::process::ExitStatus,
@@ -269,7 +271,8 @@ pub fn record_scenario<S: AsRef<std::ffi::OsStr>>(
         let _ = target.child.kill();
     }
     let ready = target.ready.clone();
-    let blocks = target.finish();
+    let output = target.lines();
+    let blocks = loop_timed_blocks(&output);
     let status = spy.wait().unwrap();
     let stderr = reader.join().unwrap();
     assert!(attached, "loopspy did not start sampling:\n{stderr}");
@@ -282,6 +285,7 @@ pub fn record_scenario<S: AsRef<std::ffi::OsStr>>(
     Run {
         episodes,
         blocks,
+        output,
         stderr,
         svg,
         status,

@@ -37,7 +37,10 @@ GO = threading.Event()
 
 
 def say(tag, **fields):
-    print(tag, json.dumps(fields), flush=True)
+    # One write: print() writes its pieces separately, and another thread's line (a GIL hog's
+    # BLOCK, loopgap's GAP) can land between them.
+    sys.stdout.write("%s %s\n" % (tag, json.dumps(fields)))
+    sys.stdout.flush()
 
 
 def decode():  # binascii holds the GIL for the whole call

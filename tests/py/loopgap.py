@@ -15,6 +15,7 @@ uvloop loops have no Python selector and print no GAP lines.
 import json
 import os
 import selectors
+import sys
 import threading
 import time
 
@@ -31,9 +32,11 @@ class _TimedSelector(selectors.DefaultSelector):
         events = super().select(timeout)
         left, self._left = self._left, time.monotonic()
         if left is not None and (entered - left) * 1000.0 >= GAP_MIN_MS:
-            print("GAP", json.dumps({"start": left, "end": entered, "ms": (entered - left) * 1000.0,
-                                     "tid": threading.get_native_id(), "pid": os.getpid()}),
-                  flush=True)
+            gap = {"start": left, "end": entered, "ms": (entered - left) * 1000.0,
+                   "tid": threading.get_native_id(), "pid": os.getpid()}
+            # One write, as a thread's print() could interleave with another's line.
+            sys.stdout.write("GAP %s\n" % json.dumps(gap))
+            sys.stdout.flush()
         return events
 
 

@@ -52,7 +52,7 @@ fn durations_match(label: &str, eps: &[Value], blocks: &[Value]) {
         );
         assert!(
             (got - want).abs() <= 9.0,
-            "{label}: {got} vs {want} (call {:?} ms; error bar {:?} ms)",
+            "{label}: {got} vs {want} (call {:?} ms; error bar {:?} ms)\n{eps:#?}\n{blocks:#?}",
             b["call_ms"],
             e["duration_error_ms"]
         );
