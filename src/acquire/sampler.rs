@@ -580,13 +580,16 @@ pub fn run_tree<'s>(
         let mut any = false;
         let mut i = 0;
         while i < slots.len() {
+            // The line saying a process was attached to again, once its new program is read.
+            let mut told = None;
             if slots[i].reattaching.is_some() {
                 match reattach(&mut slots[i], tick) {
                     Reattach::Waiting => i += 1,
-                    Reattach::Done(source) => {
+                    Reattach::Done(source, line) => {
+                        // Read the new program at this tick, not the next one.
                         let clock = kernel::make_clock(limits, start, &mut stats)?;
                         slots[i] = Slot::new(source, clock);
-                        i += 1;
+                        told = Some(line);
                     }
                     Reattach::GaveUp(why) if i == 0 => {
                         stats.end = why;
@@ -596,13 +599,21 @@ pub fn run_tree<'s>(
                         slots.remove(i);
                     }
                 }
-                continue;
+                if told.is_none() {
+                    continue;
+                }
             }
             if let Some(events) = kernel::step(&mut slots[i], limits, mono, &mut stats)? {
                 let pid = slots[i].source.pid();
                 sink(events_sample(wall, mono, pid, events), &stats)?;
             }
-            match slots[i].tick(tick, wall, mono, &timing) {
+            let read = slots[i].tick(tick, wall, mono, &timing);
+            if !matches!(read, Read::Sample(..)) {
+                if let Some(line) = told.take() {
+                    crate::output::escape::print_err(&line);
+                }
+            }
+            match read {
                 Read::Sample(sample, errors) => {
                     any = true;
                     stats.errors += errors;
@@ -611,6 +622,18 @@ pub fn run_tree<'s>(
                     }
                     stats.elapsed = mono;
                     sink(sample, &stats)?;
+                    // Loops this read found are traced now, not at the next wake: a callback
+                    // that begins soon after an attach or an exec gets an exact start.
+                    let now = (wall_now(), start.elapsed().as_secs_f64());
+                    if let Some(events) =
+                        kernel::follow_new_loops(&mut slots[i], limits, now.1, &mut stats)?
+                    {
+                        let pid = slots[i].source.pid();
+                        sink(events_sample(now.0, now.1, pid, events), &stats)?;
+                    }
+                    if let Some(line) = told.take() {
+                        crate::output::escape::print_err(&line);
+                    }
                     i += 1;
                 }
                 Read::Skipped => i += 1,
@@ -703,7 +726,9 @@ fn drain_at_stop(
 
 enum Reattach<'s> {
     Waiting,
-    Done(Box<dyn SampleSource + Send + 's>),
+    /// The new program's source, and the line to print once it has been read (the loops it
+    /// runs are then traced on the kernel clock: tests wait for this line).
+    Done(Box<dyn SampleSource + Send + 's>, String),
     /// Why sampling this process ends.
     GaveUp(String),
 }
@@ -724,11 +749,11 @@ fn reattach<'s>(slot: &mut Slot<'s>, tick: Instant) -> Reattach<'s> {
     }
     let why = match attempt {
         Ok(Some(r)) => {
-            crate::output::escape::print_err(&format!(
+            let line = format!(
                 "loopspy: attached to process {pid} again: it now runs {}",
                 crate::output::escape::escape(&r.what)
-            ));
-            return Reattach::Done(r.source);
+            );
+            return Reattach::Done(r.source, line);
         }
         Ok(None) if tick - since < REATTACH_FOR => return Reattach::Waiting,
         Ok(None) => format!(

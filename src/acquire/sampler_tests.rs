@@ -413,3 +413,72 @@ fn the_kernel_clock_is_read_once_more_at_the_end() {
         "the epoll entry at 60 ms: {events:?}"
     );
 }
+
+/// A source like [`OwnLoop`] whose loop thread is known only once a read has found it, as
+/// after an attach or an exec.
+struct FoundByRead {
+    tid: u32,
+    read: bool,
+}
+
+impl SampleSource for FoundByRead {
+    fn pid(&self) -> u32 {
+        std::process::id()
+    }
+    fn sample(&mut self) -> Result<Vec<ThreadSample>> {
+        self.read = true;
+        Ok(vec![loop_thread(self.tid)])
+    }
+    fn alive(&mut self) -> bool {
+        true
+    }
+    fn loop_tids(&self) -> Vec<u32> {
+        if self.read {
+            vec![self.tid]
+        } else {
+            Vec::new()
+        }
+    }
+}
+
+/// A loop thread found by the first read is traced right after it, not at the next tick: a
+/// callback that begins soon after an attach (or an exec) then gets an exact start. At 1 Hz the
+/// next tick would come after this 150 ms recording has ended.
+#[test]
+fn a_loop_found_by_a_read_is_traced_at_once() {
+    use crate::sample::LoopEventKind;
+    if crate::acquire::kernel_clock::KernelClock::check().is_err() {
+        eprintln!("SKIPPED: perf tracepoints are not available here (needs root and tracefs)");
+        return;
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        // SAFETY: gettid has no preconditions.
+        tx.send(unsafe { libc::gettid() } as u32).unwrap();
+        let _ = done_rx.recv_timeout(Duration::from_secs(5));
+    });
+    let tid = rx.recv().unwrap();
+    let stop = AtomicBool::new(false);
+    let limits = Limits {
+        clock: ClockChoice::Kernel,
+        ..probe_limits(1.0, Some(Duration::from_millis(150)), &stop)
+    };
+    let mut traced = Vec::new();
+    let mut src = FoundByRead { tid, read: false };
+    run(&mut src, &limits, &mut |s, _| {
+        traced.extend(
+            s.events
+                .iter()
+                .filter(|e| e.kind == LoopEventKind::Traced)
+                .map(|e| e.t),
+        );
+        Ok(())
+    })
+    .unwrap();
+    drop(done_tx);
+    assert!(
+        traced.first().is_some_and(|t| *t < 0.05),
+        "traced at {traced:?} s"
+    );
+}
