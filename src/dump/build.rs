@@ -32,6 +32,23 @@ impl Default for Options {
     }
 }
 
+/// How many times a dump reads a process's threads before giving up on it.
+const READ_ATTEMPTS: usize = 5;
+
+/// Every thread of the source, read again when a read fails: a read torn by the running target
+/// (its frames changed under it) yields nothing, and a dump is one look, so one unlucky read
+/// must not cost a process its threads. The last error after [`READ_ATTEMPTS`] reads.
+fn read_threads(source: &mut dyn SampleSource) -> Result<Vec<ThreadSample>> {
+    let mut last = None;
+    for _ in 0..READ_ATTEMPTS {
+        match source.sample() {
+            Ok(threads) => return Ok(threads),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.expect("READ_ATTEMPTS is at least 1"))
+}
+
 /// Reads the attached target once into a [`Dump`].
 pub fn build(target: &mut Target, opts: &Options) -> Result<Dump> {
     let spy = target
@@ -41,8 +58,7 @@ pub fn build(target: &mut Target, opts: &Options) -> Result<Dump> {
     spy.prepare();
     // First, while nothing else is read: which loops stay inside one callback.
     let blocked = blocked_loops(spy);
-    let samples = spy
-        .sample()
+    let samples = read_threads(spy)
         .with_context(|| format!("cannot read the threads of process {}", target.pid))?;
     let now = monotonic_now();
     let mut notes = Vec::new();
@@ -219,5 +235,50 @@ fn task_dump(t: &TaskInfo, running: bool, loop_tid: &HashMap<u64, u32>) -> TaskD
                 type_name: n.clone(),
             },
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Fails its first `torn` reads, as a read racing the target's frames does.
+    struct Torn {
+        torn: usize,
+        reads: usize,
+    }
+
+    impl SampleSource for Torn {
+        fn pid(&self) -> u32 {
+            1
+        }
+        fn sample(&mut self) -> Result<Vec<ThreadSample>> {
+            self.reads += 1;
+            if self.reads <= self.torn {
+                anyhow::bail!("inconsistent read (frame code)");
+            }
+            Ok(Vec::new())
+        }
+        fn alive(&mut self) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn a_torn_read_is_read_again() {
+        let mut src = Torn { torn: 2, reads: 0 };
+        assert!(read_threads(&mut src).is_ok());
+        assert_eq!(src.reads, 3);
+    }
+
+    #[test]
+    fn a_read_that_keeps_failing_gives_its_error() {
+        let mut src = Torn {
+            torn: usize::MAX,
+            reads: 0,
+        };
+        let e = read_threads(&mut src).unwrap_err();
+        assert!(format!("{e:#}").contains("inconsistent read"), "{e:#}");
+        assert_eq!(src.reads, READ_ATTEMPTS);
     }
 }
