@@ -341,9 +341,11 @@ fn exec_into_python_attaches_again() {
     assert!(!got.iter().any(|s| s.threads.iter().any(|t| t.tid == 999)));
 }
 
-/// A source whose one loop thread is a thread of this test process (`tid`).
+/// A source whose one loop thread is a thread of this test process (`tid`), known (as after an
+/// attach or an exec) only once a read has found it.
 struct OwnLoop {
     tid: u32,
+    read: bool,
 }
 
 impl SampleSource for OwnLoop {
@@ -351,13 +353,18 @@ impl SampleSource for OwnLoop {
         std::process::id()
     }
     fn sample(&mut self) -> Result<Vec<ThreadSample>> {
+        self.read = true;
         Ok(vec![loop_thread(self.tid)])
     }
     fn alive(&mut self) -> bool {
         true
     }
     fn loop_tids(&self) -> Vec<u32> {
-        vec![self.tid]
+        if self.read {
+            vec![self.tid]
+        } else {
+            Vec::new()
+        }
     }
 }
 
@@ -397,7 +404,7 @@ fn the_kernel_clock_is_read_once_more_at_the_end() {
         ..probe_limits(1.0, duration, &stop)
     };
     let mut events = Vec::new();
-    let mut src = OwnLoop { tid };
+    let mut src = OwnLoop { tid, read: false };
     run(&mut src, &limits, &mut |s, _| {
         events.extend(s.events.iter().map(|e| (e.kind, e.t)));
         Ok(())
@@ -412,33 +419,6 @@ fn the_kernel_clock_is_read_once_more_at_the_end() {
         events.iter().any(|e| e.0 == LoopEventKind::Idle),
         "the epoll entry at 60 ms: {events:?}"
     );
-}
-
-/// A source like [`OwnLoop`] whose loop thread is known only once a read has found it, as
-/// after an attach or an exec.
-struct FoundByRead {
-    tid: u32,
-    read: bool,
-}
-
-impl SampleSource for FoundByRead {
-    fn pid(&self) -> u32 {
-        std::process::id()
-    }
-    fn sample(&mut self) -> Result<Vec<ThreadSample>> {
-        self.read = true;
-        Ok(vec![loop_thread(self.tid)])
-    }
-    fn alive(&mut self) -> bool {
-        true
-    }
-    fn loop_tids(&self) -> Vec<u32> {
-        if self.read {
-            vec![self.tid]
-        } else {
-            Vec::new()
-        }
-    }
 }
 
 /// A loop thread found by the first read is traced right after it, not at the next tick: a
@@ -465,7 +445,7 @@ fn a_loop_found_by_a_read_is_traced_at_once() {
         ..probe_limits(1.0, Some(Duration::from_millis(150)), &stop)
     };
     let mut traced = Vec::new();
-    let mut src = FoundByRead { tid, read: false };
+    let mut src = OwnLoop { tid, read: false };
     run(&mut src, &limits, &mut |s, _| {
         traced.extend(
             s.events
