@@ -602,7 +602,12 @@ impl Spy {
                     };
                     // The request the running task serves, read from this thread's frames
                     // (`remote::request`); `ready`'s counter tells one callback from the next.
-                    let running = a.current_task(&mem, t.tstate, l.address);
+                    // The task record is read after the stack: when the loop stepped another
+                    // task in between, the record is not this stack's and is dropped.
+                    let walked = self.stacks.walked_outside_chunks(t.tstate);
+                    let running = a
+                        .current_task(&mem, t.tstate, l.address)
+                        .filter(|c| a.runs_in(&mem, c, walked));
                     let request = match &running {
                         Some(c) if self.read_requests => {
                             a.request(&mem, t.tstate, c.address, ready.map(|q| q.state))

@@ -42,6 +42,8 @@ pub struct CurrentTask {
     pub name: Option<String>,
     /// Qualified name of the task's coroutine.
     pub coroutine: Option<String>,
+    /// Address of the task's coroutine object (`task_coro`).
+    pub coro: u64,
 }
 
 /// One task in full, for `loopspy dump`.
@@ -266,6 +268,15 @@ impl AsyncioReader {
         self.describe(mem, task, &head)
     }
 
+    /// Whether `task`'s coroutine is running in a stack whose walk passed through the frames
+    /// `walked` (addresses of frames outside the data stack: all frames on ≤3.10, coroutine and
+    /// generator frames on 3.11+). The task record and the stack are separate reads, and the
+    /// loop can step another task between them: a task whose coroutine frame is not in the
+    /// stack read is not that stack's task.
+    pub fn runs_in<M: Memory + ?Sized>(&self, mem: &M, task: &CurrentTask, walked: &[u64]) -> bool {
+        super::coro::frame_address(mem, &self.al, task.coro).is_some_and(|f| walked.contains(&f))
+    }
+
     /// The task `asyncio.tasks._current_tasks` (`{loop: task}`, one entry per loop running a
     /// task) holds for `loop_`.
     fn current_in_dict<M: Memory + ?Sized>(&mut self, mem: &M, loop_: u64) -> Option<u64> {
@@ -315,6 +326,7 @@ impl AsyncioReader {
             address: task,
             name,
             coroutine,
+            coro: head.coro,
         })
     }
 

@@ -175,6 +175,18 @@ pub fn qualname<M: Memory + ?Sized>(
     Some(name)
 }
 
+/// The address of the frame of the coroutine at `coro` (type already checked): ≤3.10 its
+/// `cr_frame` pointer (one read; `None` once it has finished), 3.11+ its inline `cr_iframe`
+/// (no read). A stack walk that passed through this address ran the coroutine.
+pub fn frame_address<M: Memory + ?Sized>(mem: &M, l: &AsyncLayout, coro: u64) -> Option<u64> {
+    match l.gen_frame {
+        GenFrame::Pointer { at } => {
+            Some(read_u64(mem, coro.checked_add(at)?)?).filter(|f| plausible_obj(*f))
+        }
+        GenFrame::Inline { at, .. } => coro.checked_add(at),
+    }
+}
+
 /// Reads one coroutine (type already checked): its frame's code and line, its state, and the
 /// object it awaits when suspended in an await.
 fn read_step<M: Memory + ?Sized>(
@@ -322,4 +334,45 @@ fn awaited<M: Memory + ?Sized>(
         v &= !3;
     }
     plausible_obj(v).then_some(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::remote::mem::fake::FakeMem;
+
+    const CORO: u64 = 0x7f00_0000_1000;
+    const FRAME: u64 = 0x7f00_0000_9000;
+
+    /// ≤3.10 the frame is found through `cr_frame`; a finished coroutine (NULL) has none.
+    #[test]
+    fn a_3_8_coroutine_frame_is_its_cr_frame() {
+        let l = AsyncLayout::for_minor(8).unwrap();
+        let GenFrame::Pointer { at } = l.gen_frame else {
+            panic!("3.8 keeps a frame pointer");
+        };
+        let mut m = FakeMem::default();
+        let mut b = vec![0u8; at as usize + 8];
+        b[at as usize..].copy_from_slice(&FRAME.to_le_bytes());
+        m.put(CORO, b.clone());
+        assert_eq!(frame_address(&m, &l, CORO), Some(FRAME));
+        b[at as usize..].copy_from_slice(&0u64.to_le_bytes());
+        m.put(CORO, b);
+        assert_eq!(frame_address(&m, &l, CORO), None);
+        // Unreadable: no frame, never a guess.
+        assert_eq!(frame_address(&m, &l, CORO + 0x10_0000), None);
+    }
+
+    /// 3.11+ the frame is inside the coroutine: its address needs no read.
+    #[test]
+    fn a_3_12_coroutine_frame_is_inline() {
+        let l = AsyncLayout::for_minor(12).unwrap();
+        let GenFrame::Inline { at, .. } = l.gen_frame else {
+            panic!("3.12 keeps its frame inline");
+        };
+        assert_eq!(
+            frame_address(&FakeMem::default(), &l, CORO),
+            Some(CORO + at)
+        );
+    }
 }

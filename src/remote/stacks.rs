@@ -201,6 +201,13 @@ impl StackReader {
         self.memo.retain(|t, _| live.contains(t));
     }
 
+    /// The frames outside the data stack chunks that the last read of the thread at `tstate`
+    /// walked through, innermost first (all frames on ≤3.10; coroutine and generator frames on
+    /// 3.11+), at most `MAX_HEAP_MEMO`: empty when it was never read.
+    pub fn walked_outside_chunks(&self, tstate: u64) -> &[u64] {
+        self.memo.get(&tstate).map_or(&[], |m| m.heap.as_slice())
+    }
+
     /// The stacks of `threads`, innermost frame first, in their order.
     pub fn read<M: Memory + ?Sized>(
         &mut self,

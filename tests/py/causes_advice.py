@@ -55,6 +55,24 @@ def backtracking_text(seconds):
         n += 1
 
 
+def base64_taking(seconds):
+    """A base64 blob whose one decode takes `seconds` or a little more here (the best of two
+    timings). Decoding speed differs 5x between versions and machines (30 MB took 15 ms on one
+    3.15, 200 ms on an older machine's 3.8), so a fixed size can fall under the 50 ms threshold."""
+    size = 4_000_000
+    for _ in range(8):
+        blob = base64.b64encode(os.urandom(size))
+        took = []
+        for _ in range(2):
+            t0 = time.perf_counter()
+            base64.b64decode(blob)
+            took.append(time.perf_counter() - t0)
+        if min(took) >= seconds:
+            return blob
+        size = int(size * min(4.0, 1.3 * seconds / max(min(took), 1e-4)))
+    return blob
+
+
 def block_regex():
     t_end = until()
     while time.monotonic() < t_end:
@@ -432,10 +450,7 @@ async def setup(name, port):
     elif name == "base64":
         STATE["blob"] = os.urandom(4_000_000)
     elif name == "gil_base64":
-        # 3.15 decodes about 1 MB/ms here: 30 MB stays under the 50 ms threshold, and 120 MB
-        # was seen as two stalls; 70 MB is one. The older ones take 100-200 ms for 30 MB.
-        size = 70_000_000 if sys.version_info >= (3, 15) else 30_000_000
-        STATE["b64"] = base64.b64encode(os.urandom(size))
+        STATE["b64"] = base64_taking(0.1)
     elif name == "zlib":
         STATE["zblob"] = os.urandom(1 << 20)
     elif name == "yaml":
