@@ -179,6 +179,11 @@ pub enum LoopEventKind {
     Busy,
     /// The loop entered epoll: idle from `t`.
     Idle,
+    /// The loop entered epoll with a zero timeout at `t`: it polled between two iterations,
+    /// with work waiting, and is busy from `t` on (the `Busy` that follows, if reported, has
+    /// this same `t`). It ends the callback that ran, as `Idle` does, but a loop starved of the
+    /// GIL is still starved across it.
+    Poll,
     /// The thread started waiting on the GIL's futex.
     GilWait,
     /// It stopped waiting on the GIL (it holds it now).

@@ -5,7 +5,8 @@
 //! - Only gaps worth knowing are reported. A loop that left epoll and re-entered it within
 //!   `min_gap` (1 ms, or half the threshold if smaller) ran nothing that could become an episode,
 //!   so the pair is dropped here; a busy loop's tens of thousands of iterations a second cost a
-//!   parse each, not a trip through the detector or a line in the recording.
+//!   parse each, not a trip through the detector or a line in the recording. One exception: the
+//!   first wait after a reported poll is always reported (see `Pairing::after_poll`).
 //! - An event-rate limit. Every traced syscall costs the target about a microsecond here (see
 //!   README, "Choosing the clock"). A loop thread that makes more than `EVENT_LIMIT` traced
 //!   calls a second is untraced, and timed by probe ticks, for `RETRY`; then it is traced again.
@@ -93,12 +94,16 @@ struct Pairing {
     /// Tracing began at this time while the thread was out of epoll: busy since before then,
     /// for the schedule only (samples place that run's start), until its first boundary.
     busy_before: Option<u64>,
+    /// A `Poll` was reported and no `Idle` since: the detector may be holding a GIL
+    /// starvation open through the poll, so the next wait is reported however short the busy
+    /// time before it.
+    after_poll: bool,
 }
 
 impl Pairing {
     /// One record; events go to `out` as (ns, kind).
     fn record(&mut self, r: &Record, min_gap: u64, out: &mut Vec<(u64, LoopEventKind)>) {
-        if matches!(r.call, Call::EpollEnter | Call::EpollExit) {
+        if matches!(r.call, Call::EpollEnter | Call::EpollPoll | Call::EpollExit) {
             self.busy_before = None;
         }
         // A GIL wait ends at its futex's return unless another wait follows at once.
@@ -115,22 +120,44 @@ impl Pairing {
                     self.pending_busy = Some(r.time_ns);
                 }
             }
-            Call::EpollEnter => {
+            Call::EpollEnter | Call::EpollPoll => {
                 if let Some(since) = self.gil_since {
                     // Never reached: a GIL wait ends before the thread can call epoll.
                     self.end_gil(self.gil_last_exit.unwrap_or(since), min_gap, out);
                 }
+                let poll = r.call == Call::EpollPoll;
+                let kind = if poll {
+                    LoopEventKind::Poll
+                } else {
+                    LoopEventKind::Idle
+                };
+                let mut told = true;
                 match self.pending_busy.take() {
                     Some(b) if r.time_ns.saturating_sub(b) >= min_gap => {
                         out.push((b, LoopEventKind::Busy));
                         self.flush_gil(out);
-                        out.push((r.time_ns, LoopEventKind::Idle));
+                        out.push((r.time_ns, kind));
                     }
-                    Some(_) => self.gil_done.clear(),
+                    Some(_) if self.after_poll && !poll => {
+                        self.gil_done.clear();
+                        out.push((r.time_ns, kind));
+                    }
+                    Some(_) => {
+                        self.gil_done.clear();
+                        told = false;
+                    }
                     // Busy was reported, or tracing began during a callback.
-                    None => out.push((r.time_ns, LoopEventKind::Idle)),
+                    None => out.push((r.time_ns, kind)),
+                }
+                if told {
+                    self.after_poll = poll;
                 }
                 self.busy_reported = false;
+                // A poll returns at once with work waiting: busy from its entry, however long
+                // the call takes (a loop thread waiting for a CPU inside it is not idle).
+                if poll {
+                    self.pending_busy = Some(r.time_ns);
+                }
             }
             Call::FutexWait { .. } => {
                 if self.gil_since.is_none() {
@@ -382,7 +409,7 @@ impl KernelClock {
                 LoopEventKind::Busy => {
                     self.busy.insert(tid, ns);
                 }
-                LoopEventKind::Idle | LoopEventKind::Lost => {
+                LoopEventKind::Idle | LoopEventKind::Poll | LoopEventKind::Lost => {
                     self.busy.remove(&tid);
                 }
                 _ => {}
@@ -558,6 +585,53 @@ mod tests {
             Some(8.0),
         );
         assert_eq!(got, vec![(0.0, K::Busy), (0.1, K::GilWait)]);
+    }
+
+    /// A poll (epoll with a zero timeout) ends the busy time before it, and the next begins
+    /// at its entry: here the thread waited 7 ms for a CPU inside the call.
+    #[test]
+    fn a_poll_is_busy_from_its_entry() {
+        let got = pair(
+            &[
+                rec(0.0, EpollExit),
+                rec(10.0, EpollPoll),
+                rec(17.0, EpollExit),
+                rec(60.0, EpollEnter),
+            ],
+            None,
+        );
+        assert_eq!(
+            got,
+            vec![
+                (0.0, K::Busy),
+                (10.0, K::Poll),
+                (10.0, K::Busy),
+                (60.0, K::Idle)
+            ]
+        );
+    }
+
+    /// After a reported poll the next wait is reported however short the busy time before it
+    /// (a starvation held open through the poll must end); polls in a row with short busy
+    /// times between them stay silent, as short gaps do.
+    #[test]
+    fn the_wait_after_a_reported_poll_is_always_reported() {
+        let got = pair(
+            &[
+                rec(0.0, EpollExit),
+                rec(10.0, EpollPoll),
+                rec(10.01, EpollExit),
+                rec(10.2, EpollPoll),
+                rec(10.21, EpollExit),
+                rec(10.5, EpollEnter),
+                rec(20.0, EpollExit),
+                rec(20.1, EpollPoll),
+                rec(20.11, EpollExit),
+                rec(20.3, EpollEnter),
+            ],
+            None,
+        );
+        assert_eq!(got, vec![(0.0, K::Busy), (10.0, K::Poll), (10.5, K::Idle)]);
     }
 
     #[test]

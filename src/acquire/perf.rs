@@ -8,8 +8,9 @@
 //! are versioned by `size`): `struct perf_event_attr` (we use `PERF_ATTR_SIZE_VER5`, 112 bytes,
 //! kernel 4.1+ is needed for `use_clockid`), `struct perf_event_mmap_page` (the ring buffer's
 //! control page: `data_head` at 1024, `data_tail` at 1032) and the `PERF_RECORD_SAMPLE` body
-//! for our `sample_type` (IDENTIFIER, TID, TIME and, for the futex entry, RAW). Tracepoint ids
-//! and the futex entry's field offsets come from tracefs (`events/syscalls/*/{id,format}`).
+//! for our `sample_type` (IDENTIFIER, TID, TIME and, for the futex and epoll_wait/epoll_pwait
+//! entries, RAW). Tracepoint ids and the entries' field offsets come from tracefs
+//! (`events/syscalls/*/{id,format}`).
 //!
 //! Everything here fails softly: any refusal (no tracefs, EACCES/EPERM from the kernel, a
 //! seccomp filter) is an error with a one-line reason, and the caller falls back to /proc.
@@ -87,8 +88,12 @@ const _: () = assert!(std::mem::size_of::<Attr>() == ATTR_SIZE as usize);
 /// What one traced call did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Call {
-    /// Entered `epoll_wait`, `epoll_pwait` or `epoll_pwait2`: the loop goes idle.
+    /// Entered `epoll_wait`, `epoll_pwait` or `epoll_pwait2` to wait: the loop goes idle.
     EpollEnter,
+    /// Entered `epoll_wait` or `epoll_pwait` with a zero timeout: the call returns at once, so
+    /// the loop has work waiting (asyncio polls so when its ready queue is not empty or a timer
+    /// is already due). It does not go idle, whatever the call then takes.
+    EpollPoll,
     /// Returned from one: the loop has work.
     EpollExit,
     /// Started a futex wait on `uaddr` (other futex commands are not reported).
@@ -109,7 +114,13 @@ pub struct Record {
 /// Which tracepoint an event was opened on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Point {
+    /// An epoll entry whose timeout is not in its record (`epoll_pwait2` takes a pointer).
     EpollEnter,
+    /// An `epoll_wait` or `epoll_pwait` entry; its `int timeout` is at this offset of the raw
+    /// record (from the tracepoint's `format`).
+    EpollEnterTimeout {
+        at: usize,
+    },
     EpollExit,
     FutexEnter,
     FutexExit,
@@ -182,7 +193,16 @@ impl Tracepoints {
                 id(&format!("sys_enter_{call}"))?,
                 id(&format!("sys_exit_{call}"))?,
             ) {
-                points.push((enter, Point::EpollEnter));
+                // `int timeout` in epoll_wait and epoll_pwait; epoll_pwait2's is a pointer.
+                let timeout_at = fs::read_to_string(dir.join(format!("sys_enter_{call}/format")))
+                    .ok()
+                    .filter(|f| f.contains("int timeout;"))
+                    .and_then(|f| field_offset(&f, "timeout"));
+                let point = match timeout_at {
+                    Some(at) => Point::EpollEnterTimeout { at },
+                    None => Point::EpollEnter,
+                };
+                points.push((enter, point));
                 points.push((exit, Point::EpollExit));
             }
         }
@@ -394,7 +414,7 @@ impl ThreadTrace {
                 continue;
             }
             let mut sample_type = SAMPLE_IDENTIFIER | SAMPLE_TID | SAMPLE_TIME;
-            if point == Point::FutexEnter {
+            if matches!(point, Point::FutexEnter | Point::EpollEnterTimeout { .. }) {
                 sample_type |= SAMPLE_RAW;
             }
             let attr = Attr {
@@ -506,7 +526,7 @@ fn u64_at(b: &[u8], off: usize) -> Option<u64> {
 
 /// Parse the records copied out of a ring buffer: `struct perf_event_header { u32 type; u16
 /// misc; u16 size; }`, then for samples `u64 id; u32 pid, tid; u64 time;` and for the futex
-/// entry `u32 size; u8 data[size]` (the tracepoint's raw record). Returns the count of lost
+/// and timed epoll entries `u32 size; u8 data[size]` (the tracepoint's raw record). Returns the count of lost
 /// records reported by `PERF_RECORD_LOST { header; u64 id; u64 lost; }`. A malformed record
 /// ends the parse (nothing after it can be framed).
 fn parse_records(
@@ -538,13 +558,19 @@ fn parse_records(
                 let Some(&(_, point)) = ids.iter().find(|(i, _)| *i == id) else {
                     continue;
                 };
+                // u32 size at 32, then the raw tracepoint record.
+                let raw = rec.get(36..).unwrap_or(&[]);
                 let call = match point {
                     Point::EpollEnter => Call::EpollEnter,
+                    // The int's low 32 bits (the kernel stores the argument as a long). An
+                    // unreadable record is taken for a wait, as before timeouts were read.
+                    Point::EpollEnterTimeout { at } => match u64_at(raw, at) {
+                        Some(t) if t as u32 == 0 => Call::EpollPoll,
+                        _ => Call::EpollEnter,
+                    },
                     Point::EpollExit => Call::EpollExit,
                     Point::FutexExit => Call::FutexExit,
                     Point::FutexEnter => {
-                        // u32 size at 32, then the raw tracepoint record.
-                        let raw = rec.get(36..).unwrap_or(&[]);
                         let (Some(uaddr), Some(op)) = (u64_at(raw, uaddr_at), u64_at(raw, op_at))
                         else {
                             continue;

@@ -30,8 +30,16 @@ fn futex_raw(uaddr: u64, op: u64) -> Vec<u8> {
     raw
 }
 
+/// The epoll_wait entry's raw record: common fields, then `int timeout` at 40 (as a long).
+fn epoll_raw(timeout: i64) -> Vec<u8> {
+    let mut raw = vec![0u8; 48];
+    raw[40..48].copy_from_slice(&timeout.to_ne_bytes());
+    raw
+}
+
 const IDS: &[(u64, Point)] = &[
     (11, Point::EpollEnter),
+    (15, Point::EpollEnterTimeout { at: 40 }),
     (12, Point::EpollExit),
     (13, Point::FutexEnter),
     (14, Point::FutexExit),
@@ -63,6 +71,29 @@ fn parses_epoll_and_futex_records() {
         ]
     );
     assert!(got.iter().all(|r| r.tid == 7));
+}
+
+/// An epoll_wait entry with a zero timeout is a poll; -1 (forever) and 5 ms are waits, and so
+/// is an entry whose raw record is missing.
+#[test]
+fn a_zero_timeout_is_a_poll() {
+    let mut buf = sample(15, 7, 1_000, Some(&epoll_raw(0)));
+    buf.extend(sample(15, 7, 2_000, Some(&epoll_raw(-1))));
+    buf.extend(sample(15, 7, 3_000, Some(&epoll_raw(5))));
+    buf.extend(sample(15, 7, 4_000, Some(&[0u8; 8])));
+    buf.extend(sample(11, 7, 5_000, None));
+    let (got, _) = parse(&buf);
+    let calls: Vec<Call> = got.iter().map(|r| r.call).collect();
+    assert_eq!(
+        calls,
+        vec![
+            Call::EpollPoll,
+            Call::EpollEnter,
+            Call::EpollEnter,
+            Call::EpollEnter,
+            Call::EpollEnter
+        ]
+    );
 }
 
 #[test]
@@ -185,11 +216,12 @@ fn tracing_begins_on_entry_and_exit_at_once() {
         let lost = trace.drain(&mut |r| calls.push(r.call));
         assert_eq!(lost, 0, "the ring held 300 µs of calls");
         seen += calls.len();
-        // An exit first is the call that was going on as tracing began.
-        let first_entry = calls.iter().position(|c| *c == Call::EpollEnter);
+        // An exit first is the call that was going on as tracing began. Every entry is a
+        // poll: the timeout is 0.
+        let first_entry = calls.iter().position(|c| *c == Call::EpollPoll);
         let paired = calls[first_entry.unwrap_or(calls.len())..]
             .chunks(2)
-            .all(|p| p[0] == Call::EpollEnter && p.get(1).is_none_or(|c| *c == Call::EpollExit));
+            .all(|p| p[0] == Call::EpollPoll && p.get(1).is_none_or(|c| *c == Call::EpollExit));
         if !paired {
             torn += 1;
         }
@@ -197,5 +229,8 @@ fn tracing_begins_on_entry_and_exit_at_once() {
     stop.store(true, Ordering::Relaxed);
     spinner.join().unwrap();
     assert!(seen > 1000, "the spinner was traced: {seen} records");
-    assert_eq!(torn, 0, "traces with an entry but not its exit, of 50");
+    assert_eq!(
+        torn, 0,
+        "traces with an entry but not its exit (or a poll read as a wait), of 50"
+    );
 }

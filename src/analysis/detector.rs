@@ -69,6 +69,12 @@ struct Track {
     /// When tracing of the thread last began (kernel clock): an `Idle` at that very time says
     /// the thread was in epoll then, not when it entered.
     traced_at: Option<f64>,
+    /// The open run is the loop starved of the GIL, and the kernel saw it poll (`Poll`) while
+    /// it lasted: the `Busy` of that poll's return continues it.
+    through_poll: bool,
+    /// When it last polled, while no stack sample has seen it starved since: where a callback
+    /// that a sample then finds running began (the loop dispatched it after that poll).
+    polled: Option<f64>,
 }
 
 /// What one loop thread is doing now, for live views (`loopspy top`).
@@ -477,6 +483,8 @@ impl Detector {
         next: Option<f64>,
         events: &mut Vec<Event>,
     ) {
+        track.through_poll = false;
+        track.polled = None;
         let Some(mut run) = track.run.take() else {
             return;
         };

@@ -2,12 +2,18 @@
 //! ([`LoopEvent`]s: the loop thread left or entered epoll, waited for the GIL). On a traced
 //! thread these events alone open and close runs, at their exact times; samples only name the
 //! run's callback and split it where the loop dispatched a new one inside one iteration (a pop
-//! from the ready queue, or another callback on the stack), as on the probe clock.
+//! from the ready queue, or another callback on the stack), as on the probe clock. A poll (epoll
+//! with a zero timeout) ends a callback as an epoll wait does, but not a GIL starvation.
 
 use super::{gil_key, Detector, Event, Track};
 use crate::analysis::loop_state::LoopState;
 use crate::analysis::run::Run;
 use crate::sample::{LoopEvent, LoopEventKind, Sample, ThreadSample};
+
+/// Whether the run is the loop starved of the GIL outside any callback.
+fn gil_run(run: &Run) -> bool {
+    run.key == Some(gil_key())
+}
 
 /// A run opened at an exact time `t`: its start is `t`, not the middle of a gap.
 fn exact_run(sample: &Sample, t: f64) -> Run {
@@ -41,6 +47,11 @@ impl Detector {
                 track.kernel = false;
                 track.gil_since = None;
             }
+            // The return of a poll the GIL-starved loop made: it is still starved.
+            LoopEventKind::Busy if track.through_poll && track.run.is_some() => {
+                track.kernel_seen = true;
+                track.polled = Some(e.t);
+            }
             LoopEventKind::Busy => {
                 track.kernel = true;
                 track.kernel_seen = true;
@@ -55,9 +66,22 @@ impl Detector {
             // reaching us after the kernel's first exit. The kernel's own records are in order
             // per thread, so only that one can be stale; it must not end the run (which would
             // then end before it began, and the block be lost).
-            LoopEventKind::Idle
+            LoopEventKind::Idle | LoopEventKind::Poll
                 if track.kernel_seen && track.run.as_ref().is_some_and(|r| r.first > e.t) => {}
-            LoopEventKind::Idle => {
+            // The loop starved of the GIL got it for a moment, ran what was due, and polled
+            // (a zero timeout: more work was waiting). That is no idle time: once it is starved
+            // again the run goes on, and a callback a sample then finds running began at this
+            // poll (`split`). Ending the run here cut a 302 ms starvation at 287 ms, where the
+            // loop polled once and waited 15 ms more for the same holder.
+            LoopEventKind::Poll
+                if track.kernel_seen
+                    && track.run.as_ref().is_some_and(|r| r.key == Some(gil_key())) =>
+            {
+                track.through_poll = true;
+                track.polled = Some(e.t);
+                track.gil_since = None;
+            }
+            LoopEventKind::Idle | LoopEventKind::Poll => {
                 track.kernel = true;
                 if !track.kernel_seen && track.traced_at == Some(e.t) {
                     // In epoll as tracing began: a run open now was opened by samples before,
@@ -99,6 +123,25 @@ impl Detector {
             track.last_seen = Some(e.t);
         }
         self.tracks.insert(key, track);
+    }
+
+    /// A sample saw the loop dispatch another callback: close the run and open the next. When
+    /// the loop polled since the run's first sample and no sample saw the starvation after that
+    /// (`Track::polled`), the boundary is that poll, exactly; otherwise it lies between the
+    /// last sample and this one.
+    fn split(&mut self, key: (u32, u32), track: &mut Track, sample: &Sample, out: &mut Vec<Event>) {
+        let first = track.run.as_ref().map_or(f64::MAX, |r| r.first);
+        match track.polled.filter(|p| *p >= first && *p <= sample.mono) {
+            Some(p) => {
+                self.end_exactly(key, track, p, out);
+                track.run = Some(exact_run(sample, p));
+            }
+            None => {
+                self.close(key, track, Some(sample.mono), out);
+                let prev = track.last_seen;
+                track.run = Some(Run::start(None, prev, sample));
+            }
+        }
     }
 
     /// Close the track's run with its end at `t` exactly.
@@ -162,13 +205,16 @@ impl Detector {
             out.push(stack(idle && track.run.is_none()));
             return;
         };
+        let starved = cb == gil_key();
         let split = track.run.as_ref().is_some_and(|run| {
-            run.key.as_ref().is_some_and(|k| *k != cb) || run.popped(thread.ready.as_ref())
+            run.key.as_ref().is_some_and(|k| *k != cb)
+                || (run.popped(thread.ready.as_ref()) && !(starved && gil_run(run)))
         });
         if split {
-            self.close(key, track, Some(sample.mono), out);
-            let prev = track.last_seen;
-            track.run = Some(Run::start(None, prev, sample));
+            self.split(key, track, sample, out);
+        } else if starved {
+            // Still starved after the poll: whatever runs next began after this sample.
+            track.polled = None;
         }
         let run = track.run.as_mut().expect("a run is open");
         run.key.get_or_insert(cb);
@@ -194,10 +240,11 @@ impl Detector {
         let Some(run) = track.run.as_ref() else {
             return;
         };
-        if run.popped(thread.ready.as_ref()) {
-            self.close(key, track, Some(sample.mono), out);
-            let prev = track.last_seen;
-            track.run = Some(Run::start(None, prev, sample));
+        // A loop starved of the GIL pops what was due in the moments it holds it; while it
+        // waits for the GIL again that is the same starvation.
+        let waits = track.gil_since.is_some() || thread.os.as_ref().is_some_and(|o| o.gil_wait);
+        if run.popped(thread.ready.as_ref()) && !(waits && gil_run(run)) {
+            self.split(key, track, sample, out);
         }
         if let Some(run) = track.run.as_mut() {
             run.observe(sample, thread);

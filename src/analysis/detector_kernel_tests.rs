@@ -372,3 +372,101 @@ fn a_stale_idle_from_the_trace_start_does_not_end_a_later_run() {
     );
     assert_eq!(eps[0].culprit.function, "handler");
 }
+
+/// A loop thread waiting for the GIL in its selector, with the ready queue's counter at
+/// `ready_state` and `ready_len` handles waiting.
+fn starved(ready_state: u64, ready_len: u64) -> ThreadSample {
+    let mut th = thread(None, ready_state, "futex", true);
+    th.ready = Some(ReadyQueue {
+        len: ready_len,
+        state: ready_state,
+    });
+    th
+}
+
+fn exact(e: &Episode) -> bool {
+    e.duration_error_ms.unwrap_or(0.0) == 0.0
+}
+
+/// A 3.15 recording (gil_base64.py, 150 MB): the worker's decode held the GIL for 285 ms; the
+/// loop got it back for a moment, ran the heartbeat's timer handle (which queued the task's
+/// step), polled, and waited 15 ms more while the worker freed the decoded bytes. The task
+/// waited 302 ms: one starvation, not a 287 ms one cut at the poll.
+#[test]
+fn a_gil_starvation_goes_on_across_a_poll() {
+    let mut samples = vec![events(&[(0.0, Traced), (0.0021, Busy), (0.0022, GilWait)])];
+    for i in 1..28 {
+        samples.push(stack(0.0021 + 0.01 * i as f64, starved(350, 0)));
+    }
+    samples.push(events(&[
+        (0.2859, GilTaken),
+        (0.2870, Poll),
+        (0.2870, Busy),
+        (0.2872, GilWait),
+    ]));
+    // The timer handle was popped and the step queued: still the same starvation.
+    samples.push(probe(0.2910, 353));
+    samples.push(stack(0.2922, starved(353, 1)));
+    samples.push(events(&[(0.3024, GilTaken), (0.3027, Idle)]));
+    let (eps, _) = run(&samples);
+    assert_eq!(eps.len(), 1, "{eps:#?}");
+    assert_eq!(eps[0].kind, "gil");
+    assert!(
+        (eps[0].duration_ms - 300.6).abs() < 1e-6,
+        "{}",
+        eps[0].duration_ms
+    );
+    assert!(exact(&eps[0]), "{eps:#?}");
+}
+
+/// A callback that a sample finds running after the starved loop polled began at that poll:
+/// both boundaries are exact.
+#[test]
+fn a_callback_after_a_starved_poll_begins_at_the_poll() {
+    let mut samples = vec![events(&[(0.0, Traced), (0.0, Busy), (0.0001, GilWait)])];
+    for i in 1..10 {
+        samples.push(stack(0.01 * i as f64, starved(5, 0)));
+    }
+    samples.push(events(&[(0.0995, GilTaken), (0.1, Poll), (0.1, Busy)]));
+    for i in 0..9 {
+        samples.push(stack(
+            0.105 + 0.01 * i as f64,
+            thread(Some("crunch"), 7, "running", false),
+        ));
+    }
+    samples.push(events(&[(0.2, Idle)]));
+    let (eps, _) = run(&samples);
+    assert_eq!(eps.len(), 2, "{eps:#?}");
+    assert_eq!(eps[0].kind, "gil");
+    assert_eq!(eps[1].culprit.function, "crunch");
+    assert!((eps[0].duration_ms - 100.0).abs() < 1e-6, "{eps:#?}");
+    assert!((eps[1].duration_ms - 100.0).abs() < 1e-6, "{eps:#?}");
+    assert!((eps[1].start - 1000.1).abs() < 1e-9, "{}", eps[1].start);
+    assert!(eps.iter().all(exact), "{eps:#?}");
+}
+
+/// A poll ends an ordinary callback exactly, as an epoll wait does, and the next callback
+/// begins at the poll's entry: a loop thread that waited 7 ms for a CPU inside the poll was
+/// not idle then.
+#[test]
+fn a_poll_ends_a_callback_and_the_next_begins_at_its_entry() {
+    let (eps, _) = run(&[
+        events(&[(0.0, Traced), (0.0, Busy)]),
+        stack(0.03, thread(Some("first"), 5, "running", false)),
+        stack(0.07, thread(Some("first"), 5, "running", false)),
+        events(&[(0.08, Poll), (0.08, Busy)]),
+        stack(0.1, thread(Some("second"), 6, "running", false)),
+        stack(0.15, thread(Some("second"), 6, "running", false)),
+        events(&[(0.2, Idle)]),
+    ]);
+    let got: Vec<(&str, f64)> = eps
+        .iter()
+        .map(|e| (e.culprit.function.as_str(), e.duration_ms))
+        .collect();
+    assert_eq!(got.len(), 2, "{eps:#?}");
+    assert_eq!(got[0].0, "first");
+    assert!((got[0].1 - 80.0).abs() < 1e-6, "{got:?}");
+    assert_eq!(got[1].0, "second");
+    assert!((got[1].1 - 120.0).abs() < 1e-6, "{got:?}");
+    assert!(eps.iter().all(exact), "{eps:#?}");
+}
