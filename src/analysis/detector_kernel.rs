@@ -73,10 +73,7 @@ impl Detector {
             // again the run goes on, and a callback a sample then finds running began at this
             // poll (`split`). Ending the run here cut a 302 ms starvation at 287 ms, where the
             // loop polled once and waited 15 ms more for the same holder.
-            LoopEventKind::Poll
-                if track.kernel_seen
-                    && track.run.as_ref().is_some_and(|r| r.key == Some(gil_key())) =>
-            {
+            LoopEventKind::Poll if track.kernel_seen && track.run.as_ref().is_some_and(gil_run) => {
                 track.through_poll = true;
                 track.polled = Some(e.t);
                 track.gil_since = None;
