@@ -38,6 +38,14 @@ pub trait SampleSource {
     fn take_dropped(&mut self) -> u64 {
         0
     }
+    /// When the last read (sample, probe or loop sample) began to read the target's threads,
+    /// after whatever bookkeeping came first (a thread scan, finding a new loop). Its sample is
+    /// timed then, not at the tick: a read that began 6 ms late (a scan on a loaded machine)
+    /// describes the target 6 ms after the tick, and a sample timed at the tick placed a
+    /// callback's start before it began, outside its error bar. `None`: timed at the tick.
+    fn read_at(&mut self) -> Option<Instant> {
+        None
+    }
     /// Whether the target still runs (checked after a failed read).
     fn alive(&mut self) -> bool;
     /// Host thread ids of the event-loop threads found so far, for the kernel clock.
@@ -370,6 +378,12 @@ impl<'s> Slot<'s> {
             }
             Ok(threads) => {
                 self.consecutive = 0;
+                // Timed when the read looked, not at the tick (see `SampleSource::read_at`).
+                let late = self
+                    .source
+                    .read_at()
+                    .map_or(0.0, |at| at.saturating_duration_since(tick).as_secs_f64());
+                let (wall, mono) = (wall + late, mono + late);
                 if kernel {
                     let popped = threads.iter().any(|t| {
                         let before = self.clocks.get(&t.tid).and_then(|c| c.ready);
@@ -469,6 +483,9 @@ pub fn run(
         }
         fn take_dropped(&mut self) -> u64 {
             self.0.take_dropped()
+        }
+        fn read_at(&mut self) -> Option<Instant> {
+            self.0.read_at()
         }
         fn alive(&mut self) -> bool {
             self.0.alive()

@@ -462,3 +462,64 @@ fn a_loop_found_by_a_read_is_traced_at_once() {
         "traced at {traced:?} s"
     );
 }
+
+/// A source that does 30 ms of bookkeeping (a scan, say) before every other read, and says when
+/// each read looked at the target.
+struct SlowStart {
+    reads: Vec<Instant>,
+    at: Option<Instant>,
+}
+
+impl SampleSource for SlowStart {
+    fn pid(&self) -> u32 {
+        42
+    }
+    fn sample(&mut self) -> Result<Vec<ThreadSample>> {
+        if self.reads.len() >= 8 {
+            bail!("gone");
+        }
+        if self.reads.len() % 2 == 0 {
+            std::thread::sleep(Duration::from_millis(30));
+        }
+        let now = Instant::now();
+        self.reads.push(now);
+        self.at = Some(now);
+        Ok(vec![])
+    }
+    fn read_at(&mut self) -> Option<Instant> {
+        self.at.take()
+    }
+    fn alive(&mut self) -> bool {
+        self.reads.len() < 8
+    }
+}
+
+/// Regression: a sample was timed at its tick, however late its read began. A loop found by a
+/// scan 6 ms after the tick was then seen "busy" 6 ms before it was, and the episode of the
+/// callback it ran began 11 ms early, outside its 5.5 ms error bar. Samples are now timed when
+/// their read looked: the gaps between them are the gaps between the reads.
+#[test]
+fn a_sample_is_timed_when_its_read_looked() {
+    let stop = AtomicBool::new(false);
+    let mut src = SlowStart {
+        reads: Vec::new(),
+        at: None,
+    };
+    let mut got = vec![];
+    run(&mut src, &probe_limits(100.0, None, &stop), &mut |s, _| {
+        got.push(s.mono);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(got.len(), 8);
+    for (i, (m, r)) in got.windows(2).zip(src.reads.windows(2)).enumerate() {
+        let (sampled, read) = (m[1] - m[0], (r[1] - r[0]).as_secs_f64());
+        assert!(
+            (sampled - read).abs() < 0.002,
+            "samples {i}, {}: {:.1} ms apart, their reads {:.1} ms",
+            i + 1,
+            sampled * 1000.0,
+            read * 1000.0
+        );
+    }
+}

@@ -83,6 +83,9 @@ pub struct Spy {
     failing: bool,
     /// Read the request a loop's running task serves (on by default; `--no-request`).
     read_requests: bool,
+    /// When the last read began to read the threads (after any scan): what its sample
+    /// describes (see [`SampleSource::read_at`]).
+    read_at: Option<Instant>,
 }
 
 /// What a full read adds to the stacks: the loops' task and timers (not on the loop-only reads
@@ -123,6 +126,7 @@ impl Spy {
             pid,
             failing: false,
             read_requests: true,
+            read_at: None,
             gil_range: gil.range(),
             gil,
             stacks,
@@ -449,6 +453,7 @@ impl Spy {
                 frames: Vec::new(),
             });
         }
+        self.read_at = Some(Instant::now());
         let mut loops: Vec<(u32, String, Option<ReadyQueue>, Option<String>)> = Vec::new();
         let mut suspect = false;
         for t in self.threads.values() {
@@ -520,6 +525,7 @@ impl Spy {
             .iter()
             .filter_map(|p| self.threads.get(p).cloned())
             .collect();
+        self.read_at = Some(Instant::now());
         let os: Vec<Option<OsState>> = threads
             .iter()
             .map(|t| t.native_tid.and_then(|tid| self.os_state(tid, true)))
@@ -750,6 +756,10 @@ impl SampleSource for Spy {
 
     fn take_dropped(&mut self) -> u64 {
         std::mem::take(&mut self.dropped)
+    }
+
+    fn read_at(&mut self) -> Option<Instant> {
+        self.read_at.take()
     }
 
     fn alive(&mut self) -> bool {
