@@ -141,6 +141,14 @@ fn find(root: u32, requests: bool, known: Vec<u32>, tx: Sender<Found>, stop: &At
             if let Ok(mut target) = attach(pid) {
                 if let Some(mut spy) = target.spy.take() {
                     spy.set_read_requests(requests);
+                    // The attach's own work (mapping the threads, finding the loop and
+                    // asyncio's globals, reading every code object once) is done here, not
+                    // on the sampler's thread: there it delayed the ticks of every process
+                    // sampled, and the worker's first sample came tens of milliseconds after
+                    // "following" was said. The sample itself is dropped: the sampler's
+                    // first one starts the worker's timeline.
+                    spy.prepare();
+                    let _ = spy.sample();
                     attempts.remove(&pid);
                     attached.insert(pid);
                     let found = Found {
