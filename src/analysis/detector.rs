@@ -417,23 +417,26 @@ impl Detector {
             self.tracks.insert(key, track);
             return;
         }
-        // Not idle: the callback it runs (`None`: out of epoll, nothing named yet).
+        let dispatched = state == LoopState::Dispatched;
+        // Not idle: the callback it runs (`None`: out of epoll or dispatched, not named yet).
         let current = match state {
             LoopState::Callback { key, depth } => Some((Some(key), depth)),
             LoopState::GilWait => Some((Some(gil_key()), 0)),
-            LoopState::Waking => Some((None, 0)),
+            LoopState::Waking | LoopState::Dispatched => Some((None, 0)),
             _ => None,
         };
         // Same callback (a run a probe tick started has no name yet and takes this one), and
         // the loop dispatched nothing in between: a task stepped twice is two callbacks. A
         // loop seen waking continues only a wait for the GIL (it has not taken it yet) or a
-        // run not named yet; frames back in the selector end any named callback.
+        // run not named yet; frames back in the selector end any named callback. A loop seen
+        // inside its dispatch with nothing above it continues the callback it dispatched (a C
+        // task step's tail), and without one opens a run the next stack names.
         let continues = match (&current, &track.run) {
             (Some((k, _)), Some(run)) if !run.popped(thread.ready.as_ref()) => {
                 match (&run.key, k) {
                     (None, _) => true,
                     (Some(rk), Some(k)) => rk == k,
-                    (Some(rk), None) => *rk == gil_key(),
+                    (Some(rk), None) => *rk == gil_key() || dispatched,
                 }
             }
             _ => false,

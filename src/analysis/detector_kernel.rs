@@ -169,23 +169,25 @@ impl Detector {
     ) {
         let gil = track.gil_since.is_some() || thread.os.as_ref().is_some_and(|o| o.gil_wait);
         let idle = state == LoopState::Idle;
+        // The callback it runs; `Some((None, 0))`: one the stack does not name (`Dispatched`).
         let current = match state {
-            LoopState::Callback { key, depth } => Some((key, depth)),
-            LoopState::GilWait => Some((gil_key(), 0)),
+            LoopState::Callback { key, depth } => Some((Some(key), depth)),
+            LoopState::GilWait => Some((Some(gil_key()), 0)),
             // Out of epoll with nothing above the selector (`Waking`): between two of
             // CPython's timed GIL waits, as the kernel's GIL events say.
-            LoopState::Idle | LoopState::Machinery | LoopState::Waking
+            LoopState::Idle | LoopState::Machinery | LoopState::Waking | LoopState::Dispatched
                 if gil && track.run.is_some() =>
             {
-                Some((gil_key(), 0))
+                Some((Some(gil_key()), 0))
             }
+            LoopState::Dispatched => Some((None, 0)),
             _ => None,
         };
         // Tracing began during a callback: until the kernel's first boundary, a sample that
         // sees one opens the run (its start lies between this sample and the previous one).
         if track.run.is_none() && !track.kernel_seen {
             if let Some((cb, _)) = &current {
-                track.run = Some(Run::start(Some(cb.clone()), track.last_seen, sample));
+                track.run = Some(Run::start(cb.clone(), track.last_seen, sample));
             }
         }
         let stack = |idle: bool| Event::Stack {
@@ -202,9 +204,9 @@ impl Detector {
             out.push(stack(idle && track.run.is_none()));
             return;
         };
-        let starved = cb == gil_key();
+        let starved = cb.as_ref() == Some(&gil_key());
         let split = track.run.as_ref().is_some_and(|run| {
-            run.key.as_ref().is_some_and(|k| *k != cb)
+            (run.key.is_some() && cb.is_some() && run.key != cb)
                 || (run.popped(thread.ready.as_ref()) && !(starved && gil_run(run)))
         });
         if split {
@@ -214,7 +216,9 @@ impl Detector {
             track.polled = None;
         }
         let run = track.run.as_mut().expect("a run is open");
-        run.key.get_or_insert(cb);
+        if let Some(cb) = cb {
+            run.key.get_or_insert(cb);
+        }
         run.observe(sample, thread);
         run.observe_stack(&thread.frames, depth, weight);
     }

@@ -279,6 +279,30 @@ fn tracing_that_begins_inside_a_callback_keeps_its_start_from_the_samples() {
     );
 }
 
+/// Tracing began during a callback, and the first stack after it caught the loop in its
+/// dispatch with nothing above (`Handle._run` innermost): that opens the run, unnamed; the next
+/// stack names it.
+#[test]
+fn tracing_that_begins_at_a_dispatch_keeps_its_start_from_the_samples() {
+    let mut dispatched = thread(Some("handler"), 6, "running", false);
+    dispatched.frames.remove(0);
+    let (eps, _) = run(&[
+        stack(0.0, thread(None, 5, "epoll_wait", false)),
+        events(&[(0.002, Traced)]),
+        stack(0.004, dispatched),
+        stack(0.05, thread(Some("handler"), 6, "clock_nanosleep", false)),
+        events(&[(0.21, Idle)]),
+    ]);
+    assert_eq!(eps.len(), 1, "{eps:#?}");
+    assert_eq!(eps[0].culprit.function, "handler");
+    // Began between 0.0 and 0.004.
+    assert!(
+        (eps[0].duration_ms - 208.0).abs() < 1e-6,
+        "{}",
+        eps[0].duration_ms
+    );
+}
+
 /// Issue 15 §3: `asyncio.run()` again on the same thread. The first tick after the change says
 /// the old loop ended while the new loop is well into a block (ticks are sparse on the kernel
 /// clock): that block is the new loop's, whole, from the kernel's boundaries.

@@ -34,6 +34,9 @@ fn loop_base() -> Vec<Frame> {
 enum Doing {
     Idle,
     Cb(&'static str),
+    /// Inside the loop's dispatch with nothing above it (preempted right after `Handle._run`
+    /// began, or in a C task step).
+    Dispatched,
 }
 
 fn thread(tid: u32, doing: Doing, ready_state: u64) -> ThreadSample {
@@ -47,11 +50,13 @@ fn thread(tid: u32, doing: Doing, ready_state: u64) -> ThreadSample {
             f(name, "/app/handlers.py", 10),
             f("Handle._run", "/py/lib/python3.11/asyncio/events.py", 80),
         ],
+        Doing::Dispatched => vec![f("Handle._run", "/py/lib/python3.11/asyncio/events.py", 80)],
     };
     frames.extend(loop_base());
     let syscall = match doing {
         Doing::Idle => "epoll_wait",
         Doing::Cb(_) => "clock_nanosleep",
+        Doing::Dispatched => "running",
     };
     ThreadSample {
         gc: false,
@@ -321,7 +326,7 @@ fn probe_timeline(
     for (i, (t, doing, q)) in timeline(dt, end, spans, |_| 0.0).into_iter().enumerate() {
         run_start = match doing {
             Doing::Idle => None,
-            Doing::Cb(_) => run_start.or(Some(t)),
+            Doing::Cb(_) | Doing::Dispatched => run_start.or(Some(t)),
         };
         let long = run_start.is_some_and(|s| t - s >= 0.05);
         let full = i % stack_every == 0 || (long && since_stack >= 10);
@@ -482,5 +487,70 @@ fn a_loop_found_mid_callback_is_bounded_by_the_thread_outside_any_loop() {
         (unseen.duration_ms - 144.0).abs() < 1.0,
         "{}",
         unseen.duration_ms
+    );
+}
+
+/// Regression: a loop seen just after it dispatched a callback (`Handle._run` innermost, the
+/// thread preempted before the callback's first frame) was taken for the loop's own machinery,
+/// and the episode began at the next sample, one interval late. The dispatch opens the run;
+/// the next stack names it.
+#[test]
+fn a_callback_seen_at_its_dispatch_begins_there() {
+    let eps = run(
+        &[
+            (0.00, Doing::Idle, 0),
+            (0.01, Doing::Idle, 0),
+            (0.02, Doing::Dispatched, 1),
+            (0.03, Doing::Cb("handler"), 1),
+            (0.10, Doing::Cb("handler"), 1),
+            (0.11, Doing::Idle, 1),
+        ],
+        true,
+    );
+    assert_eq!(eps.len(), 1, "{eps:?}");
+    let e = &eps[0];
+    assert_eq!(e.culprit.function, "handler");
+    // Began between 0.01 and 0.02, ended between 0.10 and 0.11: 90 ms, ±10.
+    assert!((e.start - 1000.015).abs() < 1e-9, "start {}", e.start);
+    assert!((e.duration_ms - 90.0).abs() < 1e-6, "{}", e.duration_ms);
+}
+
+/// A named callback seen back in its dispatch with no dispatch in between (a C task step's
+/// tail after its coroutine's frame returned) is still that callback: one episode, which ends
+/// after that sample. A dispatch in between is a new callback.
+#[test]
+fn the_dispatch_frame_alone_continues_its_callback_until_a_pop() {
+    let tail = [
+        (0.00, Doing::Idle, 0),
+        (0.01, Doing::Cb("handler"), 1),
+        (0.08, Doing::Cb("handler"), 1),
+        (0.09, Doing::Dispatched, 1),
+        (0.10, Doing::Idle, 1),
+    ];
+    let eps = run(&tail, true);
+    assert_eq!(eps.len(), 1, "{eps:?}");
+    assert!(
+        (eps[0].duration_ms - 90.0).abs() < 1e-6,
+        "{}",
+        eps[0].duration_ms
+    );
+
+    let next = [
+        (0.00, Doing::Idle, 0),
+        (0.01, Doing::Cb("handler"), 1),
+        (0.08, Doing::Cb("handler"), 1),
+        (0.09, Doing::Dispatched, 2),
+        (0.10, Doing::Cb("other"), 2),
+        (0.20, Doing::Cb("other"), 2),
+        (0.21, Doing::Idle, 2),
+    ];
+    let eps = run(&next, true);
+    let names: Vec<&str> = eps.iter().map(|e| e.culprit.function.as_str()).collect();
+    assert_eq!(names, ["handler", "other"], "{eps:?}");
+    // `other` was dispatched between 0.08 and 0.09.
+    assert!(
+        (eps[1].start - 1000.085).abs() < 1e-9,
+        "start {}",
+        eps[1].start
     );
 }

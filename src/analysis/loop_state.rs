@@ -18,6 +18,11 @@ pub enum LoopState {
     Callback { key: CallbackKey, depth: usize },
     /// Between callbacks: timer processing, the selector returning, bookkeeping.
     Machinery,
+    /// Inside a callback with no Python frame above the loop's dispatch (`Handle._run` is the
+    /// innermost frame): a C callback, a C task step before or after its coroutine's frame,
+    /// or a thread preempted right after the dispatch. A callback runs; which one the stack
+    /// does not say.
+    Dispatched,
     /// Ready to run but waiting for the GIL that another thread holds, while its stack still
     /// shows the loop waiting in its selector (the selector call has returned in C).
     GilWait,
@@ -175,7 +180,7 @@ pub fn classify(thread: &ThreadSample, anchor: &mut Anchor) -> LoopState {
         // A pure-Python loop: the dispatch frame `Handle._run` closest to `_run_once` starts the
         // callback; without one the loop is selecting or doing its own bookkeeping.
         return match frames[..r].iter().rposition(is_handle_run) {
-            Some(h) => key_of(&frames[..h]).unwrap_or(LoopState::Machinery),
+            Some(h) => key_of(&frames[..h]).unwrap_or(LoopState::Dispatched),
             None if gil_wait(thread) => LoopState::GilWait,
             None if frames[..r].iter().all(is_selector_wait) && out_of_epoll(thread) => {
                 LoopState::Waking
@@ -316,6 +321,14 @@ mod tests {
         let t = thread(frames, None, None);
         assert!(matches!(classify(&t, &mut Anchor::default()),
             LoopState::Callback { key, .. } if key.function == "handler"));
+    }
+
+    #[test]
+    fn the_dispatch_frame_alone_is_a_callback_not_yet_named() {
+        let mut frames = vec![f("Handle._run", "/py/asyncio/events.py")];
+        frames.extend(base());
+        let t = thread(frames, Some("_UnixSelectorEventLoop"), Some("running"));
+        assert_eq!(classify(&t, &mut Anchor::default()), LoopState::Dispatched);
     }
 
     #[test]
