@@ -8,7 +8,8 @@ use std::collections::HashMap;
 use crate::analysis::blame::blame;
 use crate::analysis::culprit::culprit;
 use crate::analysis::loop_state::{
-    classify, outside_any_loop, Anchor, CallbackKey, LoopState, GIL_WAIT_FUNCTION,
+    classify, in_python_loop, outside_any_loop, outside_python_dispatch, Anchor, CallbackKey,
+    LoopState, GIL_WAIT_FUNCTION,
 };
 use crate::analysis::run::Run;
 use crate::episode::{Episode, Location};
@@ -119,11 +120,21 @@ pub struct Detector {
     /// Monotonic time of each thread's last stack: a stack stands for the time since the
     /// thread's previous one (loop threads are read more often than the others).
     last_stack: HashMap<(u32, u32), f64>,
-    /// Monotonic time of each thread's last stack that showed it outside any event loop (no
-    /// loop frames at all), until it is first seen running one: a callback of its first loop
-    /// began after that sample, which bounds the start of a callback already running when
-    /// the loop was found (a launched program that blocks in its first callback).
-    outside_loop: HashMap<(u32, u32), f64>,
+    /// Each thread's last stacks that showed it outside a loop, until it is first seen running
+    /// one: a callback of its first loop began after such a sample, which bounds the start of
+    /// a callback already running when the loop was found (a launched program, or one that
+    /// exec()'d, that blocks in its first callback).
+    outside_loop: HashMap<(u32, u32), OutsideLoop>,
+}
+
+/// When a thread was last seen outside a loop (monotonic seconds).
+#[derive(Debug, Clone, Copy)]
+struct OutsideLoop {
+    /// Outside any loop: no loop entry or dispatch frame. Bounds a callback of any loop.
+    any: Option<f64>,
+    /// Outside a pure-Python loop's dispatch (`asyncio.run` may be setting up): bounds a
+    /// callback of a pure-Python loop only, since uvloop's run under its entry frames.
+    python: f64,
 }
 
 impl Detector {
@@ -183,7 +194,7 @@ impl Detector {
         if self.last_stack.len() > 4 * MAX_LOOPS_REMEMBERED.max(1024) {
             let now = sample.mono;
             self.last_stack.retain(|_, t| now - *t < 10.0);
-            self.outside_loop.retain(|_, t| now - *t < 10.0);
+            self.outside_loop.retain(|_, t| now - t.python < 10.0);
         }
         // A loop thread that is gone ended whatever it was running when it was last seen.
         let gone: Vec<(u32, u32)> = self
@@ -333,7 +344,7 @@ impl Detector {
         }
         let Some(os) = &thread.os else { return };
         let mut track = self.tracks.remove(&key).unwrap_or_default();
-        self.seed_first_loop_sample(key, &mut track);
+        self.seed_first_loop_sample(key, &mut track, &[]);
         track.loop_ended = false;
         if !self.seen.contains_key(&key) {
             self.remember_loop(key, thread.name.clone());
@@ -391,12 +402,16 @@ impl Detector {
             if track.last_seen.is_some() {
                 track.last_seen = Some(sample.mono);
                 self.tracks.insert(key, track);
-            } else if outside_any_loop(&thread.frames) {
-                self.outside_loop.insert(key, sample.mono);
+            } else if outside_python_dispatch(&thread.frames) {
+                let any = outside_any_loop(&thread.frames).then_some(sample.mono);
+                let before = self.outside_loop.get(&key).and_then(|o| o.any);
+                let python = sample.mono;
+                let any = any.or(before);
+                self.outside_loop.insert(key, OutsideLoop { any, python });
             }
             return;
         }
-        self.seed_first_loop_sample(key, &mut track);
+        self.seed_first_loop_sample(key, &mut track, &thread.frames);
         // py-spy sometimes misses a thread's name for a sample: keep the last one known.
         if thread.name.is_some() {
             track.name.clone_from(&thread.name);
@@ -470,10 +485,17 @@ impl Detector {
     }
 
     /// A thread seen running a loop for the first time: its previous sample is the last one
-    /// that showed it outside any loop, if any (a run it is in began after that).
-    fn seed_first_loop_sample(&mut self, key: (u32, u32), track: &mut Track) {
+    /// that showed it outside that loop, if any (a run it is in began after that). `frames`:
+    /// the first loop sample's stack (empty for a probe); a pure-Python loop's iteration on
+    /// it lets a stack inside `asyncio.run` but before its loop ran bound the run too.
+    fn seed_first_loop_sample(&mut self, key: (u32, u32), track: &mut Track, frames: &[Frame]) {
         if track.last_seen.is_none() {
-            track.last_seen = self.outside_loop.remove(&key);
+            let outside = self.outside_loop.remove(&key);
+            track.last_seen = if in_python_loop(frames) {
+                outside.map(|o| o.python)
+            } else {
+                outside.and_then(|o| o.any)
+            };
         }
     }
 

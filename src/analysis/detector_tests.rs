@@ -432,6 +432,28 @@ fn episode_stacks_weigh_the_episode_alone() {
     assert_eq!(width as f64, episode.duration_ms.round(), "{stacks:?}");
 }
 
+/// The one episode of a loop thread first seen running callback `boot` from `from` to `to`
+/// (a sample every `step`), after an optional earlier sample `before` of the thread.
+fn first_callback(before: Option<(f64, ThreadSample)>, from: f64, to: f64, step: f64) -> Episode {
+    let mut d = Detector::new(DetectorConfig { threshold: 0.05 });
+    let mut out = Vec::new();
+    if let Some((t, th)) = before {
+        out.extend(episodes(d.feed(&sample(t, vec![th]))));
+    }
+    let mut t = from;
+    while t < to {
+        out.extend(episodes(
+            d.feed(&sample(t, vec![thread(7, Doing::Cb("boot"), 1)])),
+        ));
+        t += step;
+    }
+    out.extend(episodes(
+        d.feed(&sample(t, vec![thread(7, Doing::Idle, 1)])),
+    ));
+    assert_eq!(out.len(), 1, "{out:?}");
+    out.remove(0)
+}
+
 /// A launched program whose first callback blocks: the thread was sampled importing (no loop
 /// frames) at 20 ms, then first seen running its loop at 41 ms, inside a callback that began at
 /// about 35 ms. The start lies between those two samples: mid-gap, with half the gap as its
@@ -453,23 +475,8 @@ fn a_loop_found_mid_callback_is_bounded_by_the_thread_outside_any_loop() {
         t
     };
     let first = |with_import: bool| {
-        let mut d = Detector::new(DetectorConfig { threshold: 0.05 });
-        let mut out = Vec::new();
-        if with_import {
-            out.extend(episodes(d.feed(&sample(0.020, vec![importing()]))));
-        }
-        let mut t = 0.041;
-        while t < 0.185 {
-            out.extend(episodes(
-                d.feed(&sample(t, vec![thread(7, Doing::Cb("boot"), 1)])),
-            ));
-            t += 0.001;
-        }
-        out.extend(episodes(
-            d.feed(&sample(t, vec![thread(7, Doing::Idle, 1)])),
-        ));
-        assert_eq!(out.len(), 1, "{out:?}");
-        out.remove(0)
+        let before = with_import.then(|| (0.020, importing()));
+        first_callback(before, 0.041, 0.185, 0.001)
     };
     let bounded = first(true);
     assert!(bounded.start_seen);
@@ -553,4 +560,30 @@ fn the_dispatch_frame_alone_continues_its_callback_until_a_pop() {
         "start {}",
         eps[1].start
     );
+}
+
+/// Regression (`hostile::targets::exec_into_python_attaches_again`, 3.12): after an exec into
+/// Python, the thread was last sampled inside `asyncio.run` setting up (`Runner.run` calling
+/// `signal.getsignal`, no loop yet), then first seen inside its loop's first callback. That
+/// stack has a loop entry, so it did not count as "outside any loop", and the episode's start
+/// was taken as unseen, at the first loop sample: 8 ms short with no error bar. A pure-Python
+/// loop runs its callbacks under `_run_once`, so a stack without it bounds the start. (For a
+/// loop seen without `_run_once`, uvloop's, it does not: its callbacks run under `Runner.run`.)
+#[test]
+fn a_thread_setting_up_asyncio_run_bounds_its_first_callback() {
+    let setting_up = || {
+        let mut t = thread(7, Doing::Idle, 0);
+        t.event_loop = None;
+        t.frames = vec![
+            f("getsignal", "/py/lib/python3.12/signal.py", 63),
+            f("Runner.run", "/py/lib/python3.12/asyncio/runners.py", 102),
+            f("run", "/py/lib/python3.12/asyncio/runners.py", 194),
+            f("<module>", "/app/main.py", 3),
+        ];
+        t
+    };
+    let e = &first_callback(Some((0.020, setting_up())), 0.030, 0.200, 0.01);
+    assert!(e.start_seen, "{e:?}");
+    // Began between 20 and 30 ms.
+    assert!((e.start - 1000.025).abs() < 1e-9, "start {}", e.start);
 }

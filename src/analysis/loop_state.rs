@@ -100,6 +100,19 @@ pub fn outside_any_loop(frames: &[Frame]) -> bool {
             .any(|f| is_loop_entry(f) || is_run_once(f) || is_handle_run(f))
 }
 
+/// Whether a stack shows its thread outside the dispatch of any pure-Python loop: it has
+/// frames, and neither `_run_once` nor `Handle._run` is among them. Such a thread may be
+/// inside `asyncio.run` before its loop starts (setting signal handlers), but runs no callback
+/// of a selector loop, whose callbacks all run under `_run_once`.
+pub fn outside_python_dispatch(frames: &[Frame]) -> bool {
+    !frames.is_empty() && !frames.iter().any(|f| is_run_once(f) || is_handle_run(f))
+}
+
+/// Whether a stack shows a pure-Python loop's iteration (`_run_once`) on it.
+pub fn in_python_loop(frames: &[Frame]) -> bool {
+    frames.iter().any(is_run_once)
+}
+
 /// The selector's wait: the top of an idle selector loop's stack.
 fn is_selector_wait(f: &Frame) -> bool {
     file_is(f, "selectors.py") || (file_is(f, "asyncio/base_events.py") && is_run_once(f))
