@@ -98,14 +98,33 @@ struct Pairing {
     /// starvation open through the poll, so the next wait is reported however short the busy
     /// time before it.
     after_poll: bool,
+    /// When the current epoll wait's timeout expires (ns): its entry plus its timeout.
+    deadline: Option<u64>,
+    /// The last epoll wait timed out at this deadline (ns) and returned only at this later
+    /// time, the thread having waited for a CPU (or its virtual CPU for the host) in between.
+    late_wake: Option<(u64, u64)>,
 }
 
 impl Pairing {
     /// One record; events go to `out` as (ns, kind).
     fn record(&mut self, r: &Record, min_gap: u64, out: &mut Vec<(u64, LoopEventKind)>) {
-        if matches!(r.call, Call::EpollEnter | Call::EpollPoll | Call::EpollExit) {
+        let epoll = matches!(
+            r.call,
+            Call::EpollEnter
+                | Call::EpollWait { .. }
+                | Call::EpollPoll
+                | Call::EpollExit
+                | Call::EpollTimedOut
+        );
+        if epoll {
             self.busy_before = None;
         }
+        // Only the record right after the late return may use it (a futex return of another
+        // lock, whose wait is not traced, does not count).
+        let late_wake = match r.call {
+            Call::FutexExit => self.late_wake,
+            _ => self.late_wake.take(),
+        };
         // A GIL wait ends at its futex's return unless another wait follows at once.
         if let (Some(_), Some(last)) = (self.gil_since, self.gil_last_exit) {
             let continues = matches!(r.call, Call::FutexWait { .. })
@@ -115,12 +134,25 @@ impl Pairing {
             }
         }
         match r.call {
-            Call::EpollExit => {
+            Call::EpollExit | Call::EpollTimedOut => {
                 if !self.busy_reported && self.pending_busy.is_none() {
                     self.pending_busy = Some(r.time_ns);
                 }
+                if r.call == Call::EpollTimedOut {
+                    self.late_wake = self
+                        .deadline
+                        .filter(|d| *d < r.time_ns)
+                        .map(|d| (d, r.time_ns));
+                }
+                self.deadline = None;
             }
-            Call::EpollEnter | Call::EpollPoll => {
+            Call::EpollEnter | Call::EpollWait { .. } | Call::EpollPoll => {
+                self.deadline = match r.call {
+                    Call::EpollWait { timeout_ms } => {
+                        Some(r.time_ns + u64::from(timeout_ms) * 1_000_000)
+                    }
+                    _ => None,
+                };
                 if let Some(since) = self.gil_since {
                     // Never reached: a GIL wait ends before the thread can call epoll.
                     self.end_gil(self.gil_last_exit.unwrap_or(since), min_gap, out);
@@ -163,6 +195,19 @@ impl Pairing {
                 if self.gil_since.is_none() {
                     self.gil_since = Some(r.time_ns);
                     self.gil_reported = false;
+                    // Woken by its timeout, run again only later, and then straight into a
+                    // wait for the GIL: the loop was due to run at the deadline, and the GIL
+                    // was still held when it got a CPU. Its starvation began at the deadline,
+                    // not when the kernel next ran it: a heartbeat timer in the target, due
+                    // then, measures the same (a 2 ms wait that returned 11 ms late on an idle
+                    // virtual CPU put a GIL starvation's start 9 ms late).
+                    if let Some((deadline, exit)) = late_wake {
+                        let straight = r.time_ns.saturating_sub(exit) <= GIL_SLICE_GAP_NS;
+                        if straight && self.pending_busy == Some(exit) {
+                            self.pending_busy = Some(deadline);
+                            self.gil_since = Some(deadline);
+                        }
+                    }
                 }
                 self.gil_last_exit = None;
             }
@@ -545,6 +590,59 @@ mod tests {
         assert_eq!(out, vec![(5_000_000, K::Busy)]);
         p.record(&rec(80.0, EpollEnter), 1_000_000, &mut out);
         assert_eq!(out[1], (80_000_000, K::Idle));
+    }
+
+    /// A 2 ms wait that timed out but ran again only 11 ms later, then waited at once for the
+    /// GIL: the starvation began at the deadline. Woken by an fd (an unknown time), returned
+    /// on time, or running Python before the GIL wait: it began at the return.
+    #[test]
+    fn a_late_timed_out_wait_starves_from_its_deadline() {
+        let starved = |exit: Call, futex_at: f64| {
+            pair(
+                &[
+                    rec(10.0, EpollWait { timeout_ms: 2 }),
+                    rec(21.0, exit),
+                    rec(futex_at, FutexWait { uaddr: 1 }),
+                    rec(180.0, FutexExit),
+                    rec(181.0, EpollEnter),
+                ],
+                None,
+            )
+        };
+        assert_eq!(
+            starved(EpollTimedOut, 21.01),
+            vec![
+                (10.0, K::Idle),
+                (12.0, K::Busy),
+                (12.0, K::GilWait),
+                (180.0, K::GilTaken),
+                (181.0, K::Idle)
+            ]
+        );
+        for (exit, futex_at) in [(EpollExit, 21.01), (EpollTimedOut, 22.0)] {
+            assert_eq!(
+                starved(exit, futex_at),
+                vec![
+                    (10.0, K::Idle),
+                    (21.0, K::Busy),
+                    (futex_at, K::GilWait),
+                    (180.0, K::GilTaken),
+                    (181.0, K::Idle)
+                ],
+                "{exit:?}, GIL wait at {futex_at} ms"
+            );
+        }
+        let on_time = pair(
+            &[
+                rec(10.0, EpollWait { timeout_ms: 2 }),
+                rec(12.0, EpollTimedOut),
+                rec(12.01, FutexWait { uaddr: 1 }),
+                rec(180.0, FutexExit),
+                rec(181.0, EpollEnter),
+            ],
+            None,
+        );
+        assert_eq!(on_time[1], (12.0, K::Busy));
     }
 
     #[test]

@@ -8,9 +8,9 @@
 //! are versioned by `size`): `struct perf_event_attr` (we use `PERF_ATTR_SIZE_VER5`, 112 bytes,
 //! kernel 4.1+ is needed for `use_clockid`), `struct perf_event_mmap_page` (the ring buffer's
 //! control page: `data_head` at 1024, `data_tail` at 1032) and the `PERF_RECORD_SAMPLE` body
-//! for our `sample_type` (IDENTIFIER, TID, TIME and, for the futex and epoll_wait/epoll_pwait
-//! entries, RAW). Tracepoint ids and the entries' field offsets come from tracefs
-//! (`events/syscalls/*/{id,format}`).
+//! for our `sample_type` (IDENTIFIER, TID, TIME and, for the futex entry, the epoll_wait and
+//! epoll_pwait entries and the epoll returns, RAW). Tracepoint ids and the field offsets
+//! (`uaddr`, `op`, `timeout`, `ret`) come from tracefs (`events/syscalls/*/{id,format}`).
 //!
 //! Everything here fails softly: any refusal (no tracefs, EACCES/EPERM from the kernel, a
 //! seccomp filter) is an error with a one-line reason, and the caller falls back to /proc.
@@ -88,14 +88,21 @@ const _: () = assert!(std::mem::size_of::<Attr>() == ATTR_SIZE as usize);
 /// What one traced call did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Call {
-    /// Entered `epoll_wait`, `epoll_pwait` or `epoll_pwait2` to wait: the loop goes idle.
+    /// Entered `epoll_wait`, `epoll_pwait` or `epoll_pwait2` to wait, with no timeout or one
+    /// not in the record: the loop goes idle.
     EpollEnter,
+    /// Entered `epoll_wait` or `epoll_pwait` to wait at most `timeout_ms` (> 0) milliseconds:
+    /// the loop goes idle until an fd is ready or that timeout (its next timer) expires.
+    EpollWait { timeout_ms: u32 },
     /// Entered `epoll_wait` or `epoll_pwait` with a zero timeout: the call returns at once, so
     /// the loop has work waiting (asyncio polls so when its ready queue is not empty or a timer
     /// is already due). It does not go idle, whatever the call then takes.
     EpollPoll,
     /// Returned from one: the loop has work.
     EpollExit,
+    /// Returned 0 from a wait whose return value is in the record: its timeout expired (no fd
+    /// was ready), so the thread was woken at its entry plus the timeout, whenever it ran again.
+    EpollTimedOut,
     /// Started a futex wait on `uaddr` (other futex commands are not reported).
     FutexWait { uaddr: u64 },
     /// A futex call returned.
@@ -121,7 +128,10 @@ enum Point {
     EpollEnterTimeout {
         at: usize,
     },
-    EpollExit,
+    /// An epoll return; its `long ret` is at `ret_at` of the raw record when the format has it.
+    EpollExit {
+        ret_at: Option<usize>,
+    },
     FutexEnter,
     FutexExit,
 }
@@ -202,8 +212,11 @@ impl Tracepoints {
                     Some(at) => Point::EpollEnterTimeout { at },
                     None => Point::EpollEnter,
                 };
+                let ret_at = fs::read_to_string(dir.join(format!("sys_exit_{call}/format")))
+                    .ok()
+                    .and_then(|f| field_offset(&f, "ret"));
                 points.push((enter, point));
-                points.push((exit, Point::EpollExit));
+                points.push((exit, Point::EpollExit { ret_at }));
             }
         }
         if points.is_empty() {
@@ -414,7 +427,12 @@ impl ThreadTrace {
                 continue;
             }
             let mut sample_type = SAMPLE_IDENTIFIER | SAMPLE_TID | SAMPLE_TIME;
-            if matches!(point, Point::FutexEnter | Point::EpollEnterTimeout { .. }) {
+            if matches!(
+                point,
+                Point::FutexEnter
+                    | Point::EpollEnterTimeout { .. }
+                    | Point::EpollExit { ret_at: Some(_) }
+            ) {
                 sample_type |= SAMPLE_RAW;
             }
             let attr = Attr {
@@ -526,8 +544,8 @@ fn u64_at(b: &[u8], off: usize) -> Option<u64> {
 
 /// Parse the records copied out of a ring buffer: `struct perf_event_header { u32 type; u16
 /// misc; u16 size; }`, then for samples `u64 id; u32 pid, tid; u64 time;` and for the futex
-/// and timed epoll entries `u32 size; u8 data[size]` (the tracepoint's raw record). Returns the count of lost
-/// records reported by `PERF_RECORD_LOST { header; u64 id; u64 lost; }`. A malformed record
+/// entry, the timed epoll entries and the epoll returns `u32 size; u8 data[size]` (the
+/// tracepoint's raw record). Returns the count of lost records reported by `PERF_RECORD_LOST { header; u64 id; u64 lost; }`. A malformed record
 /// ends the parse (nothing after it can be framed).
 fn parse_records(
     buf: &[u8],
@@ -564,11 +582,21 @@ fn parse_records(
                     Point::EpollEnter => Call::EpollEnter,
                     // The int's low 32 bits (the kernel stores the argument as a long). An
                     // unreadable record is taken for a wait, as before timeouts were read.
-                    Point::EpollEnterTimeout { at } => match u64_at(raw, at) {
-                        Some(t) if t as u32 == 0 => Call::EpollPoll,
-                        _ => Call::EpollEnter,
+                    Point::EpollEnterTimeout { at } => {
+                        match u64_at(raw, at).map(|t| t as u32 as i32) {
+                            Some(0) => Call::EpollPoll,
+                            Some(t) if t > 0 => Call::EpollWait {
+                                timeout_ms: t as u32,
+                            },
+                            _ => Call::EpollEnter,
+                        }
+                    }
+                    // The long's value: 0 is a timeout; events, errors (EINTR) or an unreadable
+                    // record say nothing of when the thread was woken.
+                    Point::EpollExit { ret_at } => match ret_at.and_then(|at| u64_at(raw, at)) {
+                        Some(0) => Call::EpollTimedOut,
+                        _ => Call::EpollExit,
                     },
-                    Point::EpollExit => Call::EpollExit,
                     Point::FutexExit => Call::FutexExit,
                     Point::FutexEnter => {
                         let (Some(uaddr), Some(op)) = (u64_at(raw, uaddr_at), u64_at(raw, op_at))

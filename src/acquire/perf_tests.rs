@@ -40,7 +40,8 @@ fn epoll_raw(timeout: i64) -> Vec<u8> {
 const IDS: &[(u64, Point)] = &[
     (11, Point::EpollEnter),
     (15, Point::EpollEnterTimeout { at: 40 }),
-    (12, Point::EpollExit),
+    (12, Point::EpollExit { ret_at: None }),
+    (16, Point::EpollExit { ret_at: Some(16) }),
     (13, Point::FutexEnter),
     (14, Point::FutexExit),
 ];
@@ -73,8 +74,8 @@ fn parses_epoll_and_futex_records() {
     assert!(got.iter().all(|r| r.tid == 7));
 }
 
-/// An epoll_wait entry with a zero timeout is a poll; -1 (forever) and 5 ms are waits, and so
-/// is an entry whose raw record is missing.
+/// An epoll_wait entry with a zero timeout is a poll; 5 ms is a wait that ends by then at the
+/// latest; -1 (forever) and an entry whose raw record is missing are waits of unknown end.
 #[test]
 fn a_zero_timeout_is_a_poll() {
     let mut buf = sample(15, 7, 1_000, Some(&epoll_raw(0)));
@@ -89,9 +90,37 @@ fn a_zero_timeout_is_a_poll() {
         vec![
             Call::EpollPoll,
             Call::EpollEnter,
-            Call::EpollEnter,
+            Call::EpollWait { timeout_ms: 5 },
             Call::EpollEnter,
             Call::EpollEnter
+        ]
+    );
+}
+
+/// An epoll return of 0 is a timeout; events, an error (-EINTR) or a record without its
+/// return value are plain returns.
+#[test]
+fn a_zero_return_is_a_timeout() {
+    let ret = |r: i64| {
+        let mut raw = vec![0u8; 24];
+        raw[16..24].copy_from_slice(&r.to_ne_bytes());
+        raw
+    };
+    let mut buf = sample(16, 7, 1_000, Some(&ret(0)));
+    buf.extend(sample(16, 7, 2_000, Some(&ret(3))));
+    buf.extend(sample(16, 7, 3_000, Some(&ret(-4))));
+    buf.extend(sample(16, 7, 4_000, Some(&[0u8; 8])));
+    buf.extend(sample(12, 7, 5_000, None));
+    let (got, _) = parse(&buf);
+    let calls: Vec<Call> = got.iter().map(|r| r.call).collect();
+    assert_eq!(
+        calls,
+        vec![
+            Call::EpollTimedOut,
+            Call::EpollExit,
+            Call::EpollExit,
+            Call::EpollExit,
+            Call::EpollExit
         ]
     );
 }
@@ -221,7 +250,11 @@ fn tracing_begins_on_entry_and_exit_at_once() {
         let first_entry = calls.iter().position(|c| *c == Call::EpollPoll);
         let paired = calls[first_entry.unwrap_or(calls.len())..]
             .chunks(2)
-            .all(|p| p[0] == Call::EpollPoll && p.get(1).is_none_or(|c| *c == Call::EpollExit));
+            .all(|p| {
+                p[0] == Call::EpollPoll
+                    && p.get(1)
+                        .is_none_or(|c| matches!(c, Call::EpollExit | Call::EpollTimedOut))
+            });
         if !paired {
             torn += 1;
         }

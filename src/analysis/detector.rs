@@ -73,8 +73,9 @@ struct Track {
     /// The open run is the loop starved of the GIL, and the kernel saw it poll (`Poll`) while
     /// it lasted: the `Busy` of that poll's return continues it.
     through_poll: bool,
-    /// When it last polled, while no stack sample has seen it starved since: where a callback
-    /// that a sample then finds running began (the loop dispatched it after that poll).
+    /// When the starved loop last got the GIL or polled, while no stack sample has seen it
+    /// starved since: where a callback that a sample then finds running began (the loop
+    /// dispatched it after that event).
     polled: Option<f64>,
 }
 

@@ -469,6 +469,25 @@ fn a_callback_after_a_starved_poll_begins_at_the_poll() {
     assert!(eps.iter().all(exact), "{eps:#?}");
 }
 
+/// A 3.10 recording (gil_base64.py): the loop got the GIL back at 0.1588, and the next tick,
+/// 9 ms late, found the heartbeat's step running. The starvation ended when the loop took the
+/// GIL, exactly, not in the middle of the late tick's gap.
+#[test]
+fn a_starvation_ends_when_the_loop_takes_the_gil() {
+    let mut samples = vec![events(&[(0.0, Traced), (0.0, Busy), (0.0001, GilWait)])];
+    for i in 1..15 {
+        samples.push(stack(0.01 * i as f64, starved(5, 0)));
+    }
+    samples.push(events(&[(0.1588, GilTaken)]));
+    samples.push(stack(0.1590, thread(Some("beat"), 5, "running", false)));
+    samples.push(events(&[(0.1591, Poll), (0.1592, Idle)]));
+    let (eps, _) = run(&samples);
+    assert_eq!(eps.len(), 1, "{eps:#?}");
+    assert_eq!(eps[0].kind, "gil");
+    assert!((eps[0].duration_ms - 158.8).abs() < 1e-6, "{eps:#?}");
+    assert!(exact(&eps[0]), "{eps:#?}");
+}
+
 /// A poll ends an ordinary callback exactly, as an epoll wait does, and the next callback
 /// begins at the poll's entry: a loop thread that waited 7 ms for a CPU inside the poll was
 /// not idle then.
