@@ -208,8 +208,9 @@ fn track_runs(
 }
 
 /// Finds new processes to sample (worker processes started after attaching); called every
-/// `DISCOVER_EVERY` with the pids already sampled.
-pub type Discover<'a> = dyn FnMut(&[u32]) -> Vec<Box<dyn SampleSource + Send>> + 'a;
+/// `DISCOVER_EVERY` with the pids already sampled. Each comes with the line to print once its
+/// first sample is read and its loops are traced (the handshake users and tests wait for).
+pub type Discover<'a> = dyn FnMut(&[u32]) -> Vec<(Box<dyn SampleSource + Send>, String)> + 'a;
 
 /// How often `Discover` is asked for new processes (it only collects what a finder thread
 /// attached, so it is cheap).
@@ -246,6 +247,9 @@ struct Slot<'s> {
     kernel: kernel::KernelSlot,
     /// Since when (and when last tried) the process's new program is waited for.
     reattaching: Option<(Instant, Instant)>,
+    /// The line saying the process is followed, printed after its first sample (see
+    /// [`Discover`]).
+    announce: Option<String>,
 }
 
 /// What one tick of one process gave.
@@ -280,6 +284,7 @@ impl<'s> Slot<'s> {
             consecutive: 0,
             kernel: kernel::KernelSlot::new(clock),
             reattaching: None,
+            announce: None,
         }
     }
 
@@ -648,7 +653,7 @@ pub fn run_tree<'s>(
                         let pid = slots[i].source.pid();
                         sink(events_sample(now.0, now.1, pid, events), &stats)?;
                     }
-                    if let Some(line) = told.take() {
+                    for line in told.take().into_iter().chain(slots[i].announce.take()) {
                         crate::output::escape::print_err(&line);
                     }
                     i += 1;
@@ -710,9 +715,11 @@ pub fn run_tree<'s>(
             if tick - last_discover >= DISCOVER_EVERY {
                 last_discover = tick;
                 let known: Vec<u32> = slots.iter().map(|s| s.source.pid()).collect();
-                for s in d(&known) {
+                for (s, line) in d(&known) {
                     let clock = kernel::make_clock(limits, start, &mut stats)?;
-                    slots.push(Slot::new(s, clock));
+                    let mut slot = Slot::new(s, clock);
+                    slot.announce = Some(line);
+                    slots.push(slot);
                 }
             }
         }

@@ -80,9 +80,10 @@ impl WorkerFinder {
         self
     }
 
-    /// The Python descendants attached since the last call; the first call starts the finder
-    /// thread, which skips `known` (the pids already sampled).
-    pub fn discover(&mut self, known: &[u32]) -> Vec<Box<dyn SampleSource + Send>> {
+    /// The Python descendants attached since the last call, each with the line that says it
+    /// is followed (printed by the sampler once its first sample is read); the first call
+    /// starts the finder thread, which skips `known` (the pids already sampled).
+    pub fn discover(&mut self, known: &[u32]) -> Vec<(Box<dyn SampleSource + Send>, String)> {
         if self.found.is_none() {
             let (tx, rx) = mpsc::channel();
             let (root, requests, stop) = (self.root, self.read_requests, self.stop.clone());
@@ -100,13 +101,12 @@ impl WorkerFinder {
         };
         rx.try_iter()
             .map(|f| {
-                // Said once the sampler has it: from the next tick on, its samples are taken.
-                crate::output::escape::print_err(&format!(
+                let line = format!(
                     "loopspy: following worker process {} ({})",
                     f.pid,
                     crate::output::escape::escape(&f.command)
-                ));
-                f.spy
+                );
+                (f.spy, line)
             })
             .collect()
     }
