@@ -184,6 +184,7 @@ mod tests {
                 task: None,
                 coroutine: None,
                 timers: None,
+                timer_overdue_us: None,
                 request: None,
                 frames: vec![Frame {
                     function: "f".into(),

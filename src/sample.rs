@@ -95,6 +95,11 @@ pub struct ThreadSample {
     /// The loop's pending timers (`len(loop._scheduled)`), when readable (not on uvloop).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timers: Option<u64>,
+    /// While the loop waits for the GIL outside any callback: how long its earliest timer had
+    /// been due when this sample read it, in µs (`TimerHandle._when` against CLOCK_MONOTONIC).
+    /// `None` otherwise, or when no timer was due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timer_overdue_us: Option<u64>,
     /// The thread stopped running its event loop since the previous sample (and may have
     /// started a new one, given by `event_loop`): whatever it ran in the old loop is over.
     /// Seen by asyncio's running-loop slot changing (`asyncio.run` returned or was called again).

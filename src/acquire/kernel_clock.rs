@@ -108,15 +108,7 @@ struct Pairing {
 impl Pairing {
     /// One record; events go to `out` as (ns, kind).
     fn record(&mut self, r: &Record, min_gap: u64, out: &mut Vec<(u64, LoopEventKind)>) {
-        let epoll = matches!(
-            r.call,
-            Call::EpollEnter
-                | Call::EpollWait { .. }
-                | Call::EpollPoll
-                | Call::EpollExit
-                | Call::EpollTimedOut
-        );
-        if epoll {
+        if r.call.is_epoll_wait() || r.call.is_epoll_exit() || r.call == Call::EpollPoll {
             self.busy_before = None;
         }
         // Only the record right after the late return may use it (a futex return of another

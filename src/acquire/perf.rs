@@ -109,6 +109,18 @@ pub enum Call {
     FutexExit,
 }
 
+impl Call {
+    /// An epoll return, whatever it returned.
+    pub fn is_epoll_exit(self) -> bool {
+        matches!(self, Call::EpollExit | Call::EpollTimedOut)
+    }
+
+    /// An epoll entry that waits (not a poll), with or without a known timeout.
+    pub fn is_epoll_wait(self) -> bool {
+        matches!(self, Call::EpollEnter | Call::EpollWait { .. })
+    }
+}
+
 /// One record of the ring buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Record {

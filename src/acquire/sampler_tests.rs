@@ -119,6 +119,7 @@ impl Busy {
             task: None,
             coroutine: None,
             timers: None,
+            timer_overdue_us: None,
             request: None,
             frames: Vec::new(),
         }
@@ -277,6 +278,7 @@ fn loop_thread(tid: u32) -> ThreadSample {
         task: None,
         coroutine: None,
         timers: None,
+        timer_overdue_us: None,
         request: None,
         frames: Vec::new(),
     }

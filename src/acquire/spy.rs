@@ -449,6 +449,7 @@ impl Spy {
                 task: None,
                 coroutine: None,
                 timers: None,
+                timer_overdue_us: None,
                 request: None,
                 frames: Vec::new(),
             });
@@ -489,6 +490,7 @@ impl Spy {
                 task: None,
                 coroutine: None,
                 timers: None,
+                timer_overdue_us: None,
                 request: None,
                 frames: Vec::new(),
             })
@@ -599,41 +601,44 @@ impl Spy {
                 .and_then(|l| l.ready)
                 .and_then(|d| self.scanner.read_ready(&mem, d))
                 .map(|(len, state)| ReadyQueue { len, state });
-            let (task, coroutine, timers, request) = match (self.asyncio.as_mut(), &t.running_loop)
-            {
-                (Some(a), Some(l)) => {
-                    let timers = match extras {
-                        Extras::TaskAndTimers => a.timers(&mem, l.address),
-                        Extras::Task => None,
-                    };
-                    // The request the running task serves, read from this thread's frames
-                    // (`remote::request`); `ready`'s counter tells one callback from the next.
-                    // The task record is read after the stack: when the loop stepped another
-                    // task in between, the record is not this stack's and is dropped.
-                    let walked = self.stacks.walked_outside_chunks(t.tstate);
-                    let running = a
-                        .current_task(&mem, t.tstate, l.address)
-                        .filter(|c| a.runs_in(&mem, c, walked));
-                    let request = match &running {
-                        Some(c) if self.read_requests => {
-                            a.request(&mem, t.tstate, c.address, ready.map(|q| q.state))
+            let (task, coroutine, timers, timer_overdue_us, request) =
+                match (self.asyncio.as_mut(), &t.running_loop) {
+                    (Some(a), Some(l)) => {
+                        let timers = match extras {
+                            Extras::TaskAndTimers => a.timers(&mem, l.address),
+                            Extras::Task => None,
+                        };
+                        // The request the running task serves, read from this thread's frames
+                        // (`remote::request`); `ready`'s counter tells one callback from the next.
+                        // The task record is read after the stack: when the loop stepped another
+                        // task in between, the record is not this stack's and is dropped.
+                        let walked = self.stacks.walked_outside_chunks(t.tstate);
+                        let running = a
+                            .current_task(&mem, t.tstate, l.address)
+                            .filter(|c| a.runs_in(&mem, c, walked));
+                        let request = match &running {
+                            Some(c) if self.read_requests => {
+                                a.request(&mem, t.tstate, c.address, ready.map(|q| q.state))
+                            }
+                            _ => None,
+                        };
+                        // Waiting for the GIL outside any callback: its due timer, and the task
+                        // that timer will step (the starved one; see `remote::waiting`).
+                        let now = monotonic_now();
+                        let due = match running {
+                            None if waits_outside_callback(&os, &frames) => {
+                                a.due_timer(&mem, l.address, now)
+                            }
+                            _ => None,
+                        };
+                        let overdue = due.as_ref().map(|d| ((now - d.when).max(0.0) * 1e6) as u64);
+                        match running.or_else(|| due.and_then(|d| d.task)) {
+                            Some(c) => (c.name, c.coroutine, timers, overdue, request),
+                            None => (None, None, timers, overdue, request),
                         }
-                        _ => None,
-                    };
-                    let current = running.or_else(|| {
-                        // Waiting for the GIL outside any callback: the task it will step
-                        // for its due timer (the starved one; see `remote::waiting`).
-                        waits_outside_callback(&os, &frames)
-                            .then(|| a.due_timer_task(&mem, l.address, monotonic_now()))
-                            .flatten()
-                    });
-                    match current {
-                        Some(c) => (c.name, c.coroutine, timers, request),
-                        None => (None, None, timers, request),
                     }
-                }
-                _ => (None, None, None, None),
-            };
+                    _ => (None, None, None, None, None),
+                };
             let active = os.as_ref().is_none_or(|o| matches!(o.state, 'R' | 'D'));
             out.push(ThreadSample {
                 gc: false,
@@ -648,6 +653,7 @@ impl Spy {
                 task,
                 coroutine,
                 timers,
+                timer_overdue_us,
                 request,
                 frames,
             });

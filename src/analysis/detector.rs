@@ -77,6 +77,9 @@ struct Track {
     /// starved since: where a callback that a sample then finds running began (the loop
     /// dispatched it after that event).
     polled: Option<f64>,
+    /// When the kernel last saw the loop enter an epoll wait (`Idle`), until the wait's return
+    /// opens a run (which keeps it as `Run::waited_since`).
+    idle_since: Option<f64>,
 }
 
 /// What one loop thread is doing now, for live views (`loopspy top`).

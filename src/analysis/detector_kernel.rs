@@ -24,6 +24,28 @@ fn exact_run(sample: &Sample, t: f64) -> Run {
     run
 }
 
+/// A sample of a GIL starvation that the kernel opened at a wait's return found the loop's
+/// earliest timer due `overdue_us` µs before `now` (seconds). When that was before the loop even
+/// entered the wait, its timeout was stale (worked out before the thread lost its CPU, and
+/// used only when it ran again): the loop was late for its timer through the whole wait, not
+/// idle, and its starvation began at the wait's entry. Seen on 3.12: a timer due at 55.5 ms,
+/// the wait entered at 57.2 ms with the 3 ms worked out at 52.8 ms, and the starvation put at
+/// the wait's return, 60.2 ms. Decided once, at the first sample of the run that read the
+/// timer.
+fn late_wait(run: &mut Run, now: f64, overdue_us: Option<u64>) {
+    let Some(overdue) = overdue_us.map(|us| us as f64 / 1e6) else {
+        return;
+    };
+    let Some(entry) = run.waited_since.take() else {
+        return;
+    };
+    let exact = run.prev == Some(run.first);
+    if exact && now - overdue < entry && entry < run.first {
+        run.first = entry;
+        run.prev = Some(entry);
+    }
+}
+
 impl Detector {
     /// The kernel's events of one sample, in order.
     pub(super) fn feed_events(&mut self, sample: &Sample, out: &mut Vec<Event>) {
@@ -60,7 +82,9 @@ impl Detector {
                     self.remember_loop(key, track.name.clone());
                 }
                 track.idle = false;
-                track.run = Some(exact_run(sample, e.t));
+                let mut run = exact_run(sample, e.t);
+                run.waited_since = track.idle_since.take();
+                track.run = Some(run);
             }
             // An epoll entry before the open run began: the Idle inferred as tracing began,
             // reaching us after the kernel's first exit. The kernel's own records are in order
@@ -98,6 +122,9 @@ impl Detector {
                 track.kernel_seen = true;
                 track.idle = true;
                 track.gil_since = None;
+                // (An `Idle` at the trace's start is not when the wait was entered.)
+                let entered = e.kind == LoopEventKind::Idle && track.traced_at != Some(e.t);
+                track.idle_since = entered.then_some(e.t);
             }
             LoopEventKind::GilWait => track.gil_since = Some(e.t),
             LoopEventKind::GilTaken => {
@@ -222,6 +249,9 @@ impl Detector {
             track.polled = None;
         }
         let run = track.run.as_mut().expect("a run is open");
+        if starved {
+            late_wait(run, sample.mono, thread.timer_overdue_us);
+        }
         if let Some(cb) = cb {
             run.key.get_or_insert(cb);
         }

@@ -48,6 +48,7 @@ fn thread(cb: Option<&str>, ready_state: u64, syscall: &str, gil_wait: bool) -> 
         task: None,
         coroutine: None,
         timers: None,
+        timer_overdue_us: None,
         request: None,
         frames,
     }
@@ -486,6 +487,38 @@ fn a_starvation_ends_when_the_loop_takes_the_gil() {
     assert_eq!(eps[0].kind, "gil");
     assert!((eps[0].duration_ms - 158.8).abs() < 1e-6, "{eps:#?}");
     assert!(exact(&eps[0]), "{eps:#?}");
+}
+
+/// A 3.12 recording (gil_base64.py): the heartbeat's timer was due at 55.5 ms, but the loop,
+/// having worked out its 3 ms timeout at 52.8 ms, lost its CPU and entered the wait only at
+/// 57.2 ms; it returned at 60.2 ms straight into a GIL wait. Late for its timer through the
+/// whole wait, the loop was starved from the wait's entry. A timer due after the entry (a
+/// fresh timeout) leaves the start at the return.
+#[test]
+fn a_wait_entered_after_the_timer_was_due_is_part_of_the_starvation() {
+    let starts = |due: f64| {
+        let mut samples = vec![events(&[
+            (0.0, Traced),
+            (0.0528, Busy),
+            (0.0572, Idle),
+            (0.0602, Busy),
+            (0.0603, GilWait),
+        ])];
+        for i in 0..18 {
+            let t = 0.065 + 0.01 * i as f64;
+            let mut th = starved(5, 0);
+            th.timer_overdue_us = Some(((t - due) * 1e6).round() as u64);
+            samples.push(stack(t, th));
+        }
+        samples.push(events(&[(0.2408, GilTaken), (0.2410, Idle)]));
+        let (eps, _) = run(&samples);
+        assert_eq!(eps.len(), 1, "{eps:#?}");
+        assert_eq!(eps[0].kind, "gil");
+        assert!(exact(&eps[0]), "{eps:#?}");
+        eps[0].start - 1000.0
+    };
+    assert!((starts(0.0555) - 0.0572).abs() < 1e-9);
+    assert!((starts(0.0598) - 0.0602).abs() < 1e-9);
 }
 
 /// A poll ends an ordinary callback exactly, as an epoll wait does, and the next callback

@@ -51,6 +51,7 @@ fn thread(busy: bool, task: Option<(&str, &str)>) -> ThreadSample {
         task: task.map(|t| t.0.to_string()),
         coroutine: task.map(|t| t.1.to_string()),
         timers: Some(2),
+        timer_overdue_us: None,
         request: None,
         frames,
     }

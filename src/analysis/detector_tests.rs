@@ -80,6 +80,7 @@ fn thread(tid: u32, doing: Doing, ready_state: u64) -> ThreadSample {
         task: None,
         coroutine: None,
         timers: None,
+        timer_overdue_us: None,
         request: None,
         frames,
     }

@@ -71,6 +71,7 @@ fn loop_thread(doing: Doing, full: bool, ready_state: u64) -> ThreadSample {
         task: None,
         coroutine: None,
         timers: None,
+        timer_overdue_us: None,
         request: None,
         frames: if full { frames } else { Vec::new() },
     }
@@ -97,6 +98,7 @@ fn hog() -> ThreadSample {
         task: None,
         coroutine: None,
         timers: None,
+        timer_overdue_us: None,
         request: None,
         frames: vec![
             f("decode", "/app/main.py"),

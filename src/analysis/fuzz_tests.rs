@@ -242,6 +242,7 @@ impl Gen {
             task: matches!(l.doing, Doing::Cb(4)).then(|| "Task-7".into()),
             coroutine: matches!(l.doing, Doing::Cb(4)).then(|| "Task-7".into()),
             timers: Some(3),
+            timer_overdue_us: None,
             request: None,
             frames,
         }
@@ -386,6 +387,7 @@ impl Gen {
                 task: None,
                 coroutine: None,
                 timers: None,
+                timer_overdue_us: None,
                 request: None,
                 frames: vec![frame("work", "/app/worker.py", 3)],
             });

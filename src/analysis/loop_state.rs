@@ -274,6 +274,7 @@ mod tests {
             task: None,
             coroutine: None,
             timers: None,
+            timer_overdue_us: None,
             request: None,
             os: syscall.map(|s| OsState {
                 fd: None,

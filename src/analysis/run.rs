@@ -57,6 +57,8 @@ pub struct Run {
     pub tasks: HashMap<Option<(String, Option<String>)>, u32>,
     /// Seconds of the run the kernel saw the thread wait for the GIL (kernel clock only).
     pub gil_secs: f64,
+    /// Kernel clock: when the loop entered the epoll wait whose return opened this run.
+    pub waited_since: Option<f64>,
     /// GIL, GC and fd evidence, for the advice.
     pub evidence: Evidence,
     /// The stack samples in time order, to weigh an episode's stacks by its own time.
@@ -82,6 +84,7 @@ impl Run {
             latest: None,
             tasks: HashMap::new(),
             gil_secs: 0.0,
+            waited_since: None,
             evidence: Evidence::default(),
             timeline: Timeline::default(),
             requests: HashMap::new(),

@@ -324,6 +324,7 @@ mod tests {
             task: None,
             coroutine: None,
             timers: None,
+            timer_overdue_us: None,
             request: None,
             frames: loop_frames(function),
         }

@@ -91,7 +91,7 @@ pub struct AsyncioReader {
     timer_slots: HashMap<u64, Option<u64>>,
     /// `len(sys.modules)` at the last lookup that did not find everything.
     modules_seen: Option<u64>,
-    /// Slot offsets of `TimerHandle`, for `due_timer_task`.
+    /// Slot offsets of `TimerHandle`, for `due_timer`.
     pub(super) handle_slots: super::waiting::HandleSlots,
     /// The request reader's caches (see `request`).
     pub(super) requests: super::request::RequestState,

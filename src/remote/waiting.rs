@@ -97,17 +97,26 @@ fn find_slots<M: Memory + ?Sized>(mem: &M, tp: u64) -> Option<(u64, u64)> {
     None
 }
 
+/// The loop's earliest timer, once it has come due.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DueTimer {
+    /// Its deadline, `TimerHandle._when`: asyncio's `loop.time()`, CLOCK_MONOTONIC seconds.
+    pub when: f64,
+    /// The task it will step, when every link checks out (see the module doc).
+    pub task: Option<CurrentTask>,
+}
+
 impl AsyncioReader {
-    /// The task the loop at `loop_` will step for its earliest timer, when that timer is due
-    /// at `now` (CLOCK_MONOTONIC seconds, asyncio's `loop.time()`) and leads to a task (see
-    /// the module doc); `None` otherwise. About ten small reads; only worth it while the loop
-    /// waits for the GIL outside any callback.
-    pub fn due_timer_task<M: Memory + ?Sized>(
+    /// The earliest timer of the loop at `loop_`, when it is due at `now` (CLOCK_MONOTONIC
+    /// seconds, asyncio's `loop.time()`), and the task it will step; `None` when no timer is
+    /// due or the timer list does not read validly. About ten small reads; only worth it while
+    /// the loop waits for the GIL outside any callback.
+    pub fn due_timer<M: Memory + ?Sized>(
         &mut self,
         mem: &M,
         loop_: u64,
         now: f64,
-    ) -> Option<CurrentTask> {
+    ) -> Option<DueTimer> {
         let tuple_items = self.al.tuple_items;
         let list = self.scheduled_list(mem, loop_)?;
         let b = read_bytes(mem, list, (LIST_ITEMS + 8) as usize)?;
@@ -130,7 +139,18 @@ impl AsyncioReader {
         if when.is_nan() || when > now + DUE_SLACK {
             return None;
         }
-        let args = u64_at(&h, args_at)?;
+        let task = self.timer_task(mem, loop_, u64_at(&h, args_at)?);
+        Some(DueTimer { when, task })
+    }
+
+    /// The task a timer handle whose `_args` is at `args` will step (see the module doc).
+    fn timer_task<M: Memory + ?Sized>(
+        &mut self,
+        mem: &M,
+        loop_: u64,
+        args: u64,
+    ) -> Option<CurrentTask> {
+        let tuple_items = self.al.tuple_items;
         if self.kinds.of_object(mem, args, tuple_items)?.1 != Kind::Other("tuple".into()) {
             return None;
         }

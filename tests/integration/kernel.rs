@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use loopspy::acquire::perf::{Call, Record, ThreadTrace, Tracepoints};
+use loopspy::acquire::perf::{Record, ThreadTrace, Tracepoints};
 
 use crate::support::{
     check_error_bars, duration_tolerance, loop_timed_blocks, loopspy, pythons, repo, tagged, Target,
@@ -77,14 +77,14 @@ fn epoll_boundaries_match_the_targets_clock() {
             // The loop left epoll just before the callback began and re-entered it just after.
             let exit = records
                 .iter()
-                .filter(|r| r.call == Call::EpollExit && r.time_ns <= start)
-                .last()
+                .rev()
+                .find(|r| r.call.is_epoll_exit() && r.time_ns <= start)
                 .unwrap_or_else(|| {
                     panic!("{minor}: no epoll exit before the block {b}: {records:?}")
                 });
             let enter = records
                 .iter()
-                .find(|r| r.call == Call::EpollEnter && r.time_ns >= exit.time_ns)
+                .find(|r| r.call.is_epoll_wait() && r.time_ns >= exit.time_ns)
                 .expect("an epoll entry after the block");
             let lead = (start - exit.time_ns) as f64 / 1e6;
             let trail = enter.time_ns as f64 / 1e6 - end as f64 / 1e6;
