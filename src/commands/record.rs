@@ -148,7 +148,8 @@ pub fn run(args: &RecordArgs) -> Result<()> {
             noted.clone_from(&stats.clock_note);
             eprintln!("loopspy: note: {}", noted.as_deref().unwrap_or_default());
         }
-        // Said once the first sample is in, so scripts (and our tests) can wait for it.
+        // Said once the first sample is in and its loops are traced, so scripts (and our
+        // tests) can wait for it.
         if !announced {
             announced = true;
             crate::output::escape::print_err(&announce);
