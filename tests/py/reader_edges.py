@@ -1,7 +1,8 @@
 """Targets for the reader's edge cases (tests/integration/reader.rs), with the READY / go
 protocol of scenarios.py: the script prints `READY {json}` once its loop runs, waits for a line
 on stdin, runs the scenario, prints one `BLOCK {json}` per blocking call with the duration
-measured inside the target, then exits.
+measured inside the target (and, through loopgap, a `GAP` line per long loop iteration, which
+the tests use as the block's length), then exits.
 
 Usage: python reader_edges.py deep DEPTH     a task recurses DEPTH frames deep, then blocks
                                              300 ms in time.sleep (twice)
@@ -22,6 +23,8 @@ import sys
 import threading
 import time
 
+import loopgap  # noqa: F401  (the loop times its own iterations: GAP lines)
+
 
 def say(tag, **fields):
     # One write: print() writes its pieces separately, and another thread's line (a GIL hog's
@@ -31,7 +34,11 @@ def say(tag, **fields):
 
 
 def report(name, t0):
-    say("BLOCK", name=name, ms=(time.monotonic() - t0) * 1000.0, tid=threading.get_native_id())
+    # `t0` pairs the block with the loop's own GAP around it (tests/py/loopgap.py): that whole
+    # callback is what an episode measures, with any time the loop thread waited for a CPU
+    # before `t0` or after this line.
+    say("BLOCK", name=name, ms=(time.monotonic() - t0) * 1000.0, t0=t0,
+        tid=threading.get_native_id())
 
 
 def dive(n, then):
