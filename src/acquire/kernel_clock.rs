@@ -589,11 +589,11 @@ mod tests {
     /// on time, or running Python before the GIL wait: it began at the return.
     #[test]
     fn a_late_timed_out_wait_starves_from_its_deadline() {
-        let starved = |exit: Call, futex_at: f64| {
+        let starved_at = |exit: Call, exit_at: f64, futex_at: f64| {
             pair(
                 &[
                     rec(10.0, EpollWait { timeout_ms: 2 }),
-                    rec(21.0, exit),
+                    rec(exit_at, exit),
                     rec(futex_at, FutexWait { uaddr: 1 }),
                     rec(180.0, FutexExit),
                     rec(181.0, EpollEnter),
@@ -601,6 +601,7 @@ mod tests {
                 None,
             )
         };
+        let starved = |exit: Call, futex_at: f64| starved_at(exit, 21.0, futex_at);
         assert_eq!(
             starved(EpollTimedOut, 21.01),
             vec![
@@ -624,16 +625,7 @@ mod tests {
                 "{exit:?}, GIL wait at {futex_at} ms"
             );
         }
-        let on_time = pair(
-            &[
-                rec(10.0, EpollWait { timeout_ms: 2 }),
-                rec(12.0, EpollTimedOut),
-                rec(12.01, FutexWait { uaddr: 1 }),
-                rec(180.0, FutexExit),
-                rec(181.0, EpollEnter),
-            ],
-            None,
-        );
+        let on_time = starved_at(EpollTimedOut, 12.0, 12.01);
         assert_eq!(on_time[1], (12.0, K::Busy));
     }
 
