@@ -181,12 +181,14 @@ pub fn clock_args() -> Vec<String> {
 }
 
 /// The BLOCK lines of a target's output, each timed as the loop saw it when the target imports
-/// `tests/py/loopgap.py`: the GAP of the same thread (from a selector return to the next
-/// selector call) that contains the block's `t0` replaces `ms` (and shifts `start`), and the
-/// call's own time is kept as `call_ms`. That gap is what an episode is: the whole callback, with
-/// the GIL hand-offs and CPU waits around the blocking call, which the call's own timing misses
-/// on a loaded machine. Blocks without a matching GAP (uvloop, a thread's loop without one) keep
-/// the call's time.
+/// `tests/py/loopgap.py`: the GAP of the block's loop thread (`loop_tid`, else the block's own
+/// `tid`; from a selector return to the next selector call) that contains the block's `t0`
+/// replaces `ms` (and shifts `start`), and the call's own time is kept as `call_ms`. That gap is
+/// what an episode is: the whole callback, with the GIL hand-offs and CPU waits around the
+/// blocking call, which the call's own timing misses on a loaded machine. A block run by another
+/// thread (a GIL holder) names the loop it stalls in `loop_tid`: its call is not the loop's
+/// stall, which ends when the holder first lets the GIL go. Blocks without a matching GAP
+/// (uvloop, a thread's loop without one) keep the call's time.
 pub fn loop_timed_blocks(lines: &[String]) -> Vec<Value> {
     let gaps: Vec<Value> = lines.iter().filter_map(|l| tagged(l, "GAP")).collect();
     lines
@@ -194,9 +196,13 @@ pub fn loop_timed_blocks(lines: &[String]) -> Vec<Value> {
         .filter_map(|l| tagged(l, "BLOCK"))
         .map(|mut block| {
             let t0 = block["t0"].as_f64();
+            let tid = match &block["loop_tid"] {
+                Value::Null => block["tid"].clone(),
+                tid => tid.clone(),
+            };
             let gap = t0.and_then(|t0| {
                 gaps.iter().find(|g| {
-                    g["tid"] == block["tid"]
+                    g["tid"] == tid
                         && g["start"].as_f64().is_some_and(|s| s <= t0)
                         && g["end"].as_f64().is_some_and(|e| e >= t0)
                 })
