@@ -85,10 +85,23 @@ def block_regex_compiled():
         PATTERN.match(STATE["text"])  # CAUSE regex_compiled
 
 
-def big_heap():
-    # About 100-200 ms per full collection on 3.8-3.15 here: well past the 50 ms threshold (150k
-    # objects took 25-50 ms, and a collection under the threshold is rightly no episode).
-    return [[i, {"k": i}, (i,)] for i in range(600_000)]
+def heap_taking(seconds):
+    """A heap whose one full collection takes `seconds` or a little more here (the best of two
+    timings). Collection speed differs 2x between builds (600k entries took 42 ms on Debian's
+    3.11, 90 ms on one 3.14), so a fixed size can fall under the 50 ms threshold. One call, not
+    a loop of them: `gil_gc` needs one collection that holds the GIL throughout."""
+    heap, size = [], 600_000
+    for _ in range(8):
+        heap.extend([i, {"k": i}, (i,)] for i in range(len(heap), size))
+        took = []
+        for _ in range(2):
+            t0 = time.perf_counter()
+            gc.collect()
+            took.append(time.perf_counter() - t0)
+        if min(took) >= seconds:
+            break
+        size = int(size * min(4.0, 1.3 * seconds / max(min(took), 1e-4)))
+    return heap
 
 
 def block_gc():
@@ -281,19 +294,25 @@ def block_self_call_socket():
 
 # --- a driver under an ORM -----------------------------------------------------------------
 
+# One run took 47 ms on Debian's builds and 72 ms on pyenv's, so the blockers repeat it for
+# 150 ms.
 CTE = ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 400000) "
        "SELECT sum(x) FROM c")
 
 
 def block_sqlalchemy_session():
     Session, text = STATE["Session"], STATE["text"]
+    t_end = until()
     with Session(STATE["engine"]) as session:
-        session.execute(text(CTE)).scalar()  # CAUSE sqlalchemy_session
+        while time.monotonic() < t_end:
+            session.execute(text(CTE)).scalar()  # CAUSE sqlalchemy_session
 
 
 def block_sqlalchemy_core():
+    t_end = until()
     with STATE["file_engine"].connect() as conn:
-        conn.execute(STATE["text"](CTE)).scalar()  # CAUSE sqlalchemy_core
+        while time.monotonic() < t_end:
+            conn.execute(STATE["text"](CTE)).scalar()  # CAUSE sqlalchemy_core
 
 
 def block_sqlalchemy_postgres():
@@ -444,7 +463,7 @@ async def setup(name, port):
     elif name == "gil_regex":
         STATE["long_text"] = backtracking_text(0.12)
     elif name in ("gc", "gc_flag", "gil_gc"):
-        STATE["heap"] = big_heap()
+        STATE["heap"] = heap_taking(0.1)
     elif name == "import":
         write_heavy_module()
     elif name == "base64":

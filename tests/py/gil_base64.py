@@ -12,7 +12,12 @@ length in ms:
   selector then and wants the GIL) and ends when the heartbeat runs again;
 - a heartbeat step that itself took long (the loop lost the GIL inside it) is part of the stall.
 
-Usage: python gil_base64.py [MEGABYTES] [DECODES]
+Usage: python gil_base64.py [SIZE] [DECODES]
+
+SIZE is the blob's size in megabytes (default 40), or a time such as `150ms`: a blob whose one
+decode takes at least that long here. Decoding speed differs 10x between builds (40 MB took
+32 ms on Debian's 3.15, 61 ms on pyenv's 3.9, 108 ms on pyenv's 3.13, on one machine), so only
+a time keeps every stall past the 50 ms threshold.
 """
 import asyncio
 import base64
@@ -27,12 +32,18 @@ try:
 except AttributeError:  # pragma: no cover
     native_id = threading.get_ident
 
-MB = float(sys.argv[1]) if len(sys.argv) > 1 else 40
+SIZE = sys.argv[1] if len(sys.argv) > 1 else "40"
 DECODES = int(sys.argv[2]) if len(sys.argv) > 2 else 4
 BEAT = 0.005
 # Wall-clock time of a monotonic instant (loopspy reports episode starts in Unix seconds).
 WALL = time.time() - time.monotonic()
-blob = base64.b64encode(os.urandom(int(MB * 1_000_000)))
+if SIZE.endswith("ms"):
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from causes_advice import base64_taking
+
+    blob = base64_taking(float(SIZE[:-2]) / 1000.0)
+else:
+    blob = base64.b64encode(os.urandom(int(float(SIZE) * 1_000_000)))
 GO = threading.Event()
 
 

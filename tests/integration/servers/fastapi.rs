@@ -138,8 +138,8 @@ pub const CASES: &[Case] = &[
     Case {
         name: "numpy_loop",
         method: "GET",
-        target: "/scores/600000",
-        path: "/scores/600000",
+        target: "/scores/100000",
+        path: "/scores/100000",
         route: "/scores/{n}",
         culprit: "score",
         // The loop's header or body line is sampled: see `line_ok`.
