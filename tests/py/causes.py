@@ -105,7 +105,7 @@ def block_cpu():
 def block_c_call():
     # Repeated until 150 ms: one sum over 12M took 58-68 ms on Debian's builds, 174 ms on
     # pyenv's 3.13, so a fixed size could fall under the 50 ms threshold.
-    end = time.monotonic() + 0.15
+    end = causes_advice.until()
     while time.monotonic() < end:
         sum(range(1_000_000))  # CAUSE c_call
 

@@ -55,22 +55,29 @@ def backtracking_text(seconds):
         n += 1
 
 
-def base64_taking(seconds):
-    """A base64 blob whose one decode takes `seconds` or a little more here (the best of two
-    timings). Decoding speed differs 5x between versions and machines (30 MB took 15 ms on one
-    3.15, 200 ms on an older machine's 3.8), so a fixed size can fall under the 50 ms threshold."""
-    size = 4_000_000
+def sized_to_take(seconds, make, run, size):
+    """`make(size)`'s data, with `size` grown until `run(data)` takes `seconds` or a little more
+    here (the best of two timings; at most 8 tries, each growing `size` at most 4x). The same work
+    runs 5-10x faster on some builds than on others, so a fixed size can fall under the 50 ms
+    threshold."""
     for _ in range(8):
-        blob = base64.b64encode(os.urandom(size))
+        data = make(size)
         took = []
         for _ in range(2):
             t0 = time.perf_counter()
-            base64.b64decode(blob)
+            run(data)
             took.append(time.perf_counter() - t0)
         if min(took) >= seconds:
-            return blob
+            break
         size = int(size * min(4.0, 1.3 * seconds / max(min(took), 1e-4)))
-    return blob
+    return data
+
+
+def base64_taking(seconds):
+    """A base64 blob whose one decode takes `seconds` or a little more here (30 MB took 15 ms on
+    one 3.15, 200 ms on an older machine's 3.8)."""
+    return sized_to_take(seconds, lambda size: base64.b64encode(os.urandom(size)),
+                         base64.b64decode, 4_000_000)
 
 
 def block_regex():
@@ -86,22 +93,16 @@ def block_regex_compiled():
 
 
 def heap_taking(seconds):
-    """A heap whose one full collection takes `seconds` or a little more here (the best of two
-    timings). Collection speed differs 2x between builds (600k entries took 42 ms on Debian's
-    3.11, 90 ms on one 3.14), so a fixed size can fall under the 50 ms threshold. One call, not
-    a loop of them: `gil_gc` needs one collection that holds the GIL throughout."""
-    heap, size = [], 600_000
-    for _ in range(8):
+    """A heap whose one full collection takes `seconds` or a little more here (600k entries took
+    42 ms on Debian's 3.11, 90 ms on one 3.14). One call, not a loop of them: `gil_gc` needs one
+    collection that holds the GIL throughout."""
+    heap = []
+
+    def grow(size):
         heap.extend([i, {"k": i}, (i,)] for i in range(len(heap), size))
-        took = []
-        for _ in range(2):
-            t0 = time.perf_counter()
-            gc.collect()
-            took.append(time.perf_counter() - t0)
-        if min(took) >= seconds:
-            break
-        size = int(size * min(4.0, 1.3 * seconds / max(min(took), 1e-4)))
-    return heap
+        return heap
+
+    return sized_to_take(seconds, grow, lambda _: gc.collect(), 600_000)
 
 
 def block_gc():
