@@ -66,7 +66,9 @@ pub fn build(target: &mut Target, opts: &Options) -> Result<Dump> {
         .iter()
         .map(|t| thread_dump(t, blocked.get(&t.tid).copied()))
         .collect();
-    threads.sort_by_key(|t| t.tid);
+    // The main thread (tid == pid) first, then by tid: after the kernel's pid counter wraps,
+    // a later thread can have a lower tid than the main one.
+    threads.sort_by_key(|t| (t.tid != target.pid, t.tid));
     let by_tid: HashMap<u32, &ThreadSample> = samples.iter().map(|t| (t.tid, t)).collect();
     let (process, pythreads, reader) = spy.asyncio_parts();
     let mut dump = Dump {

@@ -12,6 +12,7 @@ pub struct Dump {
     pub python_version: String,
     /// The target's command line.
     pub command: String,
+    /// Every Python thread: the main thread (tid == pid) first, then the others by tid.
     pub threads: Vec<ThreadDump>,
     pub loops: Vec<LoopDump>,
     /// Every task read: one entry per group of tasks with the same loop, state, coroutine,

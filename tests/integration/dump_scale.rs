@@ -257,6 +257,10 @@ fn dump_of_a_loop_blocked_in_a_callback() {
             (after - since) * 1000.0
         );
         let main = &d["threads"][0];
+        assert_eq!(
+            main["tid"], d["pid"],
+            "{label}: the main thread comes first"
+        );
         assert_eq!(main["state"], "blocked", "{label}: {main:#}");
         assert!(
             text.contains("): blocked in a callback for ≥"),
