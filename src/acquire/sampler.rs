@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use std::collections::HashMap;
 
+use super::handoff::{self, Outbox};
 use crate::acquire::kernel_clock::KernelClock;
 use crate::sample::{LoopEvent, ReadyQueue, Sample, ThreadSample};
 
@@ -210,7 +211,8 @@ fn track_runs(
 /// Finds new processes to sample (worker processes started after attaching); called every
 /// `DISCOVER_EVERY` with the pids already sampled. Each comes with the line to print once its
 /// first sample is read and its loops are traced (the handshake users and tests wait for).
-pub type Discover<'a> = dyn FnMut(&[u32]) -> Vec<(Box<dyn SampleSource + Send>, String)> + 'a;
+pub type Discover<'a> =
+    dyn FnMut(&[u32]) -> Vec<(Box<dyn SampleSource + Send>, String)> + Send + 'a;
 
 /// How often `Discover` is asked for new processes (it only collects what a finder thread
 /// attached, so it is cheap).
@@ -514,11 +516,24 @@ pub fn run(
 /// Run the loop over a root process and, with `discover`, the processes it finds later (worker
 /// processes). The first source is the root: sampling ends when it exits. A worker that exits
 /// gets one last, empty sample so its open episodes end there.
+///
+/// The ticks run on a thread of their own and `sink` on the caller's, so no output ever delays
+/// a tick (see [`handoff`]).
 pub fn run_tree<'s>(
+    sources: Vec<Box<dyn SampleSource + Send + 's>>,
+    discover: Option<&mut Discover>,
+    limits: &Limits,
+    sink: &mut dyn FnMut(Sample, &SamplerStats) -> Result<()>,
+) -> Result<SamplerStats> {
+    handoff::run_beside(|out| ticks(sources, discover, limits, out), sink)
+}
+
+/// The tick loop of [`run_tree`], handing samples and stderr lines to `out`.
+fn ticks<'s>(
     sources: Vec<Box<dyn SampleSource + Send + 's>>,
     mut discover: Option<&mut Discover>,
     limits: &Limits,
-    sink: &mut dyn FnMut(Sample, &SamplerStats) -> Result<()>,
+    out: &Outbox,
 ) -> Result<SamplerStats> {
     let interval = interval_of(limits.rate);
     let start = Instant::now();
@@ -554,7 +569,7 @@ pub fn run_tree<'s>(
         };
         if let Some(end) = end {
             stats.end = end.into();
-            drain_at_stop(&mut slots, limits, start, &mut stats, sink)?;
+            drain_at_stop(&mut slots, limits, start, &mut stats, out)?;
             break;
         }
         // On the kernel clock alone, wake when a slot needs to (a callback running long, a
@@ -605,7 +620,7 @@ pub fn run_tree<'s>(
             // The line saying a process was attached to again, once its new program is read.
             let mut told = None;
             if slots[i].reattaching.is_some() {
-                match reattach(&mut slots[i], tick) {
+                match reattach(&mut slots[i], tick, out) {
                     Reattach::Waiting => i += 1,
                     Reattach::Done(source, line) => {
                         // Read the new program at this tick, not the next one.
@@ -627,12 +642,12 @@ pub fn run_tree<'s>(
             }
             if let Some(events) = kernel::step(&mut slots[i], limits, mono, &mut stats)? {
                 let pid = slots[i].source.pid();
-                sink(events_sample(wall, mono, pid, events), &stats)?;
+                out.sample(events_sample(wall, mono, pid, events), &stats)?;
             }
             let read = slots[i].tick(tick, wall, mono, &timing);
             if !matches!(read, Read::Sample(..)) {
                 if let Some(line) = told.take() {
-                    crate::output::escape::print_err(&line);
+                    out.line(line)?;
                 }
             }
             match read {
@@ -653,13 +668,13 @@ pub fn run_tree<'s>(
                     let now = (wall_now(), start.elapsed().as_secs_f64());
                     let traced =
                         kernel::follow_new_loops(&mut slots[i], limits, now.1, &mut stats)?;
-                    sink(sample, &stats)?;
+                    out.sample(sample, &stats)?;
                     if let Some(events) = traced {
                         let pid = slots[i].source.pid();
-                        sink(events_sample(now.0, now.1, pid, events), &stats)?;
+                        out.sample(events_sample(now.0, now.1, pid, events), &stats)?;
                     }
                     for line in told.take().into_iter().chain(slots[i].announce.take()) {
-                        crate::output::escape::print_err(&line);
+                        out.line(line)?;
                     }
                     i += 1;
                 }
@@ -674,7 +689,7 @@ pub fn run_tree<'s>(
                     }
                     // The callback running then ended with the program (or the process): close
                     // its episode at this tick, and never count the new program's time in it.
-                    sink(ended(wall, mono, pid), &stats)?;
+                    out.sample(ended(wall, mono, pid), &stats)?;
                     if !slot.source.alive() {
                         slots.remove(i);
                         continue;
@@ -682,9 +697,9 @@ pub fn run_tree<'s>(
                     // The kernel clock followed the old program's threads: nobody drains it
                     // while waiting, so it goes now (a fresh one comes with the new source).
                     slot.kernel = kernel::KernelSlot::new(None);
-                    crate::output::escape::print_err(&format!(
+                    out.line(format!(
                         "loopspy: process {pid} {why}: the episode in progress ends here; attaching to it again"
-                    ));
+                    ))?;
                     slot.reattaching = Some((tick, tick));
                     i += 1;
                 }
@@ -700,7 +715,7 @@ pub fn run_tree<'s>(
                         // A worker ended: close its episodes at this tick.
                         let pid = slot.source.pid();
                         slots.remove(i);
-                        sink(ended(wall, mono, pid), &stats)?;
+                        out.sample(ended(wall, mono, pid), &stats)?;
                         continue;
                     }
                     if slot.consecutive >= MAX_CONSECUTIVE_ERRORS {
@@ -741,13 +756,13 @@ fn drain_at_stop(
     limits: &Limits,
     start: Instant,
     stats: &mut SamplerStats,
-    sink: &mut dyn FnMut(Sample, &SamplerStats) -> Result<()>,
+    out: &Outbox,
 ) -> Result<()> {
     let (wall, mono) = (wall_now(), start.elapsed().as_secs_f64());
     for slot in slots.iter_mut().filter(|s| s.reattaching.is_none()) {
         if let Some(events) = kernel::step(slot, limits, mono, stats)? {
             let pid = slot.source.pid();
-            sink(events_sample(wall, mono, pid, events), stats)?;
+            out.sample(events_sample(wall, mono, pid, events), stats)?;
         }
     }
     Ok(())
@@ -763,7 +778,7 @@ enum Reattach<'s> {
 }
 
 /// One attempt (every `REATTACH_EVERY`) to attach to the new program of a slot's process.
-fn reattach<'s>(slot: &mut Slot<'s>, tick: Instant) -> Reattach<'s> {
+fn reattach<'s>(slot: &mut Slot<'s>, tick: Instant, out: &Outbox) -> Reattach<'s> {
     let Some((since, tried)) = slot.reattaching else {
         return Reattach::Waiting;
     };
@@ -791,7 +806,8 @@ fn reattach<'s>(slot: &mut Slot<'s>, tick: Instant) -> Reattach<'s> {
         ),
         Err(e) => format!("{e:#}"),
     };
-    crate::output::escape::print_err(&format!(
+    // A failed hand-off (the outputs stopped) ends the tick loop at its next sample anyway.
+    let _ = out.line(format!(
         "loopspy: stopped sampling process {pid}: {}",
         crate::output::escape::escape(&why)
     ));

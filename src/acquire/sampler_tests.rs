@@ -61,6 +61,88 @@ fn counts_errors_and_ends_when_target_exits() {
         .all(|w| w[1].mono > w[0].mono && w[0].pid == 42));
 }
 
+/// A source of pid 42 that counts its reads in `reads`, where the test can watch them while
+/// sampling runs, and exits after `left` reads.
+struct Counted<'a> {
+    reads: &'a std::sync::atomic::AtomicU32,
+    left: u32,
+}
+
+impl SampleSource for Counted<'_> {
+    fn pid(&self) -> u32 {
+        42
+    }
+    fn sample(&mut self) -> Result<Vec<ThreadSample>> {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        if self.left == 0 {
+            bail!("gone");
+        }
+        self.left -= 1;
+        Ok(vec![])
+    }
+    fn alive(&mut self) -> bool {
+        self.left > 0
+    }
+}
+
+/// The ticks go on while an output is held up (a slow pipe, a disk write waiting on the
+/// journal): the sink holds the first sample until the source has been read 20 more times.
+/// With the sink on the tick thread, no read came while it waited. Every sample still reaches
+/// the sink, in order.
+#[test]
+fn a_held_up_sink_does_not_hold_up_the_ticks() {
+    let stop = AtomicBool::new(false);
+    let reads = std::sync::atomic::AtomicU32::new(0);
+    let mut src = Counted {
+        reads: &reads,
+        left: 40,
+    };
+    let mut read_while_held = None;
+    let mut got: Vec<f64> = Vec::new();
+    let stats = run(&mut src, &probe_limits(1000.0, None, &stop), &mut |s, _| {
+        if read_while_held.is_none() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while reads.load(Ordering::Relaxed) < 21 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            read_while_held = Some(reads.load(Ordering::Relaxed));
+        }
+        got.push(s.mono);
+        Ok(())
+    })
+    .unwrap();
+    assert!(
+        read_while_held.is_some_and(|n| n >= 21),
+        "reads while the sink held the first sample: {read_while_held:?}"
+    );
+    assert_eq!(stats.end, "target exited");
+    assert_eq!(got.len() as u64, stats.samples);
+    assert_eq!(got.len(), 40);
+    assert!(got.windows(2).all(|w| w[1] > w[0]));
+}
+
+/// A sink that fails ends the sampling with its error, although the ticks run elsewhere.
+#[test]
+fn a_failing_sink_ends_sampling_with_its_error() {
+    let stop = AtomicBool::new(false);
+    let reads = std::sync::atomic::AtomicU32::new(0);
+    let mut src = Counted {
+        reads: &reads,
+        left: u32::MAX,
+    };
+    let mut seen = 0;
+    let err = run(&mut src, &probe_limits(1000.0, None, &stop), &mut |_, _| {
+        seen += 1;
+        if seen == 3 {
+            bail!("disk full");
+        }
+        Ok(())
+    })
+    .unwrap_err();
+    assert_eq!(format!("{err:#}"), "disk full");
+    assert_eq!(seen, 3);
+}
+
 /// Probe-clock limits ticking (and reading stacks) at `rate`, threshold 50 ms.
 fn probe_limits(rate: f64, duration: Option<Duration>, stop: &AtomicBool) -> Limits<'_> {
     Limits {
