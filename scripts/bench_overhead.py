@@ -11,6 +11,9 @@ the table gives the median and the range. Then the cost of one full stack sample
 stack: loopspy with every tick a stack read (--stack-rate = --rate, probe clock) vs py-spy.
 
     python3 scripts/bench_overhead.py [--seconds 10] [--repeats 3] [--rates 100,1000]
+        [--baseline OTHER/target/release/loopspy]
+
+--baseline measures another loopspy build (an earlier commit's) beside this one, interleaved.
 
 Needs a release build (cargo build --release) and py-spy (python3 -m pip install py-spy).
 """
@@ -77,8 +80,12 @@ def tools(args, tmp):
          lambda pid: [LOOPSPY, "record", "--pid", str(pid), "--clock", "probe",
                       "-o", os.path.join(tmp, "p.svg")]),
     ]
+    if args.baseline:
+        # The same two configurations on another build (an earlier commit, say), interleaved.
+        out += [("loopspy (baseline)", label, lambda pid, make=make: [args.baseline] + make(pid)[1:])
+                for _, label, make in list(out)]
     if shutil.which("py-spy"):
-        for rate in args.rates.split(","):
+        for rate in filter(None, args.rates.split(",")):
             out.append(("py-spy", "%s Hz" % rate,
                         lambda pid, rate=rate: ["py-spy", "record", "--pid", str(pid), "--rate",
                                                 rate, "--nonblocking", "--idle", "--format",
@@ -90,7 +97,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--rates", default="100,1000", help="py-spy's rates")
+    ap.add_argument("--rates", default="100,1000", help="py-spy's rates (empty: no py-spy)")
+    ap.add_argument("--baseline", help="another loopspy binary to measure beside this one")
     ap.add_argument("--python", default=sys.executable)
     args = ap.parse_args()
     if not os.path.exists(LOOPSPY):
@@ -107,13 +115,14 @@ def main():
             for mode in ("idle", "busy"):
                 for name, label, make in configs:
                     target = start_target(args.python, mode)
-                    ready = "loopspy: sampling process" if name == "loopspy" else "Sampling process"
+                    ready = ("loopspy: sampling process" if name.startswith("loopspy")
+                             else "Sampling process")
                     try:
                         cpu, out = measure(make(target.pid), ready, "stdout", args.seconds)
                     finally:
                         target.kill()
                         target.wait()
-                    if name == "loopspy" and "clock: kernel" not in out and "kernel" in label:
+                    if name.startswith("loopspy") and "clock: kernel" not in out and "kernel" in label:
                         sys.exit("the kernel clock was not used:\n" + out)
                     results.setdefault((mode, name, label), []).append(cpu)
                     print("  run %d %-5s %-8s %-24s %6.2f %%" % (i + 1, mode, name, label, cpu),
