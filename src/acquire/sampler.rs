@@ -658,20 +658,33 @@ fn ticks<'s>(
                         stats.stacks += 1;
                     }
                     stats.elapsed = mono;
-                    // Loops this read found are traced now, not at the next wake: a callback
-                    // that begins soon after an attach or an exec gets an exact start. And
-                    // before the sample goes on: its sink says that sampling began (the
-                    // handshake scripts and tests wait for), which must mean the loops are
-                    // timed. Said first, a request sent on it began before the tracing did,
-                    // and its start fell in a 36 ms gap of the first ticks (an 18 ms error
-                    // bar on an episode 14 ms short).
+                    // The kernel clock is drained again after the read, and its events go on
+                    // in time order around the sample. Drained only before the read, an epoll
+                    // entry made while the read was under way reached the detector after a
+                    // sample that already showed the next callback: the detector took the
+                    // entry for a stale one and ignored it, and that callback's run lasted
+                    // until the loop's next exit (a 103 ms episode of an idle loop, CI).
+                    // Loops this read found are traced here too, not at the next wake: a
+                    // callback that begins soon after an attach or an exec gets an exact
+                    // start. And before the sample goes on: its sink says that sampling began
+                    // (the handshake scripts and tests wait for), which must mean the loops
+                    // are timed. Said first, a request sent on it began before the tracing
+                    // did, and its start fell in a 36 ms gap of the first ticks (an 18 ms
+                    // error bar on an episode 14 ms short).
                     let now = (wall_now(), start.elapsed().as_secs_f64());
-                    let traced =
-                        kernel::follow_new_loops(&mut slots[i], limits, now.1, &mut stats)?;
+                    let pid = slots[i].source.pid();
+                    let (before, after): (Vec<LoopEvent>, Vec<LoopEvent>) =
+                        kernel::step(&mut slots[i], limits, now.1, &mut stats)?
+                            .unwrap_or_default()
+                            .into_iter()
+                            .partition(|e| e.t <= sample.mono);
+                    if !before.is_empty() {
+                        let (wall, mono) = (sample.wall, sample.mono);
+                        out.sample(events_sample(wall, mono, pid, before), &stats)?;
+                    }
                     out.sample(sample, &stats)?;
-                    if let Some(events) = traced {
-                        let pid = slots[i].source.pid();
-                        out.sample(events_sample(now.0, now.1, pid, events), &stats)?;
+                    if !after.is_empty() {
+                        out.sample(events_sample(now.0, now.1, pid, after), &stats)?;
                     }
                     for line in told.take().into_iter().chain(slots[i].announce.take()) {
                         out.line(line)?;

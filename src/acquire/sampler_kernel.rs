@@ -241,21 +241,6 @@ pub(super) fn step(
     Ok((!events.is_empty()).then_some(events))
 }
 
-/// [`step`] at once when a read has just found loop threads the clock does not follow yet
-/// (after an attach or an exec), instead of at the next wake up to a tick later. `mono` is
-/// now, in recording seconds. `None` when the clock already follows them, or there is none.
-pub(super) fn follow_new_loops(
-    slot: &mut Slot,
-    limits: &Limits,
-    mono: f64,
-    stats: &mut SamplerStats,
-) -> Result<Option<Vec<LoopEvent>>> {
-    if slot.kernel.clock.is_none() || slot.source.loop_tids() == slot.kernel.loops {
-        return Ok(None);
-    }
-    step(slot, limits, mono, stats)
-}
-
 /// The next wake when every process is on the kernel clock; `None` means tick at `--rate`.
 pub(super) fn next_wake(slots: &[Slot], t: &Timing) -> Option<Instant> {
     if slots.is_empty() || !slots.iter().all(|s| s.kernel.active()) {
