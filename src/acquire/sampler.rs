@@ -660,7 +660,7 @@ fn ticks<'s>(
                     stats.elapsed = mono;
                     // The kernel clock is drained again after the read, and its events go on
                     // in time order around the sample. Drained only before the read, an epoll
-                    // entry made while the read was under way reached the detector after a
+                    // entry made between that drain and the read reached the detector after a
                     // sample that already showed the next callback: the detector took the
                     // entry for a stale one and ignored it, and that callback's run lasted
                     // until the loop's next exit (a 103 ms episode of an idle loop, CI).
